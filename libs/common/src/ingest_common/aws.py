@@ -1,0 +1,147 @@
+"""S3 and SQS clients (aiobotocore) and the two sends every service does.
+
+One `Aws` per process, opened with `async with`. It knows the queue URLs by name, sends
+messages in batches of 10 with the current trace context, and caps concurrent S3 calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ingest_common.errors import RetryableError
+from ingest_common.schemas.messages import Message
+from ingest_common.settings import IngestSettings
+from ingest_common.telemetry.tracing import current_carrier, sqs_attributes
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sqs import SQSClient
+
+SQS_BATCH = 10  # SQS's limit for SendMessageBatch, ReceiveMessage and DeleteMessageBatch
+
+
+class Aws:
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self._stack = AsyncExitStack()
+        self._queue_urls: dict[str, str] = {}
+        self._s3_slots = asyncio.Semaphore(settings.s3_concurrency)
+        self.s3: S3Client
+        self.sqs: SQSClient
+
+    async def __aenter__(self) -> Self:
+        session = get_session()
+        config = AioConfig(
+            max_pool_connections=max(self.settings.s3_concurrency, self.settings.concurrency) + 4,
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=self.settings.receive_wait_seconds + 10,
+        )
+        common: dict[str, Any] = {
+            "region_name": self.settings.aws_region,
+            "endpoint_url": self.settings.aws_endpoint_url,
+            "config": config,
+        }
+        self.s3 = await self._stack.enter_async_context(session.create_client("s3", **common))
+        self.sqs = await self._stack.enter_async_context(session.create_client("sqs", **common))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def queue_url(self, name: str) -> str:
+        if name not in self._queue_urls:
+            response = await self.sqs.get_queue_url(QueueName=name)
+            self._queue_urls[name] = response["QueueUrl"]
+        return self._queue_urls[name]
+
+    async def send(
+        self, queue: str, messages: Sequence[Message], *, delay_seconds: int = 0
+    ) -> None:
+        """Send messages in batches of 10, each carrying the current trace context.
+
+        Raises RetryableError if any entry of a batch is refused, so the caller's own
+        message is redelivered and the (idempotent) sends are repeated.
+        """
+        url = await self.queue_url(queue)
+        attributes = sqs_attributes(current_carrier())
+        for start in range(0, len(messages), SQS_BATCH):
+            chunk = messages[start : start + SQS_BATCH]
+            entries: list[Any] = [
+                {
+                    "Id": str(i),
+                    "MessageBody": message.model_dump_json(),
+                    "MessageAttributes": attributes,
+                    "DelaySeconds": delay_seconds,
+                }
+                for i, message in enumerate(chunk)
+            ]
+            try:
+                response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                raise RetryableError(f"could not send to {queue}: {exc}") from exc
+            if failed := response.get("Failed"):
+                raise RetryableError(f"{len(failed)} messages refused by {queue}: {failed[0]}")
+
+    async def send_raw(self, queue: str, body: str, attributes: dict[str, Any]) -> None:
+        url = await self.queue_url(queue)
+        await self.sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+
+    # --- S3 ---------------------------------------------------------------------------
+
+    async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        async with self._s3_slots:
+            response = await self.s3.get_object(Bucket=bucket, Key=key)
+            length = response["ContentLength"]
+            if max_bytes is not None and length > max_bytes:
+                response["Body"].close()
+                raise ObjectTooLarge(key, length, max_bytes)
+            async with response["Body"] as stream:
+                return await stream.read()
+
+    async def put_bytes(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        cache_control: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Put an object and return its ETag (unquoted)."""
+        extra: dict[str, Any] = {}
+        if cache_control:
+            extra["CacheControl"] = cache_control
+        if metadata:
+            extra["Metadata"] = metadata
+        async with self._s3_slots:
+            response = await self.s3.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra
+            )
+        return response["ETag"].strip('"')
+
+
+class ObjectTooLarge(Exception):
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} is {size} bytes, over the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), default=str)

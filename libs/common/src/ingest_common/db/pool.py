@@ -1,0 +1,28 @@
+"""The asyncpg pool: JSON columns decode to Python, and every connection is checked."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from ingest_common.settings import IngestSettings
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(settings: IngestSettings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout,
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool

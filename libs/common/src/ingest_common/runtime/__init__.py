@@ -1,0 +1,1 @@
+"""The one consumer runtime every service runs: poll, handle, acknowledge, drain."""

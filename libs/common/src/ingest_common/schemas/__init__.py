@@ -1,0 +1,1 @@
+"""Every contract between services and with contributors, in one place."""

@@ -1,0 +1,1 @@
+"""Logs and traces: structlog for one-event-per-line logs, OpenTelemetry for traces."""

@@ -1,0 +1,181 @@
+"""The AWS topology (buckets, queues with DLQs, S3 → SQS notifications) as data.
+
+`topology.json` beside this file is the single declaration; `apply` creates it against
+any AWS-protocol endpoint (idempotently), and deploy/terraform reads the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import structlog
+from botocore.exceptions import ClientError
+
+from ingest_common.aws import Aws
+from ingest_common.settings import IngestSettings
+
+log = structlog.get_logger("ingest.topology")
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    role: str
+    name: str
+    dead_letter_name: str
+    visibility_timeout: int
+    max_receive_count: int
+    message_retention: int
+    receive_wait_time: int
+
+
+@dataclass(frozen=True)
+class Notification:
+    queue_role: str
+    events: tuple[str, ...]
+    prefix: str
+    suffix: str
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    role: str
+    name: str
+    notifications: tuple[Notification, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    buckets: tuple[BucketSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    dead_letter_retention: int
+
+    def queue(self, role: str) -> QueueSpec:
+        return next(q for q in self.queues if q.role == role)
+
+
+def load_topology(settings: IngestSettings) -> Topology:
+    """Read topology.json, naming each bucket and queue from its setting."""
+    raw: dict[str, Any] = json.loads(
+        resources.files("ingest_common").joinpath("topology.json").read_text()
+    )
+    suffix = raw["dead_letter"]["suffix"]
+    queues = tuple(
+        QueueSpec(
+            role=role,
+            name=getattr(settings, spec["setting"]),
+            dead_letter_name=getattr(settings, spec["setting"]) + suffix,
+            visibility_timeout=spec["visibility_timeout"],
+            max_receive_count=spec["max_receive_count"],
+            message_retention=spec["message_retention"],
+            receive_wait_time=spec["receive_wait_time"],
+        )
+        for role, spec in raw["queues"].items()
+    )
+    buckets = tuple(
+        BucketSpec(
+            role=role,
+            name=getattr(settings, spec["setting"]),
+            notifications=tuple(
+                Notification(n["queue"], tuple(n["events"]), n["prefix"], n.get("suffix", ""))
+                for n in spec["notifications"]
+            ),
+        )
+        for role, spec in raw["buckets"].items()
+    )
+    return Topology(buckets, queues, raw["dead_letter"]["message_retention"])
+
+
+async def apply_topology(aws: Aws, topology: Topology) -> None:
+    arns: dict[str, str] = {}
+    for queue in topology.queues:
+        arns[queue.role] = await _ensure_queue(aws, queue, topology.dead_letter_retention)
+    for bucket in topology.buckets:
+        await _ensure_bucket(aws, bucket.name)
+        if bucket.notifications:
+            await _allow_s3_to_send(aws, bucket, topology, arns)
+            await _notify(aws, bucket, arns)
+    log.info("topology.applied", queues=len(topology.queues), buckets=len(topology.buckets))
+
+
+async def _queue_arn(aws: Aws, url: str) -> str:
+    attributes = await aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return attributes["Attributes"]["QueueArn"]
+
+
+async def _ensure_queue(aws: Aws, queue: QueueSpec, dead_letter_retention: int) -> str:
+    dlq = await aws.sqs.create_queue(
+        QueueName=queue.dead_letter_name,
+        Attributes={"MessageRetentionPeriod": str(dead_letter_retention)},
+    )
+    dlq_arn = await _queue_arn(aws, dlq["QueueUrl"])
+    attributes: dict[Any, str] = {
+        "VisibilityTimeout": str(queue.visibility_timeout),
+        "MessageRetentionPeriod": str(queue.message_retention),
+        "ReceiveMessageWaitTimeSeconds": str(queue.receive_wait_time),
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(queue.max_receive_count)}
+        ),
+    }
+    try:
+        created = await aws.sqs.create_queue(QueueName=queue.name, Attributes=attributes)
+        url = created["QueueUrl"]
+    except ClientError as exc:
+        # An existing queue with other attributes: bring it to the declared state.
+        if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+            raise
+        url = await aws.queue_url(queue.name)
+    await aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return await _queue_arn(aws, url)
+
+
+async def _ensure_bucket(aws: Aws, name: str) -> None:
+    try:
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if aws.settings.aws_region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.settings.aws_region}
+        await aws.s3.create_bucket(**kwargs)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+async def _allow_s3_to_send(
+    aws: Aws, bucket: BucketSpec, topology: Topology, arns: dict[str, str]
+) -> None:
+    for role in {n.queue_role for n in bucket.notifications}:
+        url = await aws.queue_url(topology.queue(role).name)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "s3.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": arns[role],
+                    "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket.name}"}},
+                }
+            ],
+        }
+        await aws.sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+
+
+async def _notify(aws: Aws, bucket: BucketSpec, arns: dict[str, str]) -> None:
+    configurations: list[Any] = []
+    for n in bucket.notifications:
+        rules = [{"Name": "prefix", "Value": n.prefix}]
+        if n.suffix:
+            rules.append({"Name": "suffix", "Value": n.suffix})
+        configurations.append(
+            {
+                "Id": f"{bucket.role}-to-{n.queue_role}",
+                "QueueArn": arns[n.queue_role],
+                "Events": list(n.events),
+                "Filter": {"Key": {"FilterRules": rules}},
+            }
+        )
+    await aws.s3.put_bucket_notification_configuration(
+        Bucket=bucket.name, NotificationConfiguration={"QueueConfigurations": configurations}
+    )
