@@ -13,7 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class IngestSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="INGEST_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     service_name: str = Field("ingest", description="service.name in logs, traces and metrics")
 

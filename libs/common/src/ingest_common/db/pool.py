@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ingest_common.settings import IngestSettings
 
 
-async def _init_connection(connection: asyncpg.Connection) -> None:
+async def init_connection(connection: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await connection.set_type_codec(
             name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -22,7 +24,18 @@ async def create_pool(settings: IngestSettings) -> asyncpg.Pool:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
-        init=_init_connection,
+        init=init_connection,
     )
     assert pool is not None
     return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection, for commands and tests that need no pool."""
+    connection = await asyncpg.connect(dsn)
+    await init_connection(connection)
+    return connection
+
+
+# What handlers pass around: a plain connection or one borrowed from the pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"

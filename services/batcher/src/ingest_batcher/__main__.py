@@ -1,0 +1,3 @@
+from ingest_batcher.main import run
+
+run()

@@ -1,0 +1,13 @@
+"""The batcher: S3 upload events from q.batch → products, images and render messages."""
+
+from __future__ import annotations
+
+from ingest_common.runtime.service import run_service
+
+from ingest_batcher.handler import BatchHandler
+from ingest_batcher.settings import BatcherSettings
+
+
+def run() -> None:
+    settings = BatcherSettings()
+    run_service(settings, settings.batch_queue, BatchHandler.open)

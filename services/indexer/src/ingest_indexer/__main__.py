@@ -1,0 +1,3 @@
+from ingest_indexer.main import run
+
+run()

@@ -1,0 +1,51 @@
+"""What one index message does: the product's current document → the search backend.
+
+The document is read fresh from the database view every time, so duplicates and
+out-of-order messages converge on the same, latest state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from ingest_common.errors import PermanentError
+from ingest_common.runtime.consumer import Delivery
+from ingest_common.runtime.service import Resources
+from ingest_common.schemas.messages import IndexProduct
+from ingest_common.search import PostgresSearch, product_document
+
+log = structlog.get_logger("ingest.indexer")
+
+
+class IndexHandler:
+    def __init__(self, resources: Resources) -> None:
+        self.db = resources.db
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, resources: Resources) -> AsyncIterator[IndexHandler]:
+        yield cls(resources)
+
+    def parse(self, body: str) -> IndexProduct:
+        return IndexProduct.model_validate_json(body)
+
+    async def handle(self, message: IndexProduct, delivery: Delivery) -> None:
+        structlog.contextvars.bind_contextvars(
+            upload_id=str(message.upload_id), product_id=str(message.product_id)
+        )
+        async with self.db.acquire() as connection, connection.transaction():
+            document = await product_document(connection, message.product_id)
+            if document is None:
+                raise PermanentError(f"product {message.product_id} does not exist")
+            backend = PostgresSearch(connection)
+            if document["images_ready"] == 0:
+                await backend.delete(message.product_id)  # nothing to show: not searchable
+                log.info("indexer.removed")
+            else:
+                await backend.upsert(document)
+                log.info("indexer.indexed", title=document["title"])
+            await connection.execute(
+                "UPDATE products SET indexed_at = now() WHERE id = $1", message.product_id
+            )

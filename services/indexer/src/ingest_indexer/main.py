@@ -1,0 +1,13 @@
+"""The indexer: a product from q.index → the search backend."""
+
+from __future__ import annotations
+
+from ingest_common.runtime.service import run_service
+
+from ingest_indexer.handler import IndexHandler
+from ingest_indexer.settings import IndexerSettings
+
+
+def run() -> None:
+    settings = IndexerSettings()
+    run_service(settings, settings.index_queue, IndexHandler.open)

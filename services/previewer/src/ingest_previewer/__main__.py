@@ -1,0 +1,3 @@
+from ingest_previewer.main import run
+
+run()

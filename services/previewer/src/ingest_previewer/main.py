@@ -1,0 +1,13 @@
+"""The previewer: product ready (or the safety net) from q.preview → the family mosaic."""
+
+from __future__ import annotations
+
+from ingest_common.runtime.service import run_service
+
+from ingest_previewer.handler import PreviewHandler
+from ingest_previewer.settings import PreviewerSettings
+
+
+def run() -> None:
+    settings = PreviewerSettings()
+    run_service(settings, settings.preview_queue, PreviewHandler.open)

@@ -1,0 +1,24 @@
+"""The previewer's settings: the mosaic's size and the safety net's patience."""
+
+from __future__ import annotations
+
+from ingest_common.settings import IngestSettings
+from pydantic import Field
+
+
+class PreviewerSettings(IngestSettings):
+    service_name: str = "previewer"
+    health_port: int = 8083
+    concurrency: int = Field(4, ge=1)
+
+    mosaic_images: int = Field(12, ge=1, le=400, description="random ready images per mosaic")
+    mosaic_tile: int = Field(128, ge=16, le=512, description="cell size in pixels")
+    mosaic_gap: int = Field(8, ge=0)
+    mosaic_padding: int = Field(16, ge=0)
+    mosaic_webp_quality: int = Field(85, ge=1, le=100)
+    cache_control: str = "public, max-age=31536000, immutable"
+
+    stall_timeout: int = Field(
+        900, ge=1, description="seconds after which a set's unrendered images are failed"
+    )
+    safety_net_delay: int = Field(300, ge=0, le=900, description="seconds between re-checks")

@@ -1,0 +1,3 @@
+from ingest_processor.main import run
+
+run()

@@ -1,0 +1,153 @@
+"""What one render message does.
+
+original from S3 → every width × format in a worker process → renditions to S3 with
+immutable caching → the image row ready (or failed with a reason) and the product's
+counters, in one transaction → if that completed the product: product-ready, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from ingest_common.aws import ObjectTooLarge
+from ingest_common.db.completion import finish_image, product_state
+from ingest_common.errors import PermanentError, RetryableError
+from ingest_common.notify import notify_product_ready
+from ingest_common.runtime.consumer import Delivery
+from ingest_common.runtime.service import Resources
+from ingest_common.schemas.messages import RenderImage
+from ingest_common.telemetry.tracing import tracer
+
+from ingest_processor.pool import RenderPool
+from ingest_processor.render import RenderRejected, RenderSpec, Rendition
+from ingest_processor.settings import ProcessorSettings
+
+log = structlog.get_logger("ingest.processor")
+
+
+def rendition_key(image: uuid.UUID, rendition: Rendition) -> str:
+    return f"renditions/{image}/{rendition.width}.{rendition.format}"
+
+
+def render_spec(settings: ProcessorSettings) -> RenderSpec:
+    return RenderSpec(
+        widths=settings.render_widths,
+        formats=settings.render_formats,
+        webp_quality=settings.webp_quality,
+        webp_effort=settings.webp_effort,
+        png_compression=settings.png_compression,
+        png_palette=settings.png_palette,
+        max_input_bytes=settings.max_svg_bytes,
+        max_declared_pixels=settings.max_declared_pixels,
+    )
+
+
+class RenderHandler:
+    def __init__(self, resources: Resources, pool: RenderPool) -> None:
+        self.aws = resources.aws
+        self.db = resources.db
+        settings = resources.settings
+        assert isinstance(settings, ProcessorSettings)
+        self.settings = settings
+        self.pool = pool
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, resources: Resources) -> AsyncIterator[RenderHandler]:
+        settings = resources.settings
+        assert isinstance(settings, ProcessorSettings)
+        pool = RenderPool(settings.render_workers, render_spec(settings), settings.render_timeout)
+        async with pool:
+            yield cls(resources, pool)
+
+    def parse(self, body: str) -> RenderImage:
+        return RenderImage.model_validate_json(body)
+
+    async def handle(self, message: RenderImage, delivery: Delivery) -> None:
+        structlog.contextvars.bind_contextvars(
+            upload_id=str(message.upload_id),
+            product_id=str(message.product_id),
+            image_id=str(message.image_id),
+        )
+        async with self.db.acquire() as connection:
+            status = await connection.fetchval(
+                "SELECT status::text FROM images WHERE id = $1", message.image_id
+            )
+        if status is None:
+            raise PermanentError(f"image {message.image_id} does not exist")
+        if status == "pending":
+            await self._render(message)
+        # Also on a redelivery: if product-ready was never sent, send it now.
+        async with self.db.acquire() as connection:
+            state = await product_state(connection, message.product_id)
+        if state is not None:
+            await notify_product_ready(self.aws, self.db, state)
+
+    async def _render(self, message: RenderImage) -> None:
+        try:
+            svg = await self.aws.get_bytes(
+                self.settings.uploads_bucket,
+                message.original_key,
+                max_bytes=self.settings.max_svg_bytes,
+            )
+            result = await self.pool.render(svg)
+        except ObjectTooLarge as exc:
+            await self._fail(message, f"is {exc.size:,} bytes, over the limit of {exc.limit:,}")
+            return
+        except RenderRejected as exc:
+            await self._fail(message, exc.reason)
+            return
+        except (BotoCoreError, ClientError) as exc:
+            raise RetryableError(f"could not read the original: {exc}") from exc
+        renditions = await asyncio.gather(
+            *(self._store(message.image_id, r) for r in result.renditions)
+        )
+        async with self.db.acquire() as connection:
+            state = await finish_image(
+                connection,
+                message.image_id,
+                width=result.source_width,
+                height=result.source_height,
+                renditions=renditions,
+            )
+        log.info(
+            "processor.image_ready",
+            renditions=len(renditions),
+            completed=bool(state and state.complete),
+        )
+
+    async def _store(self, image: uuid.UUID, rendition: Rendition) -> dict[str, Any]:
+        key = rendition_key(image, rendition)
+        with tracer().start_as_current_span(
+            "store rendition",
+            attributes={
+                "ingest.rendition.width": rendition.width,
+                "ingest.rendition.format": rendition.format,
+                "ingest.rendition.bytes": len(rendition.data),
+            },
+        ):
+            await self.aws.put_bytes(
+                self.settings.previews_bucket,
+                key,
+                rendition.data,
+                content_type=rendition.content_type,
+                cache_control=self.settings.cache_control,
+            )
+        return {
+            "width": rendition.width,
+            "height": rendition.height,
+            "format": rendition.format,
+            "key": key,
+            "bytes": len(rendition.data),
+        }
+
+    async def _fail(self, message: RenderImage, reason: str) -> None:
+        log.warning("processor.image_failed", reason=reason)
+        async with self.db.acquire() as connection:
+            await finish_image(connection, message.image_id, failure_reason=reason)

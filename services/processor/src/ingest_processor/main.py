@@ -1,0 +1,13 @@
+"""The processor: one image from q.render → PNG and WebP renditions → image ready."""
+
+from __future__ import annotations
+
+from ingest_common.runtime.service import run_service
+
+from ingest_processor.handler import RenderHandler
+from ingest_processor.settings import ProcessorSettings
+
+
+def run() -> None:
+    settings = ProcessorSettings()
+    run_service(settings, settings.render_queue, RenderHandler.open)

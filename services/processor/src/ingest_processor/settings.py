@@ -1,0 +1,28 @@
+"""The processor's settings: what to render, how to encode it, and the render guard."""
+
+from __future__ import annotations
+
+import os
+
+from ingest_common.settings import IngestSettings
+from pydantic import Field
+
+
+class ProcessorSettings(IngestSettings):
+    service_name: str = "processor"
+    health_port: int = 8082
+    concurrency: int = Field(8, ge=1, description="images in flight per process (S3 + render)")
+
+    render_widths: tuple[int, ...] = Field((64, 128, 256, 512), description="JSON list, pixels")
+    render_formats: tuple[str, ...] = Field(("png", "webp"), description="JSON list")
+    render_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="render processes"
+    )
+    render_timeout: float = Field(30.0, gt=0, description="seconds one SVG may take to render")
+    max_svg_bytes: int = Field(5 * 2**20, ge=1, description="largest SVG rendered")
+    max_declared_pixels: int = Field(50_000_000, ge=1, description="SVG width × height cap")
+    webp_quality: int = Field(80, ge=1, le=100)
+    webp_effort: int = Field(4, ge=0, le=6)
+    png_compression: int = Field(6, ge=0, le=9)
+    png_palette: bool = False
+    cache_control: str = "public, max-age=31536000, immutable"

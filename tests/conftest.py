@@ -1,0 +1,109 @@
+"""Real components for every test: PostgreSQL and a moto server over HTTP on loopback.
+
+- PostgreSQL: the server at DATABASE_URL (default: the local one). Each test run creates
+  its own database, migrates it, and drops it at the end; tables are emptied between
+  tests. With INGEST_TEST_POSTGRES=container, testcontainers starts postgres:15 instead
+  (for machines with a Docker engine).
+- AWS: one `moto_server` process per run on a free loopback port, reset before each
+  test and bootstrapped with the real topology.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from ingest_cli.local import LOCAL_CREDENTIALS, moto_server
+from ingest_common.aws import Aws
+from ingest_common.db.migrate import migrate
+from ingest_common.db.pool import create_pool
+from ingest_common.settings import IngestSettings
+from ingest_common.telemetry.tracing import configure_tracing
+from ingest_common.topology import apply_topology, load_topology
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+TABLES = "search_documents, family_previews, images, products, uploads, families, contributors"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Every span the test process makes, so tests can check trace propagation."""
+    exporter = InMemorySpanExporter()
+    provider = configure_tracing("tests", exporter)
+    yield exporter
+    provider.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    if os.environ.get("INGEST_TEST_POSTGRES") == "container":
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15", driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        yield os.environ.get("DATABASE_URL", DEFAULT_DSN)
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server: str) -> AsyncIterator[str]:
+    """A database of this test run's own, migrated, dropped at the end."""
+    name = f"ingest_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{postgres_server.rpartition('/')[0]}/{name}"
+    try:
+        await migrate(dsn)
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    os.environ.update(LOCAL_CREDENTIALS)
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def settings(database_url: str, moto_endpoint: str) -> IngestSettings:
+    return IngestSettings(
+        database_url=database_url,
+        aws_endpoint_url=moto_endpoint,
+        receive_wait_seconds=1,
+        retry_base_delay=0,
+        retry_max_delay=1,
+        heartbeat_interval=1,
+        drain_timeout=10,
+    )
+
+
+@pytest.fixture
+async def aws(settings: IngestSettings) -> AsyncIterator[Aws]:
+    """A reset AWS endpoint with the real topology applied."""
+    request = urllib.request.Request(f"{settings.aws_endpoint_url}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request).close()
+    async with Aws(settings) as client:
+        await apply_topology(client, load_topology(settings))
+        yield client
+
+
+@pytest.fixture
+async def db(settings: IngestSettings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings)
+    await pool.execute(f"TRUNCATE {TABLES} CASCADE")
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -1,0 +1,207 @@
+"""The consumer runtime against a real SQS endpoint (moto server over HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from ingest_common.aws import Aws
+from ingest_common.errors import PermanentError, RetryableError
+from ingest_common.runtime.consumer import Consumer, Delivery
+from ingest_common.runtime.health import Health
+from ingest_common.schemas.messages import Message
+
+QUEUE = "ingest-index"  # any queue of the real topology
+
+
+class Ping(Message):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int
+
+
+def make_consumer(
+    aws: Aws, handle: Callable[[Ping, Delivery], Awaitable[None]], **overrides: object
+) -> Consumer[Ping]:
+    settings = aws.settings.model_copy(update=overrides)
+    return Consumer(settings, aws, QUEUE, Ping.model_validate_json, handle, Health(QUEUE, 60))
+
+
+async def run_until(consumer: Consumer[Ping], done: Callable[[], bool], timeout: float = 30) -> None:
+    task = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not done():
+                await asyncio.sleep(0.05)
+    finally:
+        consumer.stop()
+        await task
+
+
+async def queue_depth(aws: Aws, queue: str) -> tuple[int, int]:
+    url = await aws.queue_url(queue)
+    attrs = (
+        await aws.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+async def dead_letters(aws: Aws, queue: str) -> list[dict[str, object]]:
+    url = await aws.queue_url(queue + "-dlq")
+    response = await aws.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
+    )
+    return list(response.get("Messages", []))
+
+
+async def test_every_message_handled_once_and_deleted(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=i) for i in range(25)])
+    seen: Counter[int] = Counter()
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        seen[message.n] += 1
+
+    consumer = make_consumer(aws, handle, concurrency=4)
+    await run_until(consumer, lambda: len(seen) == 25)
+    assert seen == Counter(range(25))
+    assert await queue_depth(aws, QUEUE) == (0, 0)
+    assert consumer.health.succeeded == 25
+
+
+async def test_retryable_error_leaves_the_message_for_another_try(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=1)])
+    tries: list[int] = []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        tries.append(delivery.receive_count)
+        if len(tries) == 1:
+            raise RetryableError("database busy", delay=0)
+
+    await run_until(make_consumer(aws, handle), lambda: len(tries) == 2)
+    assert tries == [1, 2]
+    assert await queue_depth(aws, QUEUE) == (0, 0)
+
+
+async def test_unexpected_error_is_retried_not_lost(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=1)])
+    tries: list[int] = []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        tries.append(delivery.receive_count)
+        if len(tries) == 1:
+            raise KeyError("a bug")
+
+    await run_until(make_consumer(aws, handle), lambda: len(tries) == 2)
+    assert tries == [1, 2]
+
+
+async def test_invalid_message_goes_to_the_dead_letter_queue_with_its_reason(aws: Aws) -> None:
+    url = await aws.queue_url(QUEUE)
+    await aws.sqs.send_message(QueueUrl=url, MessageBody='{"n": "not a number"}')
+    handled: list[Ping] = []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        handled.append(message)
+
+    consumer = make_consumer(aws, handle)
+    await run_until(consumer, lambda: consumer.health.invalid == 1)
+    assert handled == []
+    [dead] = await dead_letters(aws, QUEUE)
+    assert dead["Body"] == '{"n": "not a number"}'
+    reason = dead["MessageAttributes"]["ingest-error"]["StringValue"]  # type: ignore[index]
+    assert reason.startswith("invalid message")
+    assert await queue_depth(aws, QUEUE) == (0, 0)
+
+
+async def test_permanent_error_stops_retrying(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=7)])
+    tries: list[int] = []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        tries.append(message.n)
+        raise PermanentError("product 7 does not exist")
+
+    consumer = make_consumer(aws, handle)
+    await run_until(consumer, lambda: consumer.health.failed == 1)
+    await asyncio.sleep(1.5)  # a retry would have come back by now
+    assert tries == [7]
+    [dead] = await dead_letters(aws, QUEUE)
+    attributes = dead["MessageAttributes"]
+    assert attributes["ingest-error"]["StringValue"] == "product 7 does not exist"  # type: ignore[index]
+
+
+async def test_heartbeat_keeps_slow_work_from_being_delivered_twice(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=1)])
+    starts: list[int] = []
+    finished = asyncio.Event()
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        starts.append(delivery.receive_count)
+        await asyncio.sleep(14)  # longer than the visibility timeout of 10 s
+        finished.set()
+
+    consumer = make_consumer(aws, handle, visibility_timeout=10, heartbeat_interval=3)
+    await run_until(consumer, finished.is_set, timeout=40)
+    assert starts == [1]
+    assert await queue_depth(aws, QUEUE) == (0, 0)
+
+
+async def test_stop_finishes_in_flight_work_then_returns(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=i) for i in range(3)])
+    started, finished = asyncio.Event(), []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(1.5)
+        finished.append(message.n)
+
+    consumer = make_consumer(aws, handle, concurrency=3)
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0.2)
+    consumer.stop()
+    await asyncio.wait_for(task, 10)
+    assert sorted(finished) == [0, 1, 2]
+    assert await queue_depth(aws, QUEUE) == (0, 0)
+
+
+async def test_drain_timeout_releases_unfinished_messages_at_once(aws: Aws) -> None:
+    await aws.send(QUEUE, [Ping(n=1)])
+    started = asyncio.Event()
+
+    async def stuck(message: Ping, delivery: Delivery) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    consumer = make_consumer(aws, stuck, drain_timeout=0.5, visibility_timeout=600)
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(started.wait(), 10)
+    consumer.stop()
+    await asyncio.wait_for(task, 10)
+    # Visible again right away, not after the 600 s visibility timeout.
+    assert await queue_depth(aws, QUEUE) == (1, 0)
+
+
+@pytest.mark.parametrize("count", [1, 10, 11])
+async def test_sends_in_batches_with_trace_context(aws: Aws, count: int) -> None:
+    from ingest_common.telemetry.tracing import tracer
+
+    with tracer().start_as_current_span("test"):
+        await aws.send(QUEUE, [Ping(n=i) for i in range(count)])
+    url = await aws.queue_url(QUEUE)
+    received: list[dict[str, object]] = []
+    while len(received) < count:
+        response = await aws.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
+        )
+        received.extend(response.get("Messages", []))
+    assert len({m["Body"] for m in received}) == count
+    assert all("traceparent" in m["MessageAttributes"] for m in received)  # type: ignore[operator]

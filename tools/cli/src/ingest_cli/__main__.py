@@ -1,0 +1,3 @@
+from ingest_cli.main import run
+
+run()

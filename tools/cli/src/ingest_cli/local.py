@@ -1,0 +1,136 @@
+"""A local stack: a moto server on loopback and the four services as OS processes.
+
+Used by `ingest demo` and by the end-to-end tests, so both run the services exactly as a
+deployment does: separate processes, configured only through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("batcher", "processor", "previewer", "indexer")
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(
+    url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def moto_server(log_file: Path | None = None) -> Iterator[str]:
+    """Start `moto_server` on a free loopback port; yield its endpoint URL."""
+    port = free_port()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", process=process)
+        yield endpoint
+    finally:
+        stop_process(process, timeout=5)
+        if log_file:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class ServiceProcesses:
+    """The four services, each its own process, with its health port and log file."""
+
+    env: Mapping[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    health_ports: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        port = free_port()
+        env = {**self.env, "INGEST_HEALTH_PORT": str(port), "INGEST_HEALTH_HOST": "127.0.0.1"}
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"ingest_{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()  # the child holds its own descriptor
+        self.processes[name] = process
+        self.health_ports[name] = port
+        return process
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        for name, process in self.processes.items():
+            wait_http(f"http://127.0.0.1:{self.health_ports[name]}/readyz", timeout, process)
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        return {name: stop_process(p, timeout) for name, p in self.processes.items()}
+
+
+@contextmanager
+def services(
+    env: Mapping[str, str], log_dir: Path, names: tuple[str, ...] = SERVICES
+) -> Iterator[ServiceProcesses]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running = ServiceProcesses(env, log_dir)
+    try:
+        for name in names:
+            running.start(name)
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def local_env(endpoint: str, database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a local run: loopback AWS endpoint, test credentials, settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.update(LOCAL_CREDENTIALS)
+    env.update({"AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": database_url})
+    env.update({f"INGEST_{k.upper()}": v for k, v in settings.items()})
+    return env

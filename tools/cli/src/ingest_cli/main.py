@@ -1,0 +1,138 @@
+"""The `ingest` command: operate the pipeline and look inside it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ingest_common.aws import Aws
+from ingest_common.db.migrate import migrate
+from ingest_common.db.pool import connect
+from ingest_common.search import PostgresSearch
+from ingest_common.telemetry.tracing import configure_tracing
+from ingest_common.topology import apply_topology, load_topology
+
+from ingest_cli.settings import CliSettings
+from ingest_cli.status import format_status, load_status
+from ingest_cli.upload import upload_set
+
+Command = Callable[[argparse.Namespace, CliSettings], Awaitable[int]]
+
+
+async def cmd_migrate(args: argparse.Namespace, settings: CliSettings) -> int:
+    applied = await migrate(settings.database_url)
+    print(
+        f"applied {len(applied)} migration(s)"
+        + "".join(f"\n  {m.version:04d} {m.name}" for m in applied)
+    )
+    return 0
+
+
+async def cmd_bootstrap(args: argparse.Namespace, settings: CliSettings) -> int:
+    topology = load_topology(settings)
+    async with Aws(settings) as aws:
+        await apply_topology(aws, topology)
+    for queue in topology.queues:
+        print(
+            f"queue   {queue.name} (dead letters: {queue.dead_letter_name}, "
+            f"after {queue.max_receive_count} receives)"
+        )
+    for bucket in topology.buckets:
+        print(f"bucket  {bucket.name}")
+    return 0
+
+
+async def cmd_upload(args: argparse.Namespace, settings: CliSettings) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        print(f"no such file or folder: {path}", file=sys.stderr)
+        return 2
+    async with Aws(settings) as aws:
+        uploaded = await upload_set(aws, path, args.contributor)
+    print(uploaded.upload_id)
+    print(
+        f"s3://{settings.uploads_bucket}/{uploaded.key}  trace {uploaded.trace_id}", file=sys.stderr
+    )
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace, settings: CliSettings) -> int:
+    connection = await connect(settings.database_url)
+    try:
+        status = await load_status(connection, uuid.UUID(args.upload_id))
+    finally:
+        await connection.close()
+    if status is None:
+        print(f"no upload {args.upload_id}", file=sys.stderr)
+        return 1
+    print(format_status(status))
+    return 0
+
+
+async def cmd_search(args: argparse.Namespace, settings: CliSettings) -> int:
+    connection = await connect(settings.database_url)
+    try:
+        hits = await PostgresSearch(connection).search(args.query, args.limit)
+    finally:
+        await connection.close()
+    for hit in hits:
+        print(f"{hit.rank:6.3f}  {hit.title}  (family {hit.family}, product {hit.product_id})")
+    if not hits:
+        print("no match", file=sys.stderr)
+    return 0 if hits else 1
+
+
+async def cmd_demo(args: argparse.Namespace, settings: CliSettings) -> int:
+    from ingest_cli.demo import run_demo
+
+    return await run_demo(settings, Path(args.set), Path(args.output))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingest", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="apply the database migrations").set_defaults(
+        run=cmd_migrate
+    )
+    commands.add_parser(
+        "bootstrap", help="create buckets, queues, DLQs, notifications"
+    ).set_defaults(run=cmd_bootstrap)
+    upload = commands.add_parser(
+        "upload", help="upload a set (ZIP or folder); prints the upload id"
+    )
+    upload.add_argument("path")
+    upload.add_argument("--contributor", required=True)
+    upload.set_defaults(run=cmd_upload)
+    status = commands.add_parser("status", help="an upload's state, file by file")
+    status.add_argument("upload_id")
+    status.set_defaults(run=cmd_status)
+    search = commands.add_parser("search", help="search the indexed products")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=10)
+    search.set_defaults(run=cmd_search)
+    demo = commands.add_parser("demo", help="run the whole pipeline locally on a sample set")
+    demo.add_argument("--set", default=str(default_sample()), help="the set folder to upload")
+    demo.add_argument("--output", default="demo-output", help="where to save the mosaic and logs")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def default_sample() -> Path:
+    return Path(__file__).resolve().parents[4] / "sample" / "mdi-essentials"
+
+
+def run(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = CliSettings()
+    provider = configure_tracing(settings.service_name)
+    try:
+        code = asyncio.run(args.run(args, settings))
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        provider.shutdown()
+    sys.exit(code)
