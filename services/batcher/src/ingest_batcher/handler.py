@@ -189,7 +189,7 @@ class BatchHandler:
                 f'manifest.json names contributor "{manifest.contributor}", but this upload '
                 f'belongs to "{contributor}"'
             )
-        return plan_upload(archive, manifest)
+        return plan_upload(archive, manifest, max_svg_bytes=self.settings.max_file_bytes)
 
     async def _store_originals(self, plan: UploadPlan, contributor: str, upload: uuid.UUID) -> None:
         product = ids.product_id(upload)

@@ -65,7 +65,8 @@ async def record_upload(
             trace_id,
         )
         row = await connection.fetchrow(
-            "SELECT status::text, dispatched_at IS NOT NULL AS dispatched FROM uploads WHERE id = $1",
+            "SELECT status::text, dispatched_at IS NOT NULL AS dispatched"
+            " FROM uploads WHERE id = $1",
             upload,
         )
     assert row is not None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +11,7 @@ from ingest_common.aws import Aws
 from ingest_common.telemetry.tracing import current_carrier, tracer
 from opentelemetry.trace import SpanKind
 
-# Everything a set folder may hold that belongs in the ZIP.
-_INCLUDED = ("manifest.json", "LICENSE", "LICENSE.txt", "NOTICE")
+from ingest_cli.zipping import zip_folder
 
 
 @dataclass(frozen=True)
@@ -22,15 +19,6 @@ class Uploaded:
     upload_id: uuid.UUID
     key: str
     trace_id: str
-
-
-def zip_folder(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and (path.suffix.lower() == ".svg" or path.name in _INCLUDED):
-                archive.write(path, path.name)
-    return buffer.getvalue()
 
 
 async def upload_set(aws: Aws, path: Path, contributor: str) -> Uploaded:
