@@ -128,7 +128,8 @@ class PreviewHandler:
         )
         async with self.db.acquire() as connection:
             await connection.execute(
-                """INSERT INTO family_previews (family_id, png_key, webp_key, width, height, image_ids)
+                """INSERT INTO family_previews
+                          (family_id, png_key, webp_key, width, height, image_ids)
                    VALUES ($1, $2, $3, $4, $5, $6)
                    ON CONFLICT (family_id) DO UPDATE
                    SET png_key = $2, webp_key = $3, width = $4, height = $5, image_ids = $6,

@@ -16,7 +16,7 @@ class ProcessorSettings(IngestSettings):
     render_widths: tuple[int, ...] = Field((64, 128, 256, 512), description="JSON list, pixels")
     render_formats: tuple[str, ...] = Field(("png", "webp"), description="JSON list")
     render_workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="render processes"
+        default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, description="render processes"
     )
     render_timeout: float = Field(30.0, gt=0, description="seconds one SVG may take to render")
     max_svg_bytes: int = Field(5 * 2**20, ge=1, description="largest SVG rendered")

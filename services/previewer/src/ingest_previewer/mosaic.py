@@ -1,0 +1,109 @@
+"""The family mosaic: rendition PNGs centred in equal cells of a grid, encoded as PNG and WebP.
+
+Tiles are our own renditions (written by the processor), decoded here with libvips' sniffing
+loader; the previewer does not run the processor's SVG-only loader block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyvips
+
+
+@dataclass(frozen=True)
+class MosaicSpec:
+    tile: int = 128
+    gap: int = 8
+    padding: int = 16
+    columns: int | None = None  # None: near-square grid
+    background: tuple[int, int, int, int] = (255, 255, 255, 255)  # sRGB + alpha, 0..255
+    webp_quality: int = 85
+
+    def __post_init__(self) -> None:
+        if self.tile < 1 or self.gap < 0 or self.padding < 0:
+            raise ValueError(f"tile must be positive, gap and padding non-negative: {self!r}")
+        if self.columns is not None and self.columns < 1:
+            raise ValueError(f"columns must be positive or None, got {self.columns}")
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    png: bytes
+    webp: bytes
+    width: int
+    height: int
+    tiles: int
+
+
+def grid_shape(count: int, spec: MosaicSpec) -> tuple[int, int]:
+    """(columns, rows) for ``count`` tiles: fixed columns (never more than tiles) or near-square."""
+    if count < 1:
+        raise ValueError("a mosaic needs at least one tile")
+    columns = spec.columns if spec.columns is not None else math.ceil(math.sqrt(count))
+    columns = min(columns, count)
+    return columns, math.ceil(count / columns)
+
+
+def mosaic_size(count: int, spec: MosaicSpec) -> tuple[int, int]:
+    """(width, height) in pixels of the mosaic of ``count`` tiles."""
+    columns, rows = grid_shape(count, spec)
+
+    def side(cells: int) -> int:
+        return 2 * spec.padding + cells * spec.tile + (cells - 1) * spec.gap
+
+    return side(columns), side(rows)
+
+
+def compose_mosaic(tiles: Sequence[bytes], spec: MosaicSpec) -> Mosaic:
+    """Compose encoded tiles (PNG, any size; larger than ``spec.tile`` is shrunk to fit)."""
+    if not tiles:
+        raise ValueError("a mosaic needs at least one tile")
+    columns, _ = grid_shape(len(tiles), spec)
+    background = list(spec.background)
+    cells = [_cell(data, spec) for data in tiles]
+    # arrayjoin fills the unused cells of a short last row with the background too.
+    grid = pyvips.Image.arrayjoin(cells, across=columns, shim=spec.gap, background=background)
+    image = grid.embed(
+        spec.padding,
+        spec.padding,
+        grid.width + 2 * spec.padding,
+        grid.height + 2 * spec.padding,
+        extend="background",
+        background=background,
+    )
+    # Two encoders would each pull the whole pipeline (decode, composite) again: materialise.
+    image = image.copy_memory()
+    png = image.write_to_buffer(".png", keep="none")
+    webp = image.write_to_buffer(".webp", Q=spec.webp_quality, keep="none")
+    return Mosaic(bytes(png), bytes(webp), int(image.width), int(image.height), len(tiles))
+
+
+def _cell(data: bytes, spec: MosaicSpec) -> pyvips.Image:
+    """One tile centred on a tile×tile background cell, blended by its alpha."""
+    tile = _rgba(pyvips.Image.new_from_buffer(data, "", access="sequential"))
+    if tile.width > spec.tile or tile.height > spec.tile:
+        # thumbnail_image premultiplies alpha while resizing, so edges do not darken.
+        tile = tile.thumbnail_image(spec.tile, height=spec.tile)
+    # new_from_image tags the constant image "multiband"; composite needs a colourspace.
+    cell = (
+        pyvips.Image.black(spec.tile, spec.tile)
+        .new_from_image(list(spec.background))
+        .copy(interpretation="srgb")
+    )
+    x = (spec.tile - tile.width) // 2
+    y = (spec.tile - tile.height) // 2
+    return cell.composite2(tile, "over", x=x, y=y)
+
+
+def _rgba(image: pyvips.Image) -> pyvips.Image:
+    """8-bit sRGB with alpha, whatever the PNG held (grey, palette, 16-bit, no alpha)."""
+    if image.interpretation != "srgb" or image.format != "uchar":
+        image = image.colourspace("srgb")
+    if not image.hasalpha():
+        image = image.addalpha()
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    return image

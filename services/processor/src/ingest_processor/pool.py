@@ -1,0 +1,268 @@
+"""An asyncio front to a pool of render processes, so one processor container uses all its CPUs.
+
+Why processes: pyvips releases the GIL but takes it back on every call, so threads scale about
+1.4x on two cores where processes scale about 1.9x (DESIGN.md).
+
+Design, simplest that stays correct:
+
+* At most ``workers`` renders are submitted at once (an asyncio semaphore). Every submitted render
+  therefore runs at once on an idle worker, and the per-render timeout measures rendering, not
+  waiting in the executor's queue behind other renders.
+* Workers are started eagerly (``_Generation.start``) so process start-up and the pyvips import
+  never count against a render's timeout.
+* ``ProcessPoolExecutor`` cannot cancel a running task. When a render times out, the whole
+  generation of workers is killed and marked broken; the next render lazily starts a new
+  generation. The timed-out render raises ``RenderRejected``.
+* Killing a generation fails every render in flight on it with ``BrokenProcessPool``, exactly as a
+  worker crash (segfault, OOM kill) does, and from the parent the two cannot be told apart by
+  victim: the executor fails all in-flight futures, not just the crashed one. So both cases are
+  handled the same way: every render gets one transparent retry on a fresh generation; a render
+  whose retry breaks too raises ``RenderCrashed`` (retryable: leave the message for SQS
+  redelivery, which ends in the DLQ for an SVG that crashes the renderer every time).
+  A generation that fails to start counts as a break too; in ``__aenter__`` it is raised
+  (``BrokenProcessPool``, a RuntimeError), so a broken deployment fails at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from types import TracebackType
+
+from ingest_processor.render import (
+    RenderRejected,
+    RenderResult,
+    RenderSpec,
+    configure_vips,
+    render_svg,
+)
+
+# Attempts per render when the pool breaks under it: the first plus one transparent retry.
+_ATTEMPTS = 2
+# Spawning a worker imports pyvips and loads libvips: seconds on a cold, busy container.
+_START_TIMEOUT = 60.0
+
+
+class RenderCrashed(Exception):
+    """The worker process died under this render twice (crash, OOM kill). Retryable."""
+
+
+@dataclass
+class PoolStats:
+    """Counters for metrics and tests."""
+
+    generations: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    retries: int = 0
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+_worker_spec: RenderSpec | None = None
+
+
+def _init_worker(spec: RenderSpec) -> None:
+    """Executor initializer: runs once per worker; the spec travels here, not with every task."""
+    global _worker_spec
+    configure_vips()
+    _worker_spec = spec
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+def _worker_render(svg: bytes) -> RenderResult:
+    if _worker_spec is None:  # pragma: no cover - the initializer always runs first
+        raise RuntimeError("render worker used before its initializer ran")
+    return render_svg(svg, _worker_spec)
+
+
+# --- parent side -------------------------------------------------------------------------------
+
+
+class _Generation:
+    """One ProcessPoolExecutor and its workers; replaced as a whole when it breaks."""
+
+    def __init__(self, workers: int, spec: RenderSpec) -> None:
+        # spawn, not fork: the parent runs asyncio and libvips threads, neither survives fork.
+        self.executor = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(spec,),
+        )
+        self.workers = workers
+        self.broken = False
+
+    async def start(self) -> None:
+        """Spawn every worker now and wait until each has run its initializer.
+
+        The executor spawns a worker per submit while none is idle, so ``workers`` quick
+        submissions start all of them.
+        """
+        pings = [
+            asyncio.wrap_future(self.executor.submit(_worker_ready)) for _ in range(self.workers)
+        ]
+        try:
+            # return_exceptions: every ping's failure is retrieved, none logged as unhandled.
+            results = await asyncio.wait_for(
+                asyncio.gather(*pings, return_exceptions=True), _START_TIMEOUT
+            )
+        except TimeoutError:
+            results = [TimeoutError(f"workers not ready after {_START_TIMEOUT:g} s")]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self.kill()
+            # BrokenProcessPool, so a render treats a failed start like any other pool break.
+            raise BrokenProcessPool(f"render workers failed to start: {errors[0]!r}")
+
+    def submit(self, svg: bytes) -> Future[RenderResult]:
+        if self.broken:  # killed by another render since we picked it: same as a crash
+            raise BrokenProcessPool("render workers were recycled")
+        return self.executor.submit(_worker_render, svg)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in (self.executor._processes or {}).values() if p.pid is not None]
+
+    def kill(self) -> None:
+        """Kill every worker at once; in-flight futures fail with BrokenProcessPool.
+
+        There is no public API for this before Python 3.14 (``kill_workers``), hence
+        ``_processes``. The executor's manager thread notices the deaths, fails the futures and
+        reaps the processes.
+        """
+        self.broken = True
+        for process in list((self.executor._processes or {}).values()):
+            process.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self, grace: float) -> None:
+        """Blocking: let running renders finish for up to ``grace`` seconds, then kill."""
+        self.broken = True
+        processes = list((self.executor._processes or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        self.executor.shutdown(wait=True)
+
+
+class RenderPool:
+    """``async with RenderPool(workers, spec, timeout) as pool: await pool.render(svg)``."""
+
+    def __init__(self, workers: int, spec: RenderSpec, timeout: float) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.workers = workers
+        self.spec = spec
+        self.timeout = timeout
+        self.stats = PoolStats()
+        self._generation: _Generation | None = None
+        self._slots = asyncio.Semaphore(workers)
+        self._lock = asyncio.Lock()
+        self._open = False
+
+    async def __aenter__(self) -> RenderPool:
+        self._open = True
+        try:
+            await self._current()  # fail fast on a broken setup (no libvips, bad spec)
+        except BaseException:
+            self._open = False
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._open = False
+        generation, self._generation = self._generation, None
+        if generation is not None:
+            await asyncio.to_thread(generation.close, self.timeout)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the current generation's workers (health checks, tests)."""
+        if self._generation is None or self._generation.broken:
+            return []
+        return self._generation.pids()
+
+    async def render(self, svg: bytes) -> RenderResult:
+        """Render in a worker process.
+
+        Raises RenderRejected (bad input, or longer than ``timeout``: not retryable) or
+        RenderCrashed (the worker died twice under this render: retryable).
+        """
+        async with self._slots:
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    return await self._render_once(svg)
+                except BrokenProcessPool:
+                    if attempt == _ATTEMPTS:
+                        raise RenderCrashed(
+                            "the render worker died while rendering this image"
+                        ) from None
+                    self.stats.retries += 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _render_once(self, svg: bytes) -> RenderResult:
+        generation = await self._current()
+        try:
+            future = asyncio.wrap_future(generation.submit(svg))
+            # asyncio.wait, not wait_for: a timeout must not cancel the future before we have
+            # killed the worker that runs it.
+            try:
+                done, _ = await asyncio.wait({future}, timeout=self.timeout)
+            except asyncio.CancelledError:
+                # The caller gave up (shutdown); the worker finishes on its own, unobserved.
+                future.cancel()
+                raise
+            if not done:
+                self.stats.timeouts += 1
+                self._discard(generation, crashed=False)
+                # The kill will fail this future with BrokenProcessPool; nobody awaits it, so
+                # cancel it now rather than have asyncio log an unretrieved exception.
+                future.cancel()
+                raise RenderRejected(f"took longer than {self.timeout:g} s to render")
+            return future.result()
+        except BrokenProcessPool:
+            self._discard(generation, crashed=True)
+            raise
+
+    def _discard(self, generation: _Generation, *, crashed: bool) -> None:
+        """Kill a generation once; concurrent victims of the same break all land here."""
+        if generation.broken:
+            return
+        if crashed:
+            self.stats.crashes += 1
+        generation.kill()
+
+    async def _current(self) -> _Generation:
+        """The live generation, starting a new one if the last broke (one start at a time)."""
+        if not self._open:
+            raise RuntimeError("RenderPool used outside 'async with'")
+        async with self._lock:
+            if self._generation is None or self._generation.broken:
+                generation = _Generation(self.workers, self.spec)
+                self._generation = generation
+                self.stats.generations += 1
+                try:
+                    await generation.start()
+                except BrokenProcessPool:
+                    self.stats.crashes += 1
+                    raise
+                return generation
+            return self._generation

@@ -1,0 +1,273 @@
+"""render_svg against real libvips and real SVGs.
+
+The pytest process never calls configure_vips: it blocks every non-SVG loader process-wide and
+the tests must decode the renditions back. Its effect is checked in a subprocess instead.
+
+Real samples, copied inline from the project's corpus so CI does not need /work/shared:
+- MDI_FORWARD: Material Design Icons "forward" (@mdi/svg 7.4.47), Pictogrammers, Apache-2.0.
+- OPENMOJI_JAPAN: OpenMoji 1F1EF-1F1F5 (openmoji 17.0.0), CC BY-SA 4.0, https://openmoji.org.
+- FLUENT_RED_CIRCLE: Fluent Emoji "red circle" (fluentui-emoji 1.3.0, icons/modern),
+  Microsoft, MIT. Five layered radial/linear gradients with partial opacity.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import pyvips
+from ingest_processor.render import (
+    RenderRejected,
+    RenderResult,
+    RenderSpec,
+    render_svg,
+)
+
+MDI_FORWARD = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-forward" viewBox="0 0 24 24"><path d="M1'
+    b'2,8V4L20,12L12,20V16H4V8H12Z" /></svg>'
+)
+
+OPENMOJI_JAPAN = (
+    b'<svg id="emoji" viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">\n  <g id="color">'
+    b'\n    <rect x="5" y="17" width="62" height="38" fill="#fff"/>\n    <circle cx="36" cy="36"'
+    b' r="9" fill="#d22f27"/>\n  </g>\n  <g id="line">\n    <rect x="5" y="17" width="62" height='
+    b'"38" fill="none" stroke="#000" stroke-linecap="round" stroke-linejoin="round" stroke-wid'
+    b'th="2"/>\n  </g>\n</svg>'
+)
+
+FLUENT_RED_CIRCLE = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" fill="none" viewBox="0 0 32 32"><path fill="url('
+    b'#svg-2f194295-f446-48c7-b9a3-94ed8e4140ab-a)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6'
+    b'.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url(#svg-ca058290-ecc1-44d8-88d7-'
+    b'7bc6e08c3e0b-b)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14 '
+    b'6.268 14 14"/><path fill="url(#svg-bb9627b1-da42-469b-8f2b-8fa581ff9564-c)" d="M29.757 1'
+    b'6c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url'
+    b'(#svg-b1511d55-7e48-4fac-b407-109e096e4b22-d)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-'
+    b'6.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url(#svg-f4e8af6d-6aed-4b02-907b'
+    b'-2116f07965bd-e)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14'
+    b' 6.268 14 14"/><defs><radialGradient id="svg-2f194295-f446-48c7-b9a3-94ed8e4140ab-a" cx='
+    b'"0" cy="0" r="1" gradientTransform="rotate(130.168 9.936 9.935)scale(27.8086)" gradientU'
+    b'nits="userSpaceOnUse"><stop offset=".232" stop-color="#f24756"/><stop offset="1" stop-co'
+    b'lor="#b22945"/></radialGradient><radialGradient id="svg-bb9627b1-da42-469b-8f2b-8fa581ff'
+    b'9564-c" cx="0" cy="0" r="1" gradientTransform="rotate(136.38 10.067 10.264)scale(14.6767'
+    b' 15.816)" gradientUnits="userSpaceOnUse"><stop offset=".179" stop-color="#ff6180"/><stop'
+    b' offset="1" stop-color="#e5364a" stop-opacity="0"/></radialGradient><radialGradient id="'
+    b'svg-b1511d55-7e48-4fac-b407-109e096e4b22-d" cx="0" cy="0" r="1" gradientTransform="matri'
+    b'x(-19.25 0 0 -20 20.249 16)" gradientUnits="userSpaceOnUse"><stop offset=".62" stop-colo'
+    b'r="#b73e4b" stop-opacity="0"/><stop offset=".951" stop-color="#d48387"/></radialGradient'
+    b'><radialGradient id="svg-f4e8af6d-6aed-4b02-907b-2116f07965bd-e" cx="0" cy="0" r="1" gra'
+    b'dientTransform="matrix(0 21 -23.3208 0 15.757 9)" gradientUnits="userSpaceOnUse"><stop o'
+    b'ffset=".863" stop-color="#b83c5a" stop-opacity="0"/><stop offset="1" stop-color="#b83c5a'
+    b'"/><stop offset="1" stop-color="#ac4064"/></radialGradient><linearGradient id="svg-ca058'
+    b'290-ecc1-44d8-88d7-7bc6e08c3e0b-b" x1="15.757" x2="15.757" y1="2" y2="8.5" gradientUnits'
+    b'="userSpaceOnUse"><stop stop-color="#dd4577"/><stop offset="1" stop-color="#ef4b5e" stop'
+    b'-opacity="0"/></linearGradient></defs></svg>'
+)
+
+SPEC = RenderSpec()
+
+
+def _svg(width: str, height: str, view_box: str = "0 0 10 10") -> bytes:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="{view_box}"><circle cx="5" cy="5" r="4" fill="#3a7"/></svg>'
+    ).encode()
+
+
+def _png() -> bytes:
+    return bytes(pyvips.Image.black(16, 16, bands=4).pngsave_buffer())
+
+
+def _decode(data: bytes) -> pyvips.Image:
+    return pyvips.Image.new_from_buffer(data, "")
+
+
+@pytest.mark.parametrize("svg", [MDI_FORWARD, OPENMOJI_JAPAN, FLUENT_RED_CIRCLE])
+def test_every_width_and_format_decodes_back_with_alpha(svg: bytes) -> None:
+    result = render_svg(svg, SPEC)
+
+    expected = [(w, f) for w in SPEC.widths for f in SPEC.formats]
+    assert [(r.width, r.format) for r in result.renditions] == expected
+    for rendition in result.renditions:
+        image = _decode(rendition.data)
+        assert image.get("vips-loader") == f"{rendition.format}load_buffer"
+        assert (image.width, image.height) == (rendition.width, rendition.height)
+        assert image.hasalpha()
+        assert image.interpretation == "srgb"
+        assert rendition.content_type == f"image/{rendition.format}"
+
+
+def test_source_size_is_the_declared_size() -> None:
+    result = render_svg(FLUENT_RED_CIRCLE, SPEC)
+
+    assert (result.source_width, result.source_height) == (32, 32)
+
+
+def test_alpha_is_kept_outside_the_shape() -> None:
+    png = next(r for r in render_svg(FLUENT_RED_CIRCLE, SPEC).renditions if r.format == "png")
+    image = _decode(png.data)
+
+    corner, centre = image(0, 0), image(image.width // 2, image.height // 2)
+    assert corner[3] == 0
+    assert centre[3] == 255
+    assert centre[0] > 150 > centre[2]  # red, from the gradients
+
+
+def test_vector_is_rendered_at_target_size_not_upscaled() -> None:
+    # A 10×10 declared circle at 512 px: an upscaled bitmap would have a blurred rim many
+    # pixels wide; a vector render has a one- or two-pixel antialiased edge.
+    spec = RenderSpec(widths=(512,), formats=("png",))
+    image = _decode(render_svg(_svg("10", "10"), spec).renditions[0].data)
+
+    row = [image(x, 256)[3] for x in range(image.width)]
+    partial = [a for a in row if 0 < a < 255]
+    assert len(partial) <= 4
+
+
+@pytest.mark.parametrize(
+    ("declared", "width", "height"),
+    [(("30", "17"), 64, 36), (("30", "17"), 7, 4), (("17", "300"), 33, 582), (("20", "1"), 1, 1)],
+)
+def test_height_follows_aspect_ratio(declared: tuple[str, str], width: int, height: int) -> None:
+    w, h = declared
+    spec = RenderSpec(widths=(width,), formats=("png",))
+    result = render_svg(_svg(w, h, f"0 0 {w} {h}"), spec)
+
+    assert [(r.width, r.height) for r in result.renditions] == [(width, height)]
+
+
+def test_png_renamed_svg_is_rejected() -> None:
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(_png(), SPEC)
+
+    assert caught.value.reason == "is not an SVG image (libvips saw png)"
+
+
+@pytest.mark.parametrize("junk", [b"", b"hello", b"<svg", b"<html><body/></html>"])
+def test_non_svg_is_rejected_with_libvips_reason(junk: bytes) -> None:
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(junk, SPEC)
+
+    assert caught.value.reason.startswith("could not be rendered: ")
+    assert "\n" not in caught.value.reason
+
+
+def test_gzip_svgz_is_rejected() -> None:
+    import gzip
+
+    with pytest.raises(RenderRejected, match="gzip"):
+        render_svg(gzip.compress(MDI_FORWARD), SPEC)
+
+
+def test_huge_declared_size_is_rejected_before_rendering() -> None:
+    started = time.perf_counter()
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(_svg("100000", "100000"), SPEC)
+
+    assert time.perf_counter() - started < 1.0
+    assert "100000×100000" in caught.value.reason
+
+
+def test_declared_pixels_over_cap_are_rejected() -> None:
+    spec = RenderSpec(max_declared_pixels=10_000, max_side=1000)
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(_svg("200", "200"), spec)
+
+    assert caught.value.reason == "declares 200×200 pixels, more than the limit of 10,000"
+
+
+def test_extreme_aspect_ratio_is_rejected() -> None:
+    # 1×20000 is only 20,000 declared pixels, but its 512-wide rendition would be 10 M rows.
+    with pytest.raises(RenderRejected, match="elongated"):
+        render_svg(_svg("1", "20000", "0 0 1 20000"), SPEC)
+
+
+def test_oversized_input_is_rejected() -> None:
+    spec = RenderSpec(max_input_bytes=100)
+    with pytest.raises(RenderRejected, match="more than the limit of 100"):
+        render_svg(FLUENT_RED_CIRCLE, spec)
+
+
+def test_giant_viewbox_with_small_size_renders() -> None:
+    svg = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" '
+        b'viewBox="0 0 1000000 1000000"><rect width="1000000" height="500000" fill="#00f"/></svg>'
+    )
+    result = render_svg(svg, SPEC)
+
+    assert (result.source_width, result.source_height) == (24, 24)
+    top = _decode(result.renditions[-2].data)  # 512 px PNG
+    assert top.width == 512
+    assert top(256, 100)[2] == 255
+    assert top(256, 400)[3] == 0
+
+
+def test_billion_laughs_is_rejected() -> None:
+    entities = "".join(
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9)
+    )
+    svg = (
+        f'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">{entities}]>'
+        '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><text>&j;</text></svg>'
+    ).encode()
+    with pytest.raises(RenderRejected):
+        render_svg(svg, SPEC)
+
+
+def test_encoder_settings_are_applied() -> None:
+    lossy = RenderSpec(widths=(64,))
+    tuned = RenderSpec(widths=(64,), webp_lossless=True, png_palette=True)
+
+    png, webp = render_svg(OPENMOJI_JAPAN, lossy).renditions
+    png_palette, webp_lossless = render_svg(OPENMOJI_JAPAN, tuned).renditions
+
+    # Byte 25 of a PNG is the IHDR colour type: 6 is RGBA, 3 is indexed (palette).
+    assert (png.data[25], png_palette.data[25]) == (6, 3)
+    # A lossless WebP carries a VP8L chunk, a lossy one VP8 (+ ALPH).
+    assert b"VP8L" in webp_lossless.data[:64]
+    assert b"VP8L" not in webp.data[:64]
+
+
+def test_result_is_picklable_for_the_process_pool() -> None:
+    import pickle
+
+    result = render_svg(MDI_FORWARD, RenderSpec(widths=(64,)))
+    error = RenderRejected("is not an SVG image (libvips saw png)")
+
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert isinstance(pickle.loads(pickle.dumps(result)), RenderResult)
+    assert pickle.loads(pickle.dumps(error)).reason == error.reason
+
+
+def test_invalid_spec_is_refused() -> None:
+    with pytest.raises(ValueError, match="formats"):
+        RenderSpec(formats=("gif",))
+    with pytest.raises(ValueError, match="widths"):
+        RenderSpec(widths=(0,))
+
+
+def test_configure_vips_blocks_every_loader_but_svg() -> None:
+    # In a subprocess: the block is process-wide and this process must keep decoding PNGs.
+    code = textwrap.dedent(
+        """
+        import pyvips
+        from ingest_processor.render import configure_vips
+        png = pyvips.Image.black(8, 8).pngsave_buffer()
+        svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>'
+        configure_vips()
+        assert pyvips.Image.thumbnail_buffer(svg, 16).width == 16
+        try:
+            pyvips.Image.thumbnail_buffer(png, 16)
+        except pyvips.Error:
+            print("blocked")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert done.stdout.strip() == "blocked"
