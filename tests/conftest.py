@@ -18,8 +18,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from ingest_cli.local import LOCAL_CREDENTIALS, moto_server
 from ingest_common.aws import Aws
 from ingest_common.db.migrate import migrate
@@ -27,6 +25,7 @@ from ingest_common.db.pool import create_pool
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.tracing import configure_tracing
 from ingest_common.topology import apply_topology, load_topology
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"

@@ -7,13 +7,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
-from pydantic import BaseModel, ConfigDict
-
 from ingest_common.aws import Aws
 from ingest_common.errors import PermanentError, RetryableError
 from ingest_common.runtime.consumer import Consumer, Delivery
 from ingest_common.runtime.health import Health
 from ingest_common.schemas.messages import Message
+from pydantic import ConfigDict
 
 QUEUE = "ingest-index"  # any queue of the real topology
 
@@ -30,7 +29,9 @@ def make_consumer(
     return Consumer(settings, aws, QUEUE, Ping.model_validate_json, handle, Health(QUEUE, 60))
 
 
-async def run_until(consumer: Consumer[Ping], done: Callable[[], bool], timeout: float = 30) -> None:
+async def run_until(
+    consumer: Consumer[Ping], done: Callable[[], bool], timeout: float = 30
+) -> None:
     task = asyncio.create_task(consumer.run())
     try:
         async with asyncio.timeout(timeout):

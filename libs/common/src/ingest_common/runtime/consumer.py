@@ -104,6 +104,7 @@ class Consumer(Generic[M]):
             log.info("consumer.draining", queue=self.queue, in_flight=len(self._in_flight))
             self.health.draining = True
             self._stopping.set()
+            self._room.set()
 
     async def run(self) -> None:
         self._url = await self.aws.queue_url(self.queue)
@@ -114,6 +115,9 @@ class Consumer(Generic[M]):
         poller = asyncio.create_task(self._poll_loop(), name="poller")
         try:
             await self._stopping.wait()
+            # Let a long poll in progress return rather than cancel it: SQS would hand the
+            # messages of a cancelled poll to nobody until their visibility timeout ends.
+            await asyncio.wait([poller], timeout=self.settings.receive_wait_seconds + 10)
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,7 +137,13 @@ class Consumer(Generic[M]):
         while not self._stopping.is_set():
             self.health.beat()
             room = await self._wait_for_room()
+            if self._stopping.is_set():
+                break
             raw_messages = await self._receive(room)
+            if self._stopping.is_set():
+                # Received after SIGTERM: hand them straight back to other consumers.
+                await self._release([Delivery.from_sqs(raw) for raw in raw_messages])
+                break
             self._free -= len(raw_messages)
             for raw in raw_messages:
                 delivery = Delivery.from_sqs(raw)
@@ -144,7 +154,7 @@ class Consumer(Generic[M]):
 
     async def _wait_for_room(self) -> int:
         """Wait for a free handler slot; never ask SQS for more than we can start."""
-        while self._free <= 0:
+        while self._free <= 0 and not self._stopping.is_set():
             self._room.clear()
             await self._room.wait()
         return min(SQS_BATCH, self._free, self.settings.receive_batch_size)
@@ -364,5 +374,8 @@ class Consumer(Generic[M]):
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        # Make the unfinished messages visible again now, not after their timeout.
+        await self._release(deliveries)
+
+    async def _release(self, deliveries: list[Delivery]) -> None:
+        """Make messages visible again now, not after their visibility timeout."""
         await asyncio.gather(*(self._set_visibility(d, 0) for d in deliveries))

@@ -1,0 +1,139 @@
+"""Drive the real handlers through the real consumer runtime, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from ingest_batcher.handler import BatchHandler
+from ingest_batcher.settings import BatcherSettings
+from ingest_cli.upload import upload_set
+from ingest_common.aws import Aws
+from ingest_common.runtime.consumer import Consumer
+from ingest_common.runtime.health import Health
+from ingest_common.runtime.service import Handler, Resources
+from ingest_common.settings import IngestSettings
+from ingest_indexer.handler import IndexHandler
+from ingest_indexer.settings import IndexerSettings
+from ingest_previewer.handler import PreviewHandler
+from ingest_previewer.settings import PreviewerSettings
+from ingest_processor.handler import RenderHandler
+from ingest_processor.settings import ProcessorSettings
+
+SERVICES: dict[
+    str, tuple[type[IngestSettings], Callable[[Resources], AbstractAsyncContextManager[Any]]]
+] = {
+    "batch": (BatcherSettings, BatchHandler.open),
+    "render": (ProcessorSettings, RenderHandler.open),
+    "preview": (PreviewerSettings, PreviewHandler.open),
+    "index": (IndexerSettings, IndexHandler.open),
+}
+
+
+def service_settings(role: str, base: IngestSettings, **overrides: Any) -> IngestSettings:
+    settings_class, _ = SERVICES[role]
+    values = base.model_dump(by_alias=False)
+    values.update({"safety_net_delay": 0, "render_workers": 1, "stall_timeout": 600})
+    values.update(overrides)
+    known = {k: v for k, v in values.items() if k in settings_class.model_fields}
+    return settings_class(**known)
+
+
+async def queue_counts(aws: Aws, queue: str) -> tuple[int, int, int]:
+    url = await aws.queue_url(queue)
+    attributes = (
+        await aws.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+        int(attributes["ApproximateNumberOfMessagesDelayed"]),
+    )
+
+
+class Pipeline:
+    """The four handlers, each behind its own consumer, sharing this test's resources."""
+
+    def __init__(self, aws: Aws, db: asyncpg.Pool, **overrides: Any) -> None:
+        self.aws = aws
+        self.db = db
+        self.overrides = overrides
+
+    async def drain(self, role: str, timeout: float = 60) -> Health:
+        """Run one service's consumer until its queue is empty (delayed messages included)."""
+        settings = service_settings(role, self.aws.settings, **self.overrides)
+        queue = getattr(settings, f"{role}_queue")
+        _, build = SERVICES[role]
+        health = Health(queue, 60)
+        async with build(Resources(settings, self.aws, self.db)) as handler:
+            consumer = self._consumer(settings, queue, handler, health)
+            task = asyncio.create_task(consumer.run())
+            try:
+                async with asyncio.timeout(timeout):
+                    while await queue_counts(self.aws, queue) != (0, 0, 0) or health.in_flight:
+                        await asyncio.sleep(0.1)
+                        if task.done():
+                            break
+            finally:
+                consumer.stop()
+                await task
+        return health
+
+    def _consumer(
+        self, settings: IngestSettings, queue: str, handler: Handler[Any], health: Health
+    ) -> Consumer[Any]:
+        return Consumer(settings, self.aws, queue, handler.parse, handler.handle, health)
+
+    async def run_all(self) -> None:
+        for role in ("batch", "render", "preview", "index", "preview", "index"):
+            await self.drain(role)
+
+
+async def upload_folder(aws: Aws, folder: Path, contributor: str = "acme") -> Any:
+    return await upload_set(aws, folder, contributor)
+
+
+def make_zip(files: dict[str, bytes | str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def manifest(files: list[str], **fields: Any) -> str:
+    body: dict[str, Any] = {
+        "product_type": "icon_set",
+        "family": "test-family",
+        "title": "Test set",
+        "description": "Icons for tests",
+        "tags": ["test"],
+        "license": "standard",
+        "files": [{"path": f, "title": f.removesuffix(".svg"), "tags": ["t"]} for f in files],
+    }
+    body.update(fields)
+    return json.dumps(body)
+
+
+async def put_upload(aws: Aws, contributor: str, data: bytes, name: str = "set.zip") -> str:
+    key = f"uploads/{contributor}/{name}"
+    await aws.put_bytes(aws.settings.uploads_bucket, key, data, content_type="application/zip")
+    return key
+
+
+async def sample_svgs(folder: Path, count: int) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.svg"))[:count]}

@@ -1,0 +1,342 @@
+"""Each service's handler on real PostgreSQL and a real S3/SQS endpoint."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+import pytest
+import pyvips
+from ingest_common import ids
+from ingest_common.aws import Aws
+from ingest_common.schemas.messages import IndexProduct, RenderImage
+from ingest_common.search import PostgresSearch
+
+from tests.conftest import SAMPLE
+from tests.integration.pipeline import (
+    Pipeline,
+    make_zip,
+    manifest,
+    put_upload,
+    queue_counts,
+    upload_folder,
+)
+
+MDI = SAMPLE / "mdi-essentials"
+OPENMOJI = SAMPLE / "openmoji-sampler"
+
+
+def svgs(count: int) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(MDI.glob("*.svg"))[:count]}
+
+
+async def upload_row(db: asyncpg.Pool, key: str) -> asyncpg.Record:
+    row = await db.fetchrow(
+        "SELECT *, status::text AS status FROM uploads WHERE object_key = $1", key
+    )
+    assert row is not None, f"no upload row for {key}"
+    return row
+
+
+async def test_batcher_creates_rows_originals_and_one_message_per_image(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(12)
+    key = await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    await Pipeline(aws, db).drain("batch")
+
+    upload = await upload_row(db, key)
+    assert upload["status"] == "processing"
+    assert upload["dispatched_at"] is not None
+    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    assert product["image_count"] == 12
+    images = await db.fetch(
+        "SELECT * FROM images WHERE product_id = $1 ORDER BY position", product["id"]
+    )
+    assert [i["path"] for i in images] == list(files)
+    for image in images:
+        original = await aws.get_bytes(aws.settings.uploads_bucket, image["original_key"])
+        assert original == files[image["path"]]
+    assert (await queue_counts(aws, aws.settings.render_queue))[0] == 12
+    # the safety net is waiting in the preview queue
+    assert sum(await queue_counts(aws, aws.settings.preview_queue)) == 1
+
+
+async def test_duplicate_event_changes_nothing(aws: Aws, db: asyncpg.Pool) -> None:
+    files = svgs(3)
+    key = await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    url = await aws.queue_url(aws.settings.batch_queue)
+    # S3 delivered the event; deliver it a second time, as SQS may.
+    received = await aws.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2, VisibilityTimeout=0)
+    [event] = received["Messages"]
+    await aws.sqs.send_message(QueueUrl=url, MessageBody=event["Body"])
+    await Pipeline(aws, db).drain("batch")
+
+    assert await db.fetchval("SELECT count(*) FROM uploads WHERE object_key = $1", key) == 1
+    assert await db.fetchval("SELECT count(*) FROM images") == 3
+    assert (await queue_counts(aws, aws.settings.render_queue))[0] == 3
+
+
+async def test_upload_outside_the_prefix_scheme_is_refused(aws: Aws, db: asyncpg.Pool) -> None:
+    files = svgs(1)
+    key = "uploads/set-without-contributor.zip"
+    await aws.put_bytes(
+        aws.settings.uploads_bucket,
+        key,
+        make_zip({"manifest.json": manifest(list(files)), **files}),
+        content_type="application/zip",
+    )
+    await Pipeline(aws, db).drain("batch")
+    upload = await upload_row(db, key)
+    assert upload["status"] == "rejected"
+    assert "uploads/<contributor>/<name>.zip" in upload["error"]
+    assert await db.fetchval("SELECT count(*) FROM products") == 0
+
+
+async def test_invalid_manifest_is_refused_with_the_contributors_words(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(2)
+    bad = json.loads(manifest(list(files)))
+    bad["colour"] = "red"
+    bad["title"] = 12
+    key = await put_upload(aws, "acme", make_zip({"manifest.json": json.dumps(bad), **files}))
+    await Pipeline(aws, db).drain("batch")
+    upload = await upload_row(db, key)
+    assert upload["status"] == "rejected"
+    assert "colour" in upload["error"]
+    assert "title" in upload["error"]
+    assert await db.fetchval("SELECT count(*) FROM products") == 0
+    assert sum(await queue_counts(aws, aws.settings.render_queue)) == 0
+
+
+async def test_another_contributors_family_is_refused_and_nothing_written(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(2)
+    first = await put_upload(
+        aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}), "a.zip"
+    )
+    await Pipeline(aws, db).drain("batch")
+    second = await put_upload(
+        aws, "mallory", make_zip({"manifest.json": manifest(list(files)), **files}), "b.zip"
+    )
+    await Pipeline(aws, db).drain("batch")
+    assert (await upload_row(db, first))["status"] == "processing"
+    refused = await upload_row(db, second)
+    assert refused["status"] == "rejected"
+    assert "belongs to another contributor" in refused["error"]
+    assert await db.fetchval("SELECT count(*) FROM products WHERE contributor_id = 'mallory'") == 0
+
+
+async def test_manifest_naming_another_contributor_is_refused(aws: Aws, db: asyncpg.Pool) -> None:
+    files = svgs(1)
+    body = manifest(list(files), contributor="acme")
+    key = await put_upload(aws, "mallory", make_zip({"manifest.json": body, **files}))
+    await Pipeline(aws, db).drain("batch")
+    refused = await upload_row(db, key)
+    assert refused["status"] == "rejected"
+    assert '"acme"' in refused["error"]
+    assert '"mallory"' in refused["error"]
+
+
+async def test_one_bad_file_is_reported_and_the_rest_processed(aws: Aws, db: asyncpg.Pool) -> None:
+    files = svgs(4)
+    files["broken.svg"] = b"<svg xmlns='http://www.w3.org/2000/svg'><path d='M0 0"
+    files["renamed.svg"] = (MDI.parent / "mdi-essentials" / "LICENSE").read_bytes()
+    key = await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    pipeline = Pipeline(aws, db)
+    await pipeline.run_all()
+    upload = await upload_row(db, key)
+    assert upload["status"] == "ready"
+    refused = {e["path"]: e["reason"] for e in upload["file_errors"]}
+    assert set(refused) == {"broken.svg", "renamed.svg"}
+    assert all(refused.values())
+    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    assert (product["image_count"], product["images_ready"], product["images_failed"]) == (4, 4, 0)
+
+
+async def test_processor_renders_every_size_and_format_then_completes_the_product(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    uploaded = await upload_folder(aws, OPENMOJI)
+    pipeline = Pipeline(aws, db)
+    await pipeline.drain("batch")
+    await pipeline.drain("render")
+
+    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", uploaded.upload_id)
+    assert product["status"] == "ready"
+    assert product["images_ready"] == product["image_count"] == 12
+    assert product["completed_at"] is not None
+    assert product["ready_notified_at"] is not None
+    image = await db.fetchrow(
+        "SELECT * FROM images WHERE product_id = $1 ORDER BY position LIMIT 1", product["id"]
+    )
+    assert {(r["width"], r["format"]) for r in image["renditions"]} == {
+        (w, f) for w in (64, 128, 256, 512) for f in ("png", "webp")
+    }
+    for rendition in image["renditions"]:
+        head = await aws.s3.head_object(Bucket=aws.settings.previews_bucket, Key=rendition["key"])
+        assert head["ContentType"] == f"image/{rendition['format']}"
+        assert "immutable" in head["CacheControl"]
+        data = await aws.get_bytes(aws.settings.previews_bucket, rendition["key"])
+        decoded = pyvips.Image.new_from_buffer(data, "")
+        assert decoded.get("vips-loader") == f"{rendition['format']}load_buffer"
+        assert decoded.width == rendition["width"]
+        assert decoded.hasalpha()
+    # product-ready went to the previewer and the indexer at once
+    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
+    assert (await queue_counts(aws, aws.settings.preview_queue))[0] == 2  # + the safety net
+    uploaded_row = await db.fetchrow(
+        "SELECT status::text FROM uploads WHERE id = $1", uploaded.upload_id
+    )
+    assert uploaded_row["status"] == "ready"
+
+
+async def test_redelivered_render_message_does_not_count_twice(aws: Aws, db: asyncpg.Pool) -> None:
+    uploaded = await upload_folder(aws, MDI)
+    pipeline = Pipeline(aws, db)
+    await pipeline.drain("batch")
+    product = ids.product_id(uploaded.upload_id)
+    image = await db.fetchrow(
+        "SELECT id, original_key FROM images WHERE product_id = $1 LIMIT 1", product
+    )
+    again = RenderImage(
+        upload_id=uploaded.upload_id,
+        product_id=product,
+        image_id=image["id"],
+        original_key=image["original_key"],
+    )
+    await aws.send(aws.settings.render_queue, [again, again])
+    await pipeline.drain("render")
+    row = await db.fetchrow("SELECT * FROM products WHERE id = $1", product)
+    assert (row["images_ready"], row["images_failed"]) == (24, 0)
+    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
+
+
+async def test_unrenderable_svg_fails_with_a_reason_and_still_completes(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(2)
+    files["huge.svg"] = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="100000" height="100000"><rect width="10" height="10"/></svg>'
+    )
+    key = await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    pipeline = Pipeline(aws, db)
+    await pipeline.run_all()
+    upload = await upload_row(db, key)
+    failed = await db.fetchrow(
+        "SELECT status::text, failure_reason FROM images WHERE path = 'huge.svg'"
+    )
+    assert failed["status"] == "failed"
+    assert "100000" in failed["failure_reason"]
+    assert upload["status"] == "ready"
+    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    assert (product["images_ready"], product["images_failed"]) == (2, 1)
+
+
+async def test_mosaic_draws_from_every_set_of_the_family(aws: Aws, db: asyncpg.Pool) -> None:
+    first, second = svgs(3), dict(list(svgs(6).items())[3:])
+    await put_upload(
+        aws, "acme", make_zip({"manifest.json": manifest(list(first)), **first}), "one.zip"
+    )
+    await put_upload(
+        aws,
+        "acme",
+        make_zip({"manifest.json": manifest(list(second), title="Second"), **second}),
+        "two.zip",
+    )
+    await Pipeline(aws, db, mosaic_images=50).run_all()
+
+    preview = await db.fetchrow("SELECT * FROM family_previews")
+    products = await db.fetch(
+        "SELECT DISTINCT product_id FROM images WHERE id = ANY($1::uuid[])", preview["image_ids"]
+    )
+    assert len(preview["image_ids"]) == 6
+    assert len(products) == 2
+    for key, loader in (
+        (preview["png_key"], "pngload_buffer"),
+        (preview["webp_key"], "webpload_buffer"),
+    ):
+        image = pyvips.Image.new_from_buffer(
+            await aws.get_bytes(aws.settings.previews_bucket, key), ""
+        )
+        assert image.get("vips-loader") == loader
+        assert (image.width, image.height) == (preview["width"], preview["height"])
+
+
+async def test_safety_net_fails_stragglers_and_completes_the_product(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(3)
+    key = await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    pipeline = Pipeline(aws, db, stall_timeout=1)
+    await pipeline.drain("batch")
+    # The processor never runs: pretend one image rendered and the rest are stuck.
+    url = await aws.queue_url(aws.settings.render_queue)
+    await aws.sqs.purge_queue(QueueUrl=url)
+    upload = await upload_row(db, key)
+    await db.execute("UPDATE products SET created_at = now() - interval '1 hour'")
+    await pipeline.drain("preview")
+
+    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    assert product["status"] == "failed"
+    assert product["images_failed"] == 3
+    reasons = await db.fetch("SELECT failure_reason FROM images")
+    assert all("did not finish" in r["failure_reason"] for r in reasons)
+    # product-ready reached the indexer, and so did the previewer's index request after it
+    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 2
+
+
+async def test_indexer_ranks_title_over_description(aws: Aws, db: asyncpg.Pool) -> None:
+    a, b = svgs(2), dict(list(svgs(4).items())[2:])
+    await put_upload(
+        aws,
+        "acme",
+        make_zip(
+            {
+                "manifest.json": manifest(
+                    list(a), title="Weather forecast", description="Sunny things"
+                ),
+                **a,
+            }
+        ),
+        "a.zip",
+    )
+    await put_upload(
+        aws,
+        "acme",
+        make_zip(
+            {
+                "manifest.json": manifest(list(b), title="Office", description="Some weather too"),
+                **b,
+            }
+        ),
+        "b.zip",
+    )
+    await Pipeline(aws, db).run_all()
+    async with db.acquire() as connection:
+        hits = await PostgresSearch(connection).search("weather")
+    assert [h.title for h in hits] == ["Weather forecast", "Office"]
+    assert hits[0].rank > hits[1].rank
+    assert hits[0].document["cover_key"].startswith("renditions/")
+
+
+@pytest.mark.parametrize("body", ['{"kind": "index_product"}', "not json"])
+async def test_index_message_that_is_not_the_model_goes_to_the_dlq(
+    aws: Aws, db: asyncpg.Pool, body: str
+) -> None:
+    url = await aws.queue_url(aws.settings.index_queue)
+    await aws.sqs.send_message(QueueUrl=url, MessageBody=body)
+    health = await Pipeline(aws, db).drain("index")
+    assert health.invalid == 1
+    assert (await queue_counts(aws, aws.settings.index_queue + "-dlq"))[0] == 1
+
+
+async def test_index_of_unknown_product_is_a_permanent_failure(aws: Aws, db: asyncpg.Pool) -> None:
+    await aws.send(
+        aws.settings.index_queue, [IndexProduct(upload_id=uuid.uuid4(), product_id=uuid.uuid4())]
+    )
+    health = await Pipeline(aws, db).drain("index")
+    assert health.failed == 1
