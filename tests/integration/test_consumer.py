@@ -206,3 +206,26 @@ async def test_sends_in_batches_with_trace_context(aws: Aws, count: int) -> None
         received.extend(response.get("Messages", []))
     assert len({m["Body"] for m in received}) == count
     assert all("traceparent" in m["MessageAttributes"] for m in received)  # type: ignore[operator]
+
+
+async def test_bootstrap_applies_the_declared_topology(aws: Aws) -> None:
+    import json
+
+    from ingest_common.topology import load_topology
+
+    topology = load_topology(aws.settings)
+    for queue in topology.queues:
+        url = await aws.queue_url(queue.name)
+        attributes = (await aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))[
+            "Attributes"
+        ]
+        redrive = json.loads(attributes["RedrivePolicy"])
+        assert redrive["deadLetterTargetArn"].endswith(":" + queue.dead_letter_name)
+        assert int(redrive["maxReceiveCount"]) == queue.max_receive_count
+        assert int(attributes["VisibilityTimeout"]) == queue.visibility_timeout
+    uploads = next(b for b in topology.buckets if b.role == "uploads")
+    config = await aws.s3.get_bucket_notification_configuration(Bucket=uploads.name)
+    [notification] = config["QueueConfigurations"]
+    assert notification["QueueArn"].endswith(":" + topology.queue("batch").name)
+    rules = {r["Name"].lower(): r["Value"] for r in notification["Filter"]["Key"]["FilterRules"]}
+    assert rules == {"prefix": "uploads/", "suffix": ".zip"}

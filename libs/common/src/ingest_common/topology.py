@@ -6,6 +6,7 @@ any AWS-protocol endpoint (idempotently), and deploy/terraform reads the same fi
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -56,17 +57,26 @@ class Topology:
         return next(q for q in self.queues if q.role == role)
 
 
+@functools.cache
+def _declaration() -> dict[str, Any]:
+    text = resources.files("ingest_common").joinpath("topology.json").read_text()
+    declaration: dict[str, Any] = json.loads(text)
+    return declaration
+
+
+def dead_letter_queue(queue: str) -> str:
+    """The name of a queue's dead-letter queue."""
+    return queue + str(_declaration()["dead_letter"]["suffix"])
+
+
 def load_topology(settings: IngestSettings) -> Topology:
     """Read topology.json, naming each bucket and queue from its setting."""
-    raw: dict[str, Any] = json.loads(
-        resources.files("ingest_common").joinpath("topology.json").read_text()
-    )
-    suffix = raw["dead_letter"]["suffix"]
+    raw = _declaration()
     queues = tuple(
         QueueSpec(
             role=role,
             name=getattr(settings, spec["setting"]),
-            dead_letter_name=getattr(settings, spec["setting"]) + suffix,
+            dead_letter_name=dead_letter_queue(getattr(settings, spec["setting"])),
             visibility_timeout=spec["visibility_timeout"],
             max_receive_count=spec["max_receive_count"],
             message_retention=spec["message_retention"],

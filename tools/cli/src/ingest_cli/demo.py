@@ -153,9 +153,7 @@ async def report(aws: Aws, dsn: str, status: UploadStatus, output: Path, trace_i
         f"search     {query!r} → "
         + ("; ".join(f"{h.title} (rank {h.rank:.3f})" for h in hits[:3]) if hits else "no hit")
     )
-    print(
-        f"trace      {trace_id}  (the upload's trace id, carried from S3 metadata through every queue)"
-    )
+    print(f"trace      {trace_id}  (the upload's trace id: S3 metadata, then every queue)")
     print("stages")
     for name, seconds in stage_times(status):
         print(f"  {name:<42} {'-' if seconds is None else f'{seconds:6.2f} s'}")

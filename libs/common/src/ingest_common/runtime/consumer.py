@@ -32,11 +32,11 @@ from ingest_common.errors import InvalidMessage, PermanentError, RetryableError
 from ingest_common.runtime.health import Health
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.tracing import carrier_from_sqs, context_from_carrier, tracer
+from ingest_common.topology import dead_letter_queue
 
 M = TypeVar("M")
 log = structlog.get_logger("ingest.consumer")
 
-DLQ_SUFFIX = "-dlq"
 MAX_VISIBILITY = 12 * 60 * 60  # SQS's ceiling for a visibility timeout
 
 
@@ -289,7 +289,7 @@ class Consumer(Generic[M]):
         attributes["ingest-error"] = {"DataType": "String", "StringValue": reason[:1000]}
         attributes["ingest-source-queue"] = {"DataType": "String", "StringValue": self.queue}
         try:
-            await self.aws.send_raw(self.queue + DLQ_SUFFIX, delivery.body, attributes)
+            await self.aws.send_raw(dead_letter_queue(self.queue), delivery.body, attributes)
         except (BotoCoreError, ClientError) as exc:
             # Not deleted: it comes back, and SQS's redrive moves it after maxReceiveCount.
             log.error("consumer.dead_letter_failed", error=str(exc))

@@ -1,0 +1,185 @@
+# One ECR repository per image, one Fargate service per ingest service, one task definition
+# for one-off CLI tasks. Images: deploy/docker/Dockerfile with --build-arg SERVICE=<name>.
+
+locals {
+  images = toset(concat(keys(local.services), ["cli"]))
+
+  # Same check as the image's HEALTHCHECK: /healthz turns 503 when the poll loop is stuck.
+  cli_environment = merge(local.name_environment, {
+    AWS_REGION        = local.region
+    INGEST_LOG_FORMAT = "json"
+    INGEST_LOG_LEVEL  = var.log_level
+  })
+
+  health_command = [
+    "CMD", "python", "-c",
+    "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=4)",
+  ]
+}
+
+resource "aws_ecr_repository" "image" {
+  for_each = local.images
+
+  name                 = "ingest-${each.key}"
+  image_tag_mutability = "MUTABLE"
+  image_scanning_configuration {
+    scan_on_push = true
+  }
+}
+
+resource "aws_ecs_cluster" "this" {
+  name = var.name
+
+  # Container Insights publishes RunningTaskCount, which the backlog-per-task scaling uses.
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+resource "aws_cloudwatch_log_group" "service" {
+  for_each = local.images
+
+  name              = "/ecs/${var.name}/${each.key}"
+  retention_in_days = var.log_retention_days
+}
+
+# Tasks only call out (SQS, S3, RDS, the collector): no ingress at all.
+resource "aws_security_group" "tasks" {
+  name        = "${var.name}-tasks"
+  description = "ingest ECS tasks (egress only)"
+  vpc_id      = var.vpc_id
+
+  egress {
+    description = "AWS APIs, PostgreSQL, OTLP"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
+resource "aws_ecs_task_definition" "service" {
+  for_each = local.services
+
+  family                   = "${var.name}-${each.key}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.services[each.key].cpu
+  memory                   = var.services[each.key].memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task[each.key].arn
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = "X86_64"
+  }
+
+  container_definitions = jsonencode([{
+    name      = each.key
+    image     = "${aws_ecr_repository.image[each.key].repository_url}:${var.image_tag}"
+    essential = true
+    # ENTRYPOINT is ingest-<service>; SIGTERM starts the drain (INGEST_DRAIN_TIMEOUT, 60 s by
+    # default), and ECS waits stopTimeout (Fargate's maximum, 120 s) before SIGKILL.
+    stopTimeout = 120
+    environment = [for k in sort(keys(local.container_environment[each.key])) : {
+      name  = k
+      value = local.container_environment[each.key][k]
+    }]
+    secrets = [{
+      name      = "DATABASE_URL"
+      valueFrom = aws_secretsmanager_secret.database_url.arn
+    }]
+    healthCheck = {
+      command     = local.health_command
+      interval    = 15
+      timeout     = 5
+      retries     = 3
+      startPeriod = 30
+    }
+    linuxParameters = {
+      initProcessEnabled = true # reaps the processor's render worker processes
+    }
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service[each.key].name
+        awslogs-region        = local.region
+        awslogs-stream-prefix = each.key
+      }
+    }
+  }])
+}
+
+resource "aws_ecs_service" "service" {
+  for_each = local.services
+
+  name                    = each.key
+  cluster                 = aws_ecs_cluster.this.id
+  task_definition         = aws_ecs_task_definition.service[each.key].arn
+  desired_count           = var.services[each.key].min_count
+  launch_type             = "FARGATE"
+  propagate_tags          = "SERVICE"
+  enable_ecs_managed_tags = true
+
+  # Consumers, not servers: start the new tasks before stopping the old ones, roll back a
+  # deployment whose tasks never turn healthy.
+  deployment_minimum_healthy_percent = 100
+  deployment_maximum_percent         = 200
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  network_configuration {
+    subnets          = var.private_subnet_ids
+    security_groups  = [aws_security_group.tasks.id]
+    assign_public_ip = var.assign_public_ip
+  }
+
+  # The task count belongs to Application Auto Scaling (autoscaling.tf) after creation;
+  # change min_count/max_count in var.services instead.
+  lifecycle {
+    ignore_changes = [desired_count]
+  }
+
+  depends_on = [
+    aws_iam_role_policy.task,
+    aws_iam_role_policy.execution_secrets,
+    aws_secretsmanager_secret_version.database_url,
+  ]
+}
+
+# One-off tasks: `ingest migrate` before each deployment (see deploy/README.md).
+resource "aws_ecs_task_definition" "cli" {
+  family                   = "${var.name}-cli"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = 256
+  memory                   = 512
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.cli.arn
+
+  container_definitions = jsonencode([{
+    name      = "cli"
+    image     = "${aws_ecr_repository.image["cli"].repository_url}:${var.image_tag}"
+    essential = true
+    command   = ["migrate"] # ENTRYPOINT is `ingest`
+    environment = [for k in sort(keys(local.cli_environment)) : {
+      name  = k
+      value = local.cli_environment[k]
+    }]
+    secrets = [{
+      name      = "DATABASE_URL"
+      valueFrom = aws_secretsmanager_secret.database_url.arn
+    }]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service["cli"].name
+        awslogs-region        = local.region
+        awslogs-stream-prefix = "cli"
+      }
+    }
+  }])
+}

@@ -1,0 +1,101 @@
+# What each service consumes, sends and touches in S3: the least privilege of its task role
+# and the environment of its container. Pure data; the resources are in iam.tf and ecs.tf.
+#
+#   batcher    q.batch   → read uploads/ ; write originals/ ; send render + preview (safety net)
+#   processor  q.render  → read originals/ ; write previews bucket ; send preview + index
+#   previewer  q.preview → read+write previews bucket ; send index, and preview (re-delay)
+#   indexer    q.index   → no S3 ; no sends (search backend: PostgreSQL full text by default)
+#
+# Every consumer may also send to its own DLQ: the consumer runtime moves invalid messages
+# and permanent failures there itself (queue name + "-dlq"), besides SQS's redrive.
+
+locals {
+  services = {
+    batcher = {
+      queue = "batch"
+      sends = ["render", "preview"]
+      s3 = [
+        { bucket = "uploads", keys = "uploads/*", actions = ["s3:GetObject"] },
+        { bucket = "uploads", keys = "originals/*", actions = ["s3:PutObject"] },
+      ]
+    }
+    processor = {
+      queue = "render"
+      sends = ["preview", "index"]
+      s3 = [
+        { bucket = "uploads", keys = "originals/*", actions = ["s3:GetObject"] },
+        { bucket = "previews", keys = "*", actions = ["s3:PutObject"] },
+      ]
+    }
+    previewer = {
+      queue = "preview"
+      sends = ["preview", "index"]
+      s3 = [
+        { bucket = "previews", keys = "*", actions = ["s3:GetObject", "s3:PutObject"] },
+      ]
+    }
+    indexer = {
+      queue = "index"
+      sends = []
+      s3    = []
+    }
+  }
+
+  consume_actions = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+  ]
+  send_actions = ["sqs:SendMessage", "sqs:GetQueueUrl"]
+
+  task_policies = {
+    for name, svc in local.services : name => jsonencode({
+      Version = "2012-10-17"
+      Statement = concat(
+        [
+          {
+            Sid      = "Consume"
+            Effect   = "Allow"
+            Action   = local.consume_actions
+            Resource = [local.queue_arns[svc.queue]]
+          },
+          {
+            Sid      = "Send"
+            Effect   = "Allow"
+            Action   = local.send_actions
+            Resource = concat([local.dead_letter_arns[svc.queue]], [for q in svc.sends : local.queue_arns[q]])
+          },
+        ],
+        [
+          for i, grant in svc.s3 : {
+            Sid      = "S3${i}"
+            Effect   = "Allow"
+            Action   = grant.actions
+            Resource = ["${local.bucket_arns[grant.bucket]}/${grant.keys}"]
+          }
+        ],
+      )
+    })
+  }
+
+  # The container environment: names from the topology, the standard AWS/OTel variables,
+  # the visibility timeout of the queue it consumes (from topology.json), then overrides.
+  container_environment = {
+    for name, svc in local.services : name => merge(
+      local.name_environment,
+      {
+        AWS_REGION                = local.region
+        INGEST_LOG_FORMAT         = "json"
+        INGEST_LOG_LEVEL          = var.log_level
+        INGEST_HEALTH_PORT        = "8080"
+        INGEST_VISIBILITY_TIMEOUT = tostring(local.queues[svc.queue].visibility_timeout)
+      },
+      var.otel_exporter_otlp_endpoint == "" ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT = var.otel_exporter_otlp_endpoint },
+      # One render process per vCPU of the task (os.cpu_count() may see the host's CPUs).
+      name == "processor" ? { INGEST_RENDER_WORKERS = tostring(max(1, floor(var.services[name].cpu / 1024))) } : {},
+      lookup(var.service_environment, name, {}),
+    )
+  }
+}

@@ -1,0 +1,180 @@
+variable "name" {
+  description = "Prefix of every resource that is not named by a setting (cluster, roles, log groups, database)."
+  type        = string
+  default     = "ingest"
+}
+
+variable "region" {
+  description = "AWS region (becomes AWS_REGION in the containers)."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "tags" {
+  description = "Extra tags on every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# --- names: the settings (IngestSettings) and their defaults --------------------------------
+# Each is an INGEST_<FIELD> of libs/common/src/ingest_common/settings.py with the same default;
+# the containers get them as those variables. Bucket names are global: prefix them per
+# account/environment in a real deployment (e.g. "acme-prod-ingest-uploads").
+
+variable "uploads_bucket" {
+  description = "INGEST_UPLOADS_BUCKET: contributors' ZIPs (uploads/) and extracted originals (originals/)."
+  type        = string
+  default     = "ingest-uploads"
+}
+
+variable "previews_bucket" {
+  description = "INGEST_PREVIEWS_BUCKET: renditions and family mosaics."
+  type        = string
+  default     = "ingest-previews"
+}
+
+variable "batch_queue" {
+  description = "INGEST_BATCH_QUEUE: S3 upload events → batcher. Its DLQ is this name + \"-dlq\"."
+  type        = string
+  default     = "ingest-batch"
+}
+
+variable "render_queue" {
+  description = "INGEST_RENDER_QUEUE: one message per image → processor."
+  type        = string
+  default     = "ingest-render"
+}
+
+variable "preview_queue" {
+  description = "INGEST_PREVIEW_QUEUE: product ready / safety net → previewer."
+  type        = string
+  default     = "ingest-preview"
+}
+
+variable "index_queue" {
+  description = "INGEST_INDEX_QUEUE: product changed → indexer."
+  type        = string
+  default     = "ingest-index"
+}
+
+# --- buckets -----------------------------------------------------------------------------------
+
+variable "versioned_buckets" {
+  description = "Bucket roles (keys of topology.json's \"buckets\") with versioning on."
+  type        = list(string)
+  default     = ["uploads"]
+}
+
+variable "noncurrent_version_days" {
+  description = "Days an overwritten or deleted object version is kept in a versioned bucket."
+  type        = number
+  default     = 30
+}
+
+# --- network -----------------------------------------------------------------------------------
+
+variable "vpc_id" {
+  description = "VPC of the tasks and the database."
+  type        = string
+}
+
+variable "private_subnet_ids" {
+  description = "Subnets of the tasks and the database (private, with a NAT gateway or VPC endpoints for S3, SQS, ECR, CloudWatch Logs and Secrets Manager)."
+  type        = list(string)
+}
+
+variable "assign_public_ip" {
+  description = "Give tasks a public IP (only for public subnets without NAT)."
+  type        = bool
+  default     = false
+}
+
+# --- services ----------------------------------------------------------------------------------
+
+variable "image_tag" {
+  description = "Tag of the images in the ECR repositories ingest-<service> (built from deploy/docker/Dockerfile)."
+  type        = string
+  default     = "latest"
+}
+
+variable "services" {
+  description = <<-EOT
+    Fargate size and scaling of each service. The task count moves between min_count and
+    max_count: up when the queue's backlog per task exceeds backlog_per_task (visible
+    messages / running tasks) or the oldest message is older than max_message_age seconds.
+  EOT
+  type = map(object({
+    cpu              = number
+    memory           = number
+    min_count        = number
+    max_count        = number
+    backlog_per_task = number
+    max_message_age  = number
+  }))
+  default = {
+    batcher   = { cpu = 1024, memory = 2048, min_count = 1, max_count = 4, backlog_per_task = 20, max_message_age = 120 }
+    processor = { cpu = 2048, memory = 4096, min_count = 2, max_count = 20, backlog_per_task = 500, max_message_age = 120 }
+    previewer = { cpu = 1024, memory = 2048, min_count = 1, max_count = 4, backlog_per_task = 50, max_message_age = 300 }
+    indexer   = { cpu = 512, memory = 1024, min_count = 1, max_count = 4, backlog_per_task = 200, max_message_age = 120 }
+  }
+
+  validation {
+    condition     = alltrue([for s in ["batcher", "processor", "previewer", "indexer"] : contains(keys(var.services), s)])
+    error_message = "services must size batcher, processor, previewer and indexer."
+  }
+
+  validation {
+    condition     = alltrue([for s in values(var.services) : s.min_count >= 1 && s.max_count >= s.min_count])
+    error_message = "Each service needs 1 <= min_count <= max_count."
+  }
+}
+
+variable "service_environment" {
+  description = "Extra environment per service, e.g. { processor = { INGEST_CONCURRENCY = \"8\" } }. Names are INGEST_<FIELD> of the service's settings."
+  type        = map(map(string))
+  default     = {}
+}
+
+variable "log_level" {
+  description = "INGEST_LOG_LEVEL of every service."
+  type        = string
+  default     = "INFO"
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention."
+  type        = number
+  default     = 30
+}
+
+variable "otel_exporter_otlp_endpoint" {
+  description = "OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP) of the collector, e.g. an ADOT sidecar or a central collector; empty: no trace export."
+  type        = string
+  default     = ""
+}
+
+# --- database ----------------------------------------------------------------------------------
+
+variable "db_instance_class" {
+  description = "RDS instance class (placeholder size)."
+  type        = string
+  default     = "db.t4g.medium"
+}
+
+variable "db_allocated_storage" {
+  description = "Initial storage in GiB; autoscaling up to 5x."
+  type        = number
+  default     = 20
+}
+
+variable "db_multi_az" {
+  description = "Standby in a second AZ."
+  type        = bool
+  default     = false
+}
+
+variable "db_deletion_protection" {
+  description = "Refuse to delete the database (turn off only to tear down a test environment)."
+  type        = bool
+  default     = true
+}
