@@ -69,9 +69,13 @@ def moto_server(log_file: Path | None = None) -> Iterator[str]:
             out.close()  # type: ignore[union-attr]
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+def stop_process(
+    process: subprocess.Popen[bytes], timeout: float, *, signalled: bool = False
+) -> int | None:
+    """SIGTERM (once: a second one would hit a process already shutting down), then wait."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        if not signalled:
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -109,7 +113,9 @@ class ServiceProcesses:
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        return {name: stop_process(p, timeout) for name, p in self.processes.items()}
+        return {
+            name: stop_process(p, timeout, signalled=True) for name, p in self.processes.items()
+        }
 
 
 @contextmanager
