@@ -32,6 +32,7 @@ class IngestSettings(BaseSettings):
     )
     aws_region: str = Field(
         "us-east-1",
+        description="AWS region of the buckets and queues",
         validation_alias=AliasChoices("INGEST_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
     )
     uploads_bucket: str = Field("ingest-uploads", description="ZIP uploads and originals")
@@ -42,14 +43,14 @@ class IngestSettings(BaseSettings):
     index_queue: str = Field("ingest-index", description="product changed → indexer")
 
     # --- database ------------------------------------------------------------------------
-    db_pool_min: int = Field(1, ge=0)
-    db_pool_max: int = Field(10, ge=1)
+    db_pool_min: int = Field(1, ge=0, description="connections kept open per process")
+    db_pool_max: int = Field(10, ge=1, description="most connections per process")
     db_command_timeout: float = Field(30.0, gt=0, description="seconds per SQL statement")
 
     # --- the consumer runtime (each service reads its own queue) --------------------------
     concurrency: int = Field(10, ge=1, description="messages handled at once per process")
     receive_wait_seconds: int = Field(20, ge=0, le=20, description="SQS long-poll wait")
-    receive_batch_size: int = Field(10, ge=1, le=10)
+    receive_batch_size: int = Field(10, ge=1, le=10, description="messages per receive (max 10)")
     visibility_timeout: int = Field(
         120, ge=10, description="seconds a received message stays hidden; extended by heartbeat"
     )
@@ -58,16 +59,18 @@ class IngestSettings(BaseSettings):
     )
     handler_timeout: float = Field(600.0, gt=0, description="seconds one message may take")
     retry_base_delay: float = Field(2.0, ge=0, description="first retry delay, doubled per try")
-    retry_max_delay: float = Field(300.0, ge=0)
+    retry_max_delay: float = Field(300.0, ge=0, description="longest retry delay, seconds")
     drain_timeout: float = Field(
         60.0, gt=0, description="on SIGTERM, seconds to finish in-flight work before cancelling"
     )
     s3_concurrency: int = Field(16, ge=1, description="S3 requests at once per process")
 
     # --- health ---------------------------------------------------------------------------
-    health_host: str = "0.0.0.0"
+    health_host: str = Field("0.0.0.0", description="address of /healthz and /readyz")
     health_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
 
     # --- telemetry ------------------------------------------------------------------------
-    log_format: str = Field("console", pattern="^(json|console)$")
-    log_level: str = "INFO"
+    log_format: str = Field(
+        "console", pattern="^(json|console)$", description="json: one event per line"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -17,7 +17,7 @@ class BatcherSettings(IngestSettings):
     max_file_bytes: int = Field(5 * 2**20, ge=1, description="largest SVG, uncompressed")
     max_total_bytes: int = Field(500 * 2**20, ge=1, description="largest ZIP, uncompressed")
     max_compression_ratio: float = Field(100.0, gt=1, description="per entry, against bombs")
-    max_manifest_bytes: int = Field(2**20, ge=1)
+    max_manifest_bytes: int = Field(2**20, ge=1, description="largest manifest.json")
     safety_net_delay: int = Field(
         300, ge=0, le=900, description="seconds before the previewer re-checks a set that stalls"
     )

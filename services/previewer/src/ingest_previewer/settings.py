@@ -13,10 +13,12 @@ class PreviewerSettings(IngestSettings):
 
     mosaic_images: int = Field(12, ge=1, le=400, description="random ready images per mosaic")
     mosaic_tile: int = Field(128, ge=16, le=512, description="cell size in pixels")
-    mosaic_gap: int = Field(8, ge=0)
-    mosaic_padding: int = Field(16, ge=0)
-    mosaic_webp_quality: int = Field(85, ge=1, le=100)
-    cache_control: str = "public, max-age=31536000, immutable"
+    mosaic_gap: int = Field(8, ge=0, description="pixels between cells")
+    mosaic_padding: int = Field(16, ge=0, description="pixels around the grid")
+    mosaic_webp_quality: int = Field(85, ge=1, le=100, description="WebP quality of the mosaic")
+    cache_control: str = Field(
+        "public, max-age=31536000, immutable", description="Cache-Control of mosaics"
+    )
 
     stall_timeout: int = Field(
         900, ge=1, description="seconds after which a set's unrendered images are failed"

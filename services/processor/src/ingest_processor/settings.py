@@ -21,8 +21,12 @@ class ProcessorSettings(IngestSettings):
     render_timeout: float = Field(30.0, gt=0, description="seconds one SVG may take to render")
     max_svg_bytes: int = Field(5 * 2**20, ge=1, description="largest SVG rendered")
     max_declared_pixels: int = Field(50_000_000, ge=1, description="SVG width × height cap")
-    webp_quality: int = Field(80, ge=1, le=100)
-    webp_effort: int = Field(4, ge=0, le=6)
-    png_compression: int = Field(6, ge=0, le=9)
-    png_palette: bool = False
-    cache_control: str = "public, max-age=31536000, immutable"
+    webp_quality: int = Field(80, ge=1, le=100, description="lossy WebP quality")
+    webp_effort: int = Field(
+        4, ge=0, le=6, description="WebP CPU effort: higher is smaller, slower"
+    )
+    png_compression: int = Field(6, ge=0, le=9, description="zlib level of PNG renditions")
+    png_palette: bool = Field(False, description="8-bit palette PNG: smaller, slower")
+    cache_control: str = Field(
+        "public, max-age=31536000, immutable", description="Cache-Control of renditions"
+    )

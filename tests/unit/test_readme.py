@@ -1,0 +1,14 @@
+"""The README documents every setting, in a table generated from the settings classes."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_settings_table_is_current() -> None:
+    table = runpy.run_path(str(ROOT / "tools" / "settings_table.py"))["settings_table"]()
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme, "run `uv run python tools/settings_table.py` and update README.md"
