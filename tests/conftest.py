@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -30,7 +30,51 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-TABLES = "search_documents, family_previews, images, products, uploads, families, contributors"
+TABLES = (
+    "backfill_runs, search_documents, family_previews, images, products, uploads, families,"
+    " contributors"
+)
+
+
+# --- the reliability summary: cases tried, passed, data lost ---------------------------
+
+_RELIABILITY: list[tuple[str, str, bool, int]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "tests/reliability/" not in report.nodeid.replace("\\", "/"):
+        return
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        lost = sum(int(v) for k, v in report.user_properties if k == "data_lost")
+        module, _, case = report.nodeid.partition("::")
+        _RELIABILITY.append((Path(module).stem.removeprefix("test_"), case, report.passed, lost))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _RELIABILITY:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("reliability: hostile input and faults")
+    write(f"{'group':<18} {'tried':>6} {'passed':>7} {'data lost':>10}")
+    groups = sorted({group for group, *_ in _RELIABILITY})
+    for group in [*groups, "total"]:
+        rows = [r for r in _RELIABILITY if group in ("total", r[0])]
+        write(
+            f"{group:<18} {len(rows):>6} {sum(r[2] for r in rows):>7} {sum(r[3] for r in rows):>10}"
+        )
+    for group, case, passed, lost in _RELIABILITY:
+        if not passed or lost:
+            write(f"  FAILED {group}::{case}  (data lost: {lost})")
+
+
+@pytest.fixture
+def data_lost(request: pytest.FixtureRequest) -> Callable[[int], None]:
+    """Record how many items a reliability case lost, for the summary table."""
+
+    def record(count: int) -> None:
+        request.node.user_properties.append(("data_lost", count))
+
+    return record
 
 
 @pytest.fixture(scope="session", autouse=True)

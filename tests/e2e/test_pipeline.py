@@ -106,7 +106,7 @@ async def test_upload_to_search_through_four_processes(
         assert [h.title for h in hits] == ["OpenMoji Sampler"]
         hits = await PostgresSearch(connection).search("material")
         assert {h.title for h in hits} == {"Material Design Essentials", "Material Design Extras"}
-        assert all(h.document["family_preview_key"] == preview["png_key"] for h in hits)
+        assert all(h.family_preview_key == preview["png_key"] for h in hits)
 
 
 async def check_renditions(aws: Aws, image: dict[str, object]) -> None:

@@ -79,6 +79,8 @@ class Pipeline:
         queue = getattr(settings, f"{role}_queue")
         _, build = SERVICES[role]
         health = Health(queue, 60)
+        if await queue_counts(self.aws, queue) == (0, 0, 0):
+            return health  # nothing to do: skip starting the service
         async with build(Resources(settings, self.aws, self.db)) as handler:
             consumer = self._consumer(settings, queue, handler, health)
             task = asyncio.create_task(consumer.run())
@@ -98,9 +100,9 @@ class Pipeline:
     ) -> Consumer[Any]:
         return Consumer(settings, self.aws, queue, handler.parse, handler.handle, health)
 
-    async def run_all(self) -> None:
+    async def run_all(self, timeout: float = 60) -> None:
         for role in ("batch", "render", "preview", "index", "preview", "index"):
-            await self.drain(role)
+            await self.drain(role, timeout)
 
 
 async def upload_folder(aws: Aws, folder: Path, contributor: str = "acme") -> Any:

@@ -78,22 +78,6 @@ async def test_duplicate_event_changes_nothing(aws: Aws, db: asyncpg.Pool) -> No
     assert (await queue_counts(aws, aws.settings.render_queue))[0] == 3
 
 
-async def test_upload_outside_the_prefix_scheme_is_refused(aws: Aws, db: asyncpg.Pool) -> None:
-    files = svgs(1)
-    key = "uploads/set-without-contributor.zip"
-    await aws.put_bytes(
-        aws.settings.uploads_bucket,
-        key,
-        make_zip({"manifest.json": manifest(list(files)), **files}),
-        content_type="application/zip",
-    )
-    await Pipeline(aws, db).drain("batch")
-    upload = await upload_row(db, key)
-    assert upload["status"] == "rejected"
-    assert "uploads/<contributor>/<name>.zip" in upload["error"]
-    assert await db.fetchval("SELECT count(*) FROM products") == 0
-
-
 async def test_invalid_manifest_is_refused_with_the_contributors_words(
     aws: Aws, db: asyncpg.Pool
 ) -> None:
@@ -109,36 +93,6 @@ async def test_invalid_manifest_is_refused_with_the_contributors_words(
     assert "title" in upload["error"]
     assert await db.fetchval("SELECT count(*) FROM products") == 0
     assert sum(await queue_counts(aws, aws.settings.render_queue)) == 0
-
-
-async def test_another_contributors_family_is_refused_and_nothing_written(
-    aws: Aws, db: asyncpg.Pool
-) -> None:
-    files = svgs(2)
-    first = await put_upload(
-        aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}), "a.zip"
-    )
-    await Pipeline(aws, db).drain("batch")
-    second = await put_upload(
-        aws, "mallory", make_zip({"manifest.json": manifest(list(files)), **files}), "b.zip"
-    )
-    await Pipeline(aws, db).drain("batch")
-    assert (await upload_row(db, first))["status"] == "processing"
-    refused = await upload_row(db, second)
-    assert refused["status"] == "rejected"
-    assert "belongs to another contributor" in refused["error"]
-    assert await db.fetchval("SELECT count(*) FROM products WHERE contributor_id = 'mallory'") == 0
-
-
-async def test_manifest_naming_another_contributor_is_refused(aws: Aws, db: asyncpg.Pool) -> None:
-    files = svgs(1)
-    body = manifest(list(files), contributor="acme")
-    key = await put_upload(aws, "mallory", make_zip({"manifest.json": body, **files}))
-    await Pipeline(aws, db).drain("batch")
-    refused = await upload_row(db, key)
-    assert refused["status"] == "rejected"
-    assert '"acme"' in refused["error"]
-    assert '"mallory"' in refused["error"]
 
 
 async def test_one_bad_file_is_reported_and_the_rest_processed(aws: Aws, db: asyncpg.Pool) -> None:

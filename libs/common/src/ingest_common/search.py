@@ -20,6 +20,7 @@ class SearchHit:
     family: str
     rank: float
     document: dict[str, Any]
+    family_preview_key: str | None
 
 
 class SearchBackend(Protocol):
@@ -57,12 +58,17 @@ ON CONFLICT (product_id) DO UPDATE
        search_vector = EXCLUDED.search_vector, indexed_at = now()
 """
 
+# The family mosaic is joined live rather than copied into every document: one new set
+# would otherwise mean reindexing every product of its family.
 _SEARCH = """
-SELECT product_id, title, family, document,
-       ts_rank_cd(search_vector, query, 32) AS rank
-  FROM search_documents, websearch_to_tsquery('english', $1) query
- WHERE search_vector @@ query
- ORDER BY rank DESC, indexed_at DESC
+SELECT sd.product_id, sd.title, sd.family, sd.document, fp.png_key AS family_preview_key,
+       ts_rank_cd(sd.search_vector, query, 32) AS rank
+  FROM search_documents sd
+  JOIN products p ON p.id = sd.product_id
+  LEFT JOIN family_previews fp ON fp.family_id = p.family_id,
+       websearch_to_tsquery('english', $1) query
+ WHERE sd.search_vector @@ query
+ ORDER BY rank DESC, sd.indexed_at DESC
  LIMIT $2
 """
 
@@ -94,6 +100,13 @@ class PostgresSearch:
     async def search(self, query: str, limit: int = 10) -> list[SearchHit]:
         rows = await self.connection.fetch(_SEARCH, query, limit)
         return [
-            SearchHit(row["product_id"], row["title"], row["family"], row["rank"], row["document"])
+            SearchHit(
+                row["product_id"],
+                row["title"],
+                row["family"],
+                row["rank"],
+                row["document"],
+                row["family_preview_key"],
+            )
             for row in rows
         ]

@@ -98,16 +98,9 @@ class PreviewHandler:
             await connection.execute(
                 "UPDATE products SET previewed_at = now() WHERE id = $1", message.product_id
             )
-            # Every product of the family shows the family's mosaic: reindex them all.
-            family = await connection.fetch(
-                "SELECT id, upload_id FROM products WHERE family_id = $1 AND status = 'ready'",
-                message.family_id,
-            )
-        targets = {(row["id"], row["upload_id"]) for row in family}
-        targets.add((message.product_id, message.upload_id))
         await self.aws.send(
             self.settings.index_queue,
-            [IndexProduct(upload_id=upload, product_id=product) for product, upload in targets],
+            [IndexProduct(upload_id=message.upload_id, product_id=message.product_id)],
         )
 
     async def _store(self, family: uuid.UUID, images: list[uuid.UUID], mosaic: Mosaic) -> None:

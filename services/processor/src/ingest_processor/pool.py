@@ -26,8 +26,12 @@ Design, simplest that stays correct:
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -67,11 +71,28 @@ class PoolStats:
 _worker_spec: RenderSpec | None = None
 
 
-def _init_worker(spec: RenderSpec) -> None:
+def _init_worker(spec: RenderSpec, parent: int) -> None:
     """Executor initializer: runs once per worker; the spec travels here, not with every task."""
     global _worker_spec
+    _die_with_parent(parent)
     configure_vips()
     _worker_spec = spec
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """A processor killed with SIGKILL runs no clean-up: have the kernel end its workers.
+
+    Without this, workers of a kill -9'd processor live on as orphans, each holding its
+    memory, and a restarted processor adds a new set beside them.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _worker_ready() -> int:
@@ -96,7 +117,7 @@ class _Generation:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(spec,),
+            initargs=(spec, os.getpid()),
         )
         self.workers = workers
         self.broken = False

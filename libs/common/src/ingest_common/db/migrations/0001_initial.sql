@@ -113,13 +113,11 @@ SELECT p.id AS product_id,
              WHERE i.product_id = p.id AND i.status = 'ready' ORDER BY i.position) AS image_titles,
        array(SELECT DISTINCT t FROM images i, unnest(i.tags) t
              WHERE i.product_id = p.id AND i.status = 'ready' ORDER BY t) AS image_tags,
-       fp.png_key AS family_preview_key,
        (SELECT r->>'key' FROM images i, jsonb_array_elements(i.renditions) r
          WHERE i.product_id = p.id AND i.status = 'ready' AND r->>'format' = 'png'
          ORDER BY i.position, (r->>'width')::int DESC LIMIT 1) AS cover_key
 FROM products p
-JOIN families f ON f.id = p.family_id
-LEFT JOIN family_previews fp ON fp.family_id = p.family_id;
+JOIN families f ON f.id = p.family_id;
 
 -- The PostgreSQL full-text backend of search.
 CREATE TABLE search_documents (

@@ -1,0 +1,309 @@
+"""Faults: duplicates, crashes, SIGTERM, lost database connections, an AWS outage, poison.
+
+Each ends with the full expected state: every image ready exactly once, no duplicate
+rows, every rendition object present, the mosaic and the index consistent, and nothing
+left in a dead-letter queue (except where a poison message belongs there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncpg
+import pytest
+from ingest_cli.local import ServiceProcesses, local_env
+from ingest_cli.upload import Uploaded, upload_set
+from ingest_common.aws import Aws
+from ingest_common.runtime.consumer import Delivery
+from ingest_common.schemas.messages import Message
+
+from tests.conftest import SAMPLE
+from tests.integration.pipeline import SERVICES, Pipeline, queue_counts
+from tests.reliability.faults import Link, assert_complete, count_ready, end_state, wait_finished
+
+SETS = (SAMPLE / "mdi-essentials", SAMPLE / "openmoji-sampler")
+IMAGES = 24 + 12
+
+# Short timeouts so that a crashed consumer's messages come back within the test.
+FAST = {
+    "receive_wait_seconds": "2",
+    "visibility_timeout": "15",
+    "heartbeat_interval": "4",
+    "retry_base_delay": "0.5",
+    "retry_max_delay": "5",
+    "drain_timeout": "20",
+    "safety_net_delay": "60",
+    "render_workers": "1",
+    "log_format": "json",
+}
+
+
+@asynccontextmanager
+async def stack(env: dict[str, str], logs: Path) -> AsyncIterator[ServiceProcesses]:
+    """The four services as processes; waiting happens off the event loop, which may be
+    serving a proxy the services talk through."""
+    logs.mkdir(parents=True, exist_ok=True)
+    running = ServiceProcesses(env, logs)
+    try:
+        for name in ("batcher", "processor", "previewer", "indexer"):
+            running.start(name)
+        await asyncio.to_thread(running.wait_ready)
+        yield running
+    finally:
+        await asyncio.to_thread(running.stop)
+
+
+async def upload_sets(aws: Aws) -> list[Uploaded]:
+    return [await upload_set(aws, folder, "acme") for folder in SETS]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.1)
+
+
+async def finish_and_check(
+    aws: Aws, dsn: str, uploads: list[Uploaded], data_lost: Callable[[int], None]
+) -> None:
+    statuses = await wait_finished(dsn, uploads)
+    state = await end_state(aws, dsn, len(uploads), IMAGES)
+    data_lost(state.lost)
+    assert len(statuses) == len(uploads)
+    assert all(s.finished for s in statuses), [s.upload["status"] for s in statuses]
+    assert_complete(state, len(uploads))
+
+
+async def test_every_message_delivered_twice(
+    aws: Aws, db: asyncpg.Pool, database_url: str, data_lost: Callable[[int], None]
+) -> None:
+    """Each send is doubled and each delivery handled twice at once: nothing changes."""
+    send = aws.send
+
+    async def send_twice(queue: str, messages: Any, **kwargs: Any) -> None:
+        await send(queue, [*messages, *messages], **kwargs)
+
+    aws.send = send_twice  # type: ignore[method-assign]
+    doubled = {role: _doubled(build) for role, (_, build) in SERVICES.items()}
+    uploads = await upload_sets(aws)
+    # S3 delivers its event once; deliver it a second time too.
+    url = await aws.queue_url(aws.settings.batch_queue)
+    received = await aws.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2
+    )
+    for message in received.get("Messages", []):
+        await aws.sqs.send_message(QueueUrl=url, MessageBody=message["Body"])
+        await aws.sqs.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    original = dict(SERVICES)
+    SERVICES.update({role: (settings, doubled[role]) for role, (settings, _) in original.items()})
+    try:
+        await Pipeline(aws, db).run_all(timeout=120)
+    finally:
+        SERVICES.update(original)
+        aws.send = send  # type: ignore[method-assign]
+    await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+def _doubled(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A handler factory whose handler runs every message twice, concurrently."""
+
+    @asynccontextmanager
+    async def open_doubled(resources: Any) -> Any:
+        async with build(resources) as handler:
+            handle = handler.handle
+
+            async def twice(message: Message, delivery: Delivery) -> None:
+                await asyncio.gather(handle(message, delivery), handle(message, delivery))
+
+            handler.handle = twice
+            yield handler
+
+    return open_doubled
+
+
+async def test_processor_killed_mid_set_then_restarted(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
+    async with stack(env, tmp_path / "logs") as running:
+        uploads = await upload_sets(aws)
+        await until(lambda: _ready_at_least(database_url, 4))
+        processor = running.processes["processor"]
+        workers = _children(processor.pid)
+        os.kill(processor.pid, signal.SIGKILL)
+        processor.wait()
+        assert await count_ready(database_url) < IMAGES, "killed in the middle of the set"
+        await asyncio.sleep(1)
+        for pid in workers:  # the render workers notice their parent is gone
+            assert not _alive(pid), f"render worker {pid} outlived its processor"
+        running.start("processor")
+        await asyncio.to_thread(running.wait_ready)
+        await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def test_sigterm_during_work_finishes_in_flight_and_exits_in_time(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    env = local_env(
+        aws.settings.aws_endpoint_url or "", database_url, **{**FAST, "visibility_timeout": "120"}
+    )
+    async with stack(env, tmp_path / "logs") as running:
+        uploads = await upload_sets(aws)
+        await until(lambda: _ready_at_least(database_url, 2))
+        processor = running.processes["processor"]
+        started = time.monotonic()
+        processor.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(processor.wait, 60)
+        took = time.monotonic() - started
+        assert code == 0
+        assert took < 120 / 2, f"exit took {took:.1f} s, not well within the visibility timeout"
+        log = (tmp_path / "logs" / "processor.log").read_text().splitlines()
+        events = [json.loads(line) for line in log if line.startswith("{")]
+        assert any(e["event"] == "consumer.stopped" for e in events)
+        assert not any(e["event"] == "consumer.drain_cancel" for e in events), (
+            "in-flight work finished"
+        )
+        # A new processor takes over at once: nothing waits for a visibility timeout.
+        running.start("processor")
+        await asyncio.to_thread(running.wait_ready)
+        await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def test_database_connections_killed_mid_run(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
+    database = urlparse(database_url).path.lstrip("/")
+    async with stack(env, tmp_path / "logs"):
+        uploads = await upload_sets(aws)
+        killer = await asyncpg.connect(database_url)
+        killed = 0
+        try:
+            for _ in range(6):
+                killed += await killer.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                    database,
+                )
+                await asyncio.sleep(0.7)
+        finally:
+            await killer.close()
+        assert killed > 0
+        await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def test_aws_endpoint_unreachable_for_ten_seconds(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    target = urlparse(aws.settings.aws_endpoint_url)
+    link = Link(target.hostname or "127.0.0.1", target.port or 80)
+    await link.open()
+    env = local_env(link.endpoint, database_url, **FAST)
+    async with stack(env, tmp_path / "logs") as running:
+        uploads = await upload_sets(aws)  # straight to S3: the services go through the link
+        await until(lambda: _ready_at_least(database_url, 2))
+        await link.cut()
+        await asyncio.sleep(10)
+        await link.open()
+        assert all(p.poll() is None for p in running.processes.values()), "a service died"
+        await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def test_poison_message_lands_in_the_dlq_and_redrives(
+    aws: Aws, db: asyncpg.Pool, database_url: str, data_lost: Callable[[int], None]
+) -> None:
+    uploads = await upload_sets(aws)
+    pipeline = Pipeline(aws, db, retry_base_delay=0, retry_max_delay=0)
+    await pipeline.drain("batch")
+    # Poison: one image whose original vanished (retrying cannot help until it is back),
+    # and one message that is not a render message at all.
+    victim = await db.fetchrow("SELECT id, original_key FROM images ORDER BY path LIMIT 1")
+    original = await aws.get_bytes(aws.settings.uploads_bucket, victim["original_key"])
+    await aws.s3.delete_object(Bucket=aws.settings.uploads_bucket, Key=victim["original_key"])
+    render_url = await aws.queue_url(aws.settings.render_queue)
+    await aws.sqs.send_message(QueueUrl=render_url, MessageBody='{"kind": "render_image"}')
+    await pipeline.drain("render", timeout=120)
+
+    dead = await queue_counts(aws, aws.settings.render_queue + "-dlq")
+    assert dead[0] == 2, "the poison (after maxReceiveCount) and the invalid message"
+    listing = _cli(aws, "dlq", "list", aws.settings.render_queue)
+    assert str(victim["id"]) in listing.stdout
+    assert "invalid message" in listing.stdout
+    assert "after repeated failed deliveries" in listing.stdout  # SQS's redrive policy
+
+    # Fix the cause, throw the invalid message away, replay the rest.
+    await aws.put_bytes(
+        aws.settings.uploads_bucket, victim["original_key"], original, content_type="image/svg+xml"
+    )
+    await _discard_invalid(aws)
+    replay = _cli(aws, "dlq", "redrive", aws.settings.render_queue)
+    assert "redrove 1 message" in replay.stdout
+    await pipeline.run_all(timeout=120)
+    await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def _discard_invalid(aws: Aws) -> None:
+    url = await aws.queue_url(aws.settings.render_queue + "-dlq")
+    response = await aws.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
+    )
+    for message in response.get("Messages", []):
+        error = message.get("MessageAttributes", {}).get("ingest-error", {}).get("StringValue", "")
+        if error.startswith("invalid message"):
+            await aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        else:
+            await aws.sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+
+
+def _cli(aws: Aws, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": aws.settings.aws_endpoint_url or "",
+        "DATABASE_URL": aws.settings.database_url,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+async def _ready_at_least(dsn: str, count: int) -> bool:
+    return await count_ready(dsn) >= count
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+pytestmark = pytest.mark.e2e
