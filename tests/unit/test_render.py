@@ -219,8 +219,8 @@ def test_billion_laughs_is_rejected() -> None:
 
 
 def test_encoder_settings_are_applied() -> None:
-    lossy = RenderSpec(widths=(64,))
-    tuned = RenderSpec(widths=(64,), webp_lossless=True, png_palette=True)
+    lossy = RenderSpec(widths=(64,), webp_mode="lossy")
+    tuned = RenderSpec(widths=(64,), webp_mode="lossless", png_palette=True)
 
     png, webp = render_svg(OPENMOJI_JAPAN, lossy).renditions
     png_palette, webp_lossless = render_svg(OPENMOJI_JAPAN, tuned).renditions
@@ -230,6 +230,21 @@ def test_encoder_settings_are_applied() -> None:
     # A lossless WebP carries a VP8L chunk, a lossy one VP8 (+ ALPH).
     assert b"VP8L" in webp_lossless.data[:64]
     assert b"VP8L" not in webp.data[:64]
+
+
+@pytest.mark.parametrize(("svg", "lossless"), [(MDI_FORWARD, True), (FLUENT_RED_CIRCLE, False)])
+def test_auto_webp_mode_is_chosen_per_image_for_every_width(svg: bytes, lossless: bool) -> None:
+    # A flat icon is smaller lossless; five layered gradients are several times smaller lossy.
+    spec = RenderSpec(widths=(512, 64, 128), formats=("webp",))
+    renditions = render_svg(svg, spec).renditions
+
+    assert [r.width for r in renditions] == [512, 64, 128]  # the spec's order, not render order
+    assert [b"VP8L" in r.data[:64] for r in renditions] == [lossless] * 3
+
+
+def test_unknown_webp_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="webp_mode"):
+        RenderSpec(webp_mode="lossyish")
 
 
 def test_result_is_picklable_for_the_process_pool() -> None:

@@ -13,7 +13,8 @@ depth, see DESIGN.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import pyvips
 
@@ -34,6 +35,24 @@ _MAGIC = (
 )
 _GZIP_MAGIC = b"\x1f\x8b"
 
+# auto: per image, lossless if its smallest rendition comes out no bigger than ``webp_auto_slack``
+# times the lossy one. Flat-colour icons are smaller (and exact) lossless, gradients are 4-5x
+# smaller lossy; the smallest rendition decides because it costs ~1% of the pixels.
+WEBP_MODES = ("auto", "lossy", "lossless")
+# (method, quality) of libwebp's WebPConfigLosslessPreset, i.e. cwebp -z 0..9.
+_LOSSLESS_PRESETS = (
+    (0, 0),
+    (1, 20),
+    (2, 25),
+    (3, 30),
+    (3, 50),
+    (4, 50),
+    (4, 75),
+    (4, 90),
+    (5, 90),
+    (6, 100),
+)
+
 
 @dataclass(frozen=True)
 class RenderSpec:
@@ -41,9 +60,13 @@ class RenderSpec:
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
     formats: tuple[str, ...] = ("png", "webp")
+    # Encoder defaults are chosen by measurement (bench/README.md); keep them in step with
+    # ProcessorSettings.
+    webp_mode: str = "auto"
     webp_quality: int = 80
     webp_effort: int = 4
-    webp_lossless: bool = False
+    webp_lossless_level: int = 2
+    webp_auto_slack: float = 1.15
     png_compression: int = 6
     png_palette: bool = False
     max_input_bytes: int = 5 * MIB
@@ -61,6 +84,21 @@ class RenderSpec:
         unknown = set(self.formats) - _CONTENT_TYPES.keys()
         if not self.formats or unknown:
             raise ValueError(f"formats must be a non-empty subset of png, webp: {self.formats!r}")
+        if self.webp_mode not in WEBP_MODES:
+            raise ValueError(
+                f"webp_mode must be one of {', '.join(WEBP_MODES)}: {self.webp_mode!r}"
+            )
+        if not 0 <= self.webp_lossless_level < len(_LOSSLESS_PRESETS):
+            raise ValueError(f"webp_lossless_level must be 0-9, got {self.webp_lossless_level}")
+
+    def webp_options(self, lossless: bool) -> dict[str, object]:
+        """``webpsave`` arguments for one WebP rendition, lossy or lossless."""
+        if lossless:
+            # libwebp's lossless "quality" is compression effort, not fidelity; the preset pairs
+            # it with a method exactly as cwebp -z does.
+            method, effort = _LOSSLESS_PRESETS[self.webp_lossless_level]
+            return {"lossless": True, "effort": method, "Q": effort, "keep": "none"}
+        return {"Q": self.webp_quality, "effort": self.webp_effort, "keep": "none"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +107,10 @@ class Rendition:
     height: int
     format: str
     data: bytes
+    # Wall-clock ns in the worker, for the processor's render spans and metrics; the first
+    # format of a width includes rasterising it.
+    started_ns: int = field(default=0, compare=False)
+    ended_ns: int = field(default=0, compare=False)
 
     @property
     def content_type(self) -> str:
@@ -119,11 +161,15 @@ def render_svg(svg: bytes, spec: RenderSpec) -> RenderResult:
     _check_bytes(svg, spec)
     source_width, source_height = _declared_size(svg)
     _check_declared_size(source_width, source_height, spec)
-    renditions: list[Rendition] = []
-    for width in spec.widths:
+    encoder = _Encoder(spec)
+    by_width: dict[int, list[Rendition]] = {}
+    # Smallest first: in auto mode the smallest rendition decides lossy or lossless WebP.
+    for width in sorted(set(spec.widths)):
+        started_ns = time.time_ns()
         height = max(1, round(width * source_height / source_width))
         image = _rasterise(svg, source_width, source_height, width, height)
-        renditions.extend(_encode(image, spec))
+        by_width[width] = encoder.encode(image, started_ns)
+    renditions = [r for width in spec.widths for r in by_width[width]]
     return RenderResult(source_width, source_height, tuple(renditions))
 
 
@@ -202,32 +248,46 @@ def _as_srgb_with_alpha(image: pyvips.Image) -> pyvips.Image:
     return image
 
 
-def _encode(image: pyvips.Image, spec: RenderSpec) -> list[Rendition]:
-    renditions = []
-    for fmt in spec.formats:
-        try:
-            data = _encode_one(image, fmt, spec)
-        except pyvips.Error as error:
-            raise _rejection(error) from None
-        renditions.append(Rendition(int(image.width), int(image.height), fmt, data))
-    return renditions
+class _Encoder:
+    """Encodes one SVG's renditions; remembers the WebP mode auto chose for this SVG."""
 
+    def __init__(self, spec: RenderSpec) -> None:
+        self.spec = spec
+        self.lossless = None if spec.webp_mode == "auto" else spec.webp_mode == "lossless"
 
-def _encode_one(image: pyvips.Image, fmt: str, spec: RenderSpec) -> bytes:
-    # keep="none": no metadata (XMP, ICC) in public previews; it only costs bytes.
-    if fmt == "png":
-        data = image.write_to_buffer(
-            ".png", compression=spec.png_compression, palette=spec.png_palette, keep="none"
+    def encode(self, image: pyvips.Image, started_ns: int = 0) -> list[Rendition]:
+        renditions = []
+        started_ns = started_ns or time.time_ns()
+        for fmt in self.spec.formats:
+            try:
+                data = self._png(image) if fmt == "png" else self._webp(image)
+            except pyvips.Error as error:
+                raise _rejection(error) from None
+            ended_ns = time.time_ns()
+            renditions.append(
+                Rendition(int(image.width), int(image.height), fmt, data, started_ns, ended_ns)
+            )
+            started_ns = ended_ns
+        return renditions
+
+    def _png(self, image: pyvips.Image) -> bytes:
+        # keep="none": no metadata (XMP, ICC) in public previews; it only costs bytes.
+        spec = self.spec
+        return bytes(
+            image.write_to_buffer(
+                ".png", compression=spec.png_compression, palette=spec.png_palette, keep="none"
+            )
         )
-    else:
-        data = image.write_to_buffer(
-            ".webp",
-            Q=spec.webp_quality,
-            effort=spec.webp_effort,
-            lossless=spec.webp_lossless,
-            keep="none",
-        )
-    return bytes(data)
+
+    def _webp(self, image: pyvips.Image) -> bytes:
+        if self.lossless is not None:
+            return bytes(image.write_to_buffer(".webp", **self.spec.webp_options(self.lossless)))
+        # First (smallest) rendition in auto mode: encode both ways, keep the winner's mode for
+        # every width. The loser costs ~1% of the SVG's encoding work.
+        lossless = bytes(image.write_to_buffer(".webp", **self.spec.webp_options(True)))
+        lossy = bytes(image.write_to_buffer(".webp", **self.spec.webp_options(False)))
+        self.lossless = len(lossless) <= len(lossy) * self.spec.webp_auto_slack
+        return lossless if self.lossless else lossy
 
 
 def _rejection(error: pyvips.Error) -> RenderRejected:

@@ -1,0 +1,76 @@
+"""The render benchmark's own measurement functions on three sample SVGs, without sharp (npm).
+
+The benchmark is only worth reading if its raw loop produces exactly the core's outputs: same
+bytes means same settings, so the throughput ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from ingest_processor.render import render_svg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_bench() -> ModuleType:
+    # Imported by its own name from bench/ on sys.path: the benchmark's worker processes
+    # (spawn) inherit sys.path and must import the same module to unpickle its functions.
+    sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module("render")
+
+
+bench = _load_bench()
+
+
+@pytest.fixture(scope="module")
+def svgs() -> list[tuple[str, bytes]]:
+    # Evenly spread over both sample sets: flat icons and colourful emoji.
+    return bench.load_svgs(bench.SAMPLE_SETS, 3)  # type: ignore[no-any-return]
+
+
+def test_raw_loop_matches_the_core_byte_for_byte(svgs: list[tuple[str, bytes]]) -> None:
+    spec = bench.render_spec(bench.ProcessorSettings())
+    assert len(svgs) == 3
+    for _, svg in svgs:
+        core = [(r.width, r.format, r.data) for r in render_svg(svg, spec).renditions]
+        assert bench.raw_render(svg, spec) == core
+        assert len(core) == len(spec.widths) * len(spec.formats)
+
+
+def test_psnr_is_infinite_for_the_same_image_and_finite_for_a_lossy_one(
+    svgs: list[tuple[str, bytes]],
+) -> None:
+    spec = bench.render_spec(bench.ProcessorSettings()).__class__(widths=(128,), webp_mode="lossy")
+    emoji = next(svg for path, svg in svgs if "openmoji" in path)
+    png, webp = render_svg(emoji, spec).renditions
+
+    assert bench.psnr(png.data, png.data) == math.inf
+    assert 20 < bench.psnr(png.data, webp.data) < 80
+
+
+def test_benchmark_run_without_sharp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures.json"
+    bench.main(
+        ["--limit", "3", "--rounds", "1", "--workers", "1", "--no-sharp", "--json", str(out)]
+    )
+
+    figures = json.loads(out.read_text())
+    assert figures["identical_core_raw"] is True
+    runs = figures["runs"]["1"]
+    assert set(runs) == {"core", "raw"}
+    for run in runs.values():
+        assert run["outputs"] == 3 * 8
+        assert run["outputs_per_s"] > 0
+        assert run["peak_rss_mib"] > 10  # a worker with libvips loaded, read from /proc
+    assert figures["bytes"]["core"] == figures["bytes"]["raw"]
+    assert figures["quality"]["core"]["outputs"] == 3 * 4
+    table = capsys.readouterr().out
+    assert "PASS  core and raw outputs byte-identical" in table
+    assert "core/raw throughput, 1 worker(s)" in table
