@@ -9,6 +9,7 @@ from ingest_batcher.settings import BatcherSettings
 from ingest_common.settings import IngestSettings
 from ingest_indexer.settings import IndexerSettings
 from ingest_previewer.settings import PreviewerSettings
+from ingest_processor.backfill import BackfillSettings
 from ingest_processor.settings import ProcessorSettings
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -18,6 +19,10 @@ SERVICE_SETTINGS: dict[str, type[IngestSettings]] = {
     "processor": ProcessorSettings,
     "previewer": PreviewerSettings,
     "indexer": IndexerSettings,
+}
+# Commands with settings of their own beyond a service's (shown once, not per service).
+COMMAND_SETTINGS: dict[str, tuple[type[IngestSettings], type[IngestSettings]]] = {
+    "ingest backfill": (BackfillSettings, ProcessorSettings),
 }
 
 
@@ -61,6 +66,12 @@ def settings_table() -> str:
                 continue
             names = " / ".join(f"`{n}`" for n in env_names(name, field))
             lines.append(f"| {names} | {_default(field)} | {service} | {field.description or ''} |")
+    for command, (cls, base) in COMMAND_SETTINGS.items():
+        for name, field in cls.model_fields.items():
+            if name in base.model_fields:
+                continue
+            names = " / ".join(f"`{n}`" for n in env_names(name, field))
+            lines.append(f"| {names} | {_default(field)} | {command} | {field.description or ''} |")
     return "\n".join(lines)
 
 

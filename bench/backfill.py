@@ -1,0 +1,331 @@
+"""Benchmark `ingest backfill` against the render core it feeds, and its resumability.
+
+    uv run python bench/backfill.py                 # 500 images, all CPUs, kill at 30 %
+    uv run python bench/backfill.py --images 5000 --workers 2
+
+What it does, all on real components:
+
+1. starts a moto server on loopback and a throwaway database on the local PostgreSQL
+   (DATABASE_URL's server; dropped at the end), migrates it and bootstraps the topology;
+2. uploads N originals (the sample sets' SVGs, repeated under distinct keys) and inserts
+   contributor, family, product and ``ready`` image rows with no renditions;
+3. core: the processor's RenderPool renders the same N SVGs from memory (no S3, no DB);
+4. backfill: ``Backfill(--all)`` over the N rows, with the same pool size; prints SVGs/s,
+   renditions/s and the ratio backfill / core, plus the CPU the emulator and the backfill's
+   own event loop took (they share the machine with the render workers, unlike in AWS);
+5. resumability: with another render profile (so every image is stale again), runs
+   ``ingest backfill --all`` as a separate process, SIGKILLs it once ~30 % of the rows are
+   written, reruns it, and counts images rendered twice (renditions already in S3 at the kill
+   for rows not written yet) against the bound (images in flight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import resource
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from ingest_cli.local import LOCAL_CREDENTIALS, moto_server
+from ingest_common.aws import Aws
+from ingest_common.db.migrate import migrate
+from ingest_common.db.pool import create_pool
+from ingest_common.topology import apply_topology, load_topology
+from ingest_processor.backfill import Backfill, BackfillSettings, Selection, summary
+from ingest_processor.handler import render_spec
+from ingest_processor.pool import RenderPool
+from ingest_processor.renditions import render_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+IMAGES_PER_PRODUCT = 100
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_pid(fragment: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and fragment in cmdline:
+            return int(entry.name)
+    return None
+
+
+def svgs() -> list[bytes]:
+    return [p.read_bytes() for p in sorted(SAMPLE.glob("*/*.svg"))]
+
+
+async def upload_originals(aws: Aws, bucket: str, corpus: list[bytes], count: int) -> list[str]:
+    keys = [f"originals/bench/{i:07d}.svg" for i in range(count)]
+    await asyncio.gather(
+        *(
+            aws.put_bytes(bucket, key, corpus[i % len(corpus)], content_type="image/svg+xml")
+            for i, key in enumerate(keys)
+        )
+    )
+    return keys
+
+
+async def insert_rows(db: asyncpg.Pool, corpus: list[bytes], keys: list[str]) -> None:
+    async with db.acquire() as connection, connection.transaction():
+        await connection.execute("INSERT INTO contributors (id) VALUES ('bench')")
+        family = uuid.uuid4()
+        await connection.execute(
+            "INSERT INTO families (id, slug, name, contributor_id) "
+            "VALUES ($1, 'bench', 'Bench', 'bench')",
+            family,
+        )
+        images = []
+        for start in range(0, len(keys), IMAGES_PER_PRODUCT):
+            chunk = keys[start : start + IMAGES_PER_PRODUCT]
+            upload, product = uuid.uuid4(), uuid.uuid4()
+            await connection.execute(
+                "INSERT INTO uploads (id, bucket, object_key, etag, contributor_id, status) "
+                "VALUES ($1, 'bench', $2, 'bench', 'bench', 'ready')",
+                upload,
+                f"uploads/bench/{upload}.zip",
+            )
+            await connection.execute(
+                "INSERT INTO products (id, upload_id, family_id, contributor_id, product_type, "
+                "title, license, status, image_count, images_ready, completed_at) "
+                "VALUES ($1, $2, $3, 'bench', 'icon_set', 'Bench', 'standard', 'ready', $4, $4, "
+                "now())",
+                product,
+                upload,
+                family,
+                len(chunk),
+            )
+            for position, key in enumerate(chunk, start):
+                svg = corpus[position % len(corpus)]
+                images.append(
+                    (
+                        uuid.uuid4(),
+                        product,
+                        position,
+                        key,
+                        hashlib.sha256(svg + key.encode()).hexdigest(),
+                        len(svg),
+                    )
+                )
+        await connection.executemany(
+            "INSERT INTO images (id, product_id, position, path, title, content_hash, byte_size, "
+            "original_key, status, finished_at) "
+            "VALUES ($1, $2, $3, $4, $4, $5, $6, $4, 'ready', now())",
+            images,
+        )
+
+
+async def core_throughput(settings: BackfillSettings, corpus: list[bytes], count: int) -> float:
+    """The render core alone: the same SVGs from memory through the same pool size."""
+    async with RenderPool(
+        settings.render_workers, render_spec(settings), settings.render_timeout
+    ) as pool:
+        # Warm up each worker once (imports, libvips caches), as the backfill's pool is.
+        await asyncio.gather(*(pool.render(corpus[i]) for i in range(settings.render_workers)))
+        started = time.monotonic()
+        await asyncio.gather(*(pool.render(corpus[i % len(corpus)]) for i in range(count)))
+        return count / (time.monotonic() - started)
+
+
+async def written(db: asyncpg.Pool, profile: str) -> int:
+    value = await db.fetchval(
+        "SELECT count(*) FROM images WHERE renditions @> $1::jsonb",
+        [{"profile": profile}],
+    )
+    return int(value)
+
+
+async def rendition_prefixes(aws: Aws, bucket: str, profile: str) -> set[str]:
+    """Image ids with at least one rendition of ``profile`` in S3."""
+    found: set[str] = set()
+    paginator = aws.s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket, Prefix="renditions/"):
+        for item in page.get("Contents", []):
+            _, image, key_profile, _ = item["Key"].split("/", 3)
+            if key_profile == profile:
+                found.add(image)
+    return found
+
+
+async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
+    settings = BackfillSettings(
+        database_url=dsn,
+        aws_endpoint_url=endpoint,
+        **({"render_workers": args.workers} if args.workers else {}),
+    )
+    workers = settings.render_workers
+    corpus = svgs()
+    moto_pid = child_pid("moto.server")
+    print(
+        f"bench: {args.images} images ({len(corpus)} distinct sample SVGs), {workers} render "
+        f"workers on {len(os.sched_getaffinity(0))} CPUs, {len(settings.render_widths)} widths × "
+        f"{len(settings.render_formats)} formats, S3 {settings.s3_concurrency} at once, "
+        f"pages of {settings.backfill_batch_size}"
+    )
+    db = await create_pool(settings)
+    try:
+        async with Aws(settings) as aws:
+            await apply_topology(aws, load_topology(settings))
+            started = time.monotonic()
+            keys = await upload_originals(aws, settings.uploads_bucket, corpus, args.images)
+            await insert_rows(db, corpus, keys)
+            print(f"setup: originals and rows in {time.monotonic() - started:.1f} s")
+
+            core = await core_throughput(settings, corpus, args.images)
+            print(f"core:     {core:7.1f} SVGs/s  (RenderPool from memory, no S3 or DB)")
+
+            async with RenderPool(workers, render_spec(settings), settings.render_timeout) as pool:
+                await asyncio.gather(*(pool.render(corpus[i]) for i in range(workers)))
+                moto_before = cpu_seconds(moto_pid) if moto_pid else 0.0
+                own_before = own_cpu()
+                workers_before = sum(cpu_seconds(p) for p in pool.worker_pids())
+                backfill = Backfill(settings, aws, db, Selection(everything=True), pool=pool)
+                stats = await backfill.run()
+                workers_cpu = sum(cpu_seconds(p) for p in pool.worker_pids()) - workers_before
+            moto_cpu = (cpu_seconds(moto_pid) if moto_pid else 0.0) - moto_before
+            own = own_cpu() - own_before
+            rate = stats.done / stats.elapsed
+            print(
+                f"backfill: {rate:7.1f} SVGs/s, {stats.outputs / stats.elapsed:7.1f} renditions/s, "
+                f"{stats.done} done, {stats.failed} failed in {stats.elapsed:.1f} s"
+            )
+            print(f"ratio backfill / core: {rate / core:.2f}  (target ≥ 0.90)")
+            print(
+                f"render pool fed (≥ {workers} renders submitted) "
+                f"{1 - stats.pool_starved / stats.elapsed:.0%} of the backfill's time"
+            )
+            available = len(os.sched_getaffinity(0)) * stats.elapsed
+            print(
+                f"cpu during backfill (of {available:.0f} CPU-s): render workers "
+                f"{workers_cpu:.1f} s, moto {moto_cpu:.1f} s, backfill event loop {own:.1f} s; "
+                f"per image: {1000 * workers_cpu / stats.done:.0f} / "
+                f"{1000 * moto_cpu / stats.done:.0f} / {1000 * own / stats.done:.0f} ms; "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
+            if args.summary:
+                print(summary(stats, Selection(everything=True)))
+
+            await resumability(args, settings, aws, db, endpoint, dsn)
+    finally:
+        await db.close()
+
+
+async def resumability(
+    args: argparse.Namespace,
+    settings: BackfillSettings,
+    aws: Aws,
+    db: asyncpg.Pool,
+    endpoint: str,
+    dsn: str,
+) -> None:
+    # Another encoder setting is another profile: every image is stale again, new keys.
+    changed = {"INGEST_PNG_COMPRESSION": str(9 - settings.png_compression)}
+    profile = render_profile(
+        render_spec(settings.model_copy(update={"png_compression": 9 - settings.png_compression}))
+    )
+    env = {**os.environ, **LOCAL_CREDENTIALS, **changed}
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "DATABASE_URL": dsn,
+            "INGEST_RENDER_WORKERS": str(settings.render_workers),
+        }
+    )
+    command = [sys.executable, "-m", "ingest_cli", "backfill", "--all", "--no-progress"]
+    # Its own process group: the kill takes its render workers too, as a container kill does.
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL, start_new_session=True
+    )
+    target = int(args.images * args.kill_at)
+    while process.returncode is None:
+        if await written(db, profile) >= target:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        await asyncio.sleep(0.05)
+    await process.wait()
+    done = await written(db, profile)
+    in_s3 = await rendition_prefixes(aws, settings.previews_bucket, profile)
+    rows = {
+        str(r["id"])
+        for r in await db.fetch(
+            "SELECT id FROM images WHERE renditions @> $1::jsonb", [{"profile": profile}]
+        )
+    }
+    twice = len(in_s3 - rows)
+    print(
+        f"resume: killed (SIGKILL) `ingest backfill --all` at {done}/{args.images} rows written "
+        f"({done / args.images:.0%})"
+    )
+    started = time.monotonic()
+    rerun = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await rerun.communicate()
+    elapsed = time.monotonic() - started
+    lines = stdout.decode().strip().splitlines()
+    print("resume: rerun's summary:\n" + "\n".join(f"    {line}" for line in lines))
+    final = await written(db, profile)
+    in_flight = 2 * settings.render_workers + settings.s3_concurrency
+    print(
+        f"resume: {final}/{args.images} up to date after the rerun ({elapsed:.1f} s); "
+        f"rendered twice: {twice} (renditions stored, row not yet written at the kill) "
+        f"+ at most {in_flight} renders in flight; bound: {in_flight} images in flight"
+    )
+    if final != args.images or rerun.returncode != 0:
+        raise SystemExit(f"resume failed: {final}/{args.images}, exit {rerun.returncode}")
+
+
+async def with_database(args: argparse.Namespace, endpoint: str) -> None:
+    server = os.environ.get("DATABASE_URL", DEFAULT_DSN)
+    name = f"ingest_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{server.rpartition('/')[0]}/{name}"
+    try:
+        await migrate(dsn)
+        await bench(args, endpoint, dsn)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=500, help="image rows (default 500)")
+    parser.add_argument("--workers", type=int, help="render processes (default: all CPUs)")
+    parser.add_argument("--kill-at", type=float, default=0.3, help="share written at the kill")
+    parser.add_argument("--summary", action="store_true", help="print the backfill's summary")
+    args = parser.parse_args()
+    os.environ.update(LOCAL_CREDENTIALS)
+    with tempfile.TemporaryDirectory() as tmp, moto_server(Path(tmp) / "moto.log") as endpoint:
+        asyncio.run(with_database(args, endpoint))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""`ingest backfill` on real PostgreSQL, a real S3 endpoint and real libvips."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+import pyvips
+from ingest_cli.main import build_parser
+from ingest_cli.settings import CliSettings
+from ingest_common.aws import Aws
+from ingest_processor.backfill import Backfill, BackfillSettings, Selection, SelectionError, summary
+
+from tests.conftest import SAMPLE
+from tests.integration.pipeline import Pipeline, upload_folder
+
+MDI = SAMPLE / "mdi-essentials"
+OPENMOJI = SAMPLE / "openmoji-sampler"
+WIDTHS = (32, 64, 128, 256, 512)
+
+
+def backfill_settings(aws: Aws, **overrides: Any) -> BackfillSettings:
+    values = aws.settings.model_dump(by_alias=False)
+    values.update({"render_workers": 1, "s3_concurrency": 2, "backfill_batch_size": 4})
+    values.update(overrides)
+    return BackfillSettings(
+        **{k: v for k, v in values.items() if k in BackfillSettings.model_fields}
+    )
+
+
+@pytest.fixture
+async def ingested(aws: Aws, db: asyncpg.Pool) -> Any:
+    """Empty checkpoints (the shared truncate does not know this table), then a real ingest."""
+    await db.execute("TRUNCATE backfill_runs")
+
+    async def ingest(folder: Any) -> Any:
+        uploaded = await upload_folder(aws, folder)
+        pipeline = Pipeline(aws, db)
+        await pipeline.drain("batch")
+        await pipeline.drain("render")
+        return uploaded
+
+    return ingest
+
+
+async def images(db: asyncpg.Pool) -> list[asyncpg.Record]:
+    return list(await db.fetch("SELECT * FROM images WHERE status = 'ready' ORDER BY id"))
+
+
+async def test_a_new_width_is_added_to_every_image_and_a_second_run_renders_nothing(
+    aws: Aws, db: asyncpg.Pool, ingested: Any
+) -> None:
+    await ingested(OPENMOJI)
+    # The processor's renditions are up to date: nothing to do with the same settings.
+    unchanged = await Backfill(backfill_settings(aws), aws, db, Selection(everything=True)).run()
+    assert (unchanged.in_scope, unchanged.to_render, unchanged.rendered) == (12, 0, 0)
+    before = {row["id"]: row["renditions"] for row in await images(db)}
+
+    settings = backfill_settings(aws, render_widths=WIDTHS)
+    stats = await Backfill(settings, aws, db, Selection(missing_width=32)).run()
+    assert (stats.to_render, stats.done, stats.failed, stats.rendered) == (12, 12, 0, 12)
+    assert stats.outputs == 12 * len(WIDTHS) * 2
+
+    rows = await images(db)
+    assert len(rows) == 12
+    for row in rows:
+        renditions = row["renditions"]
+        assert {(r["width"], r["format"]) for r in renditions} == {
+            (w, f) for w in WIDTHS for f in ("png", "webp")
+        }
+        assert {r["profile"] for r in renditions} == {stats.profile}
+        # Same profile as the processor's: the existing sizes keep their keys.
+        old_keys = {r["key"] for r in before[row["id"]]}
+        assert old_keys <= {r["key"] for r in renditions}
+        for rendition in (r for r in renditions if r["width"] == 32):
+            assert rendition["key"].startswith(f"renditions/{row['id']}/{stats.profile}/")
+            head = await aws.s3.head_object(
+                Bucket=aws.settings.previews_bucket, Key=rendition["key"]
+            )
+            assert head["ContentType"] == f"image/{rendition['format']}"
+            assert "immutable" in head["CacheControl"]
+            data = await aws.get_bytes(aws.settings.previews_bucket, rendition["key"])
+            decoded = pyvips.Image.new_from_buffer(data, "")
+            assert decoded.get("vips-loader") == f"{rendition['format']}load_buffer"
+            assert (decoded.width, decoded.height) == (32, rendition["height"])
+
+    again = await Backfill(settings, aws, db, Selection(missing_width=32)).run()
+    assert (again.in_scope, again.rendered, again.done) == (0, 0, 0)
+    everything = await Backfill(settings, aws, db, Selection(everything=True)).run()
+    assert (everything.in_scope, everything.skipped, everything.rendered) == (12, 12, 0)
+
+
+async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
+    aws: Aws, db: asyncpg.Pool, ingested: Any
+) -> None:
+    await ingested(MDI)
+    settings = backfill_settings(aws, render_widths=WIDTHS)
+    total = len(await images(db))
+    assert total == 24
+
+    first = Backfill(settings, aws, db, Selection(everything=True))
+    task = asyncio.create_task(first.run())
+    async with asyncio.timeout(60):
+        while first.stats.done < 8:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    written = await db.fetchval(
+        "SELECT count(*) FROM images WHERE renditions @> $1::jsonb",
+        [{"width": 32, "format": "webp", "profile": first.profile}],
+    )
+    assert written == first.stats.done >= 8  # what was rendered and stored was kept
+    checkpoint = await db.fetchval("SELECT last_image_id FROM backfill_runs")
+
+    second = Backfill(settings, aws, db, Selection(everything=True))
+    stats = await second.run()
+    # Resumed from the checkpoint (pages of 4, each written in full), not from the start.
+    assert stats.resumed_from == checkpoint
+    assert stats.earlier_done == written
+    assert stats.done + written == total
+    # Only what was in flight at the interruption is rendered again.
+    assert first.stats.rendered + stats.rendered <= total + first.in_flight
+    rows = await images(db)
+    assert all(
+        {(r["width"], r["format"]) for r in row["renditions"] if r["profile"] == stats.profile}
+        == {(w, f) for w in WIDTHS for f in ("png", "webp")}
+        for row in rows
+    )
+    # The run is finished: the next one starts over, finds nothing to do.
+    done = await Backfill(settings, aws, db, Selection(everything=True)).run()
+    assert (done.resumed_from, done.to_render, done.skipped) == (None, 0, total)
+
+
+async def test_failures_are_counted_with_reasons_and_images_stay_ready(
+    aws: Aws, db: asyncpg.Pool, ingested: Any
+) -> None:
+    uploaded = await ingested(OPENMOJI)
+    product = await db.fetchval("SELECT id FROM products WHERE upload_id = $1", uploaded.upload_id)
+    lost = (await images(db))[0]
+    await aws.s3.delete_object(Bucket=aws.settings.uploads_bucket, Key=lost["original_key"])
+
+    settings = backfill_settings(aws, render_widths=WIDTHS)
+    selection = Selection(product=product, missing_format="webp", everything=False)
+    # Every image has WebP renditions (just not at 32 px): the format filter selects none.
+    none = await Backfill(settings, aws, db, selection).run()
+    assert none.in_scope == 0
+
+    stats = await Backfill(settings, aws, db, Selection(product=product)).run()
+    assert (stats.done, stats.failed) == (11, 1)
+    assert stats.failures == {"original missing from S3": 1}
+    assert stats.failure_examples["original missing from S3"] == lost["id"]
+    text = summary(stats, Selection(product=product))
+    assert "failed     1" in text
+    assert f"original missing from S3  (e.g. image {lost['id']})" in text
+    row = await db.fetchrow("SELECT status::text, renditions FROM images WHERE id = $1", lost["id"])
+    assert row is not None
+    assert row["status"] == "ready"
+    assert row["renditions"] == lost["renditions"]  # untouched
+
+
+async def test_selection_must_be_explicit_and_renderable(aws: Aws, db: asyncpg.Pool) -> None:
+    with pytest.raises(SelectionError, match="--all"):
+        Selection()
+    with pytest.raises(SelectionError, match="not a configured width"):
+        Backfill(backfill_settings(aws), aws, db, Selection(missing_width=32))
+
+
+async def test_the_command_backfills_a_family_and_prints_a_summary(
+    aws: Aws,
+    db: asyncpg.Pool,
+    ingested: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await ingested(OPENMOJI)
+    family = await db.fetchval("SELECT slug FROM families LIMIT 1")
+    for name, value in {
+        "INGEST_DATABASE_URL": aws.settings.database_url,
+        "INGEST_AWS_ENDPOINT_URL": str(aws.settings.aws_endpoint_url),
+        "INGEST_RENDER_WIDTHS": "[32, 64]",
+        "INGEST_RENDER_WORKERS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["backfill", "--family", family, "--no-progress"])
+    assert await args.run(args, CliSettings()) == 0
+    out = capsys.readouterr().out
+    assert f"backfill   family {family}" in out
+    assert "done       12 images, 48 renditions" in out
+    assert "SVGs/s" in out
+
+    args = build_parser().parse_args(["backfill", "--missing-width", "48"])
+    assert await args.run(args, CliSettings()) == 2
+    assert "not a configured width" in capsys.readouterr().err
