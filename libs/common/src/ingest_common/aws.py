@@ -16,11 +16,19 @@ from typing import TYPE_CHECKING, Any, Self
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry.trace import SpanKind
 
 from ingest_common.errors import RetryableError
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
-from ingest_common.telemetry.tracing import current_carrier, sqs_attributes
+from ingest_common.telemetry.aws_spans import instrument_client
+from ingest_common.telemetry.tracing import (
+    SQS_MAX_ATTRIBUTES,
+    current_carrier,
+    messaging_attributes,
+    sqs_attributes,
+    tracer,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -53,6 +61,8 @@ class Aws:
         }
         self.s3 = await self._stack.enter_async_context(session.create_client("s3", **common))
         self.sqs = await self._stack.enter_async_context(session.create_client("sqs", **common))
+        instrument_client(self.s3)
+        instrument_client(self.sqs)
         return self
 
     async def __aexit__(
@@ -74,32 +84,56 @@ class Aws:
     ) -> None:
         """Send messages in batches of 10, each carrying the current trace context.
 
+        Each batch is one PRODUCER span `send <queue>`, whose context every message of the
+        batch carries (its creation context, in `traceparent`/`tracestate`).
+
         Raises RetryableError if any entry of a batch is refused, so the caller's own
         message is redelivered and the (idempotent) sends are repeated.
         """
         url = await self.queue_url(queue)
-        attributes = sqs_attributes(current_carrier())
         for start in range(0, len(messages), SQS_BATCH):
             chunk = messages[start : start + SQS_BATCH]
-            entries: list[Any] = [
-                {
-                    "Id": str(i),
-                    "MessageBody": message.model_dump_json(),
-                    "MessageAttributes": attributes,
-                    "DelaySeconds": delay_seconds,
-                }
-                for i, message in enumerate(chunk)
-            ]
-            try:
-                response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
-            except (BotoCoreError, ClientError) as exc:
-                raise RetryableError(f"could not send to {queue}: {exc}") from exc
-            if failed := response.get("Failed"):
-                raise RetryableError(f"{len(failed)} messages refused by {queue}: {failed[0]}")
+            with tracer().start_as_current_span(
+                f"send {queue}",
+                kind=SpanKind.PRODUCER,
+                attributes=messaging_attributes(
+                    queue,
+                    "send",
+                    "SendMessageBatch",
+                    **{"messaging.batch.message_count": len(chunk)},
+                    **({"ingest.delay_seconds": delay_seconds} if delay_seconds else {}),
+                ),
+            ):
+                attributes = sqs_attributes(current_carrier())
+                entries: list[Any] = [
+                    {
+                        "Id": str(i),
+                        "MessageBody": message.model_dump_json(),
+                        "MessageAttributes": attributes,
+                        "DelaySeconds": delay_seconds,
+                    }
+                    for i, message in enumerate(chunk)
+                ]
+                try:
+                    response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+                except (BotoCoreError, ClientError) as exc:
+                    raise RetryableError(f"could not send to {queue}: {exc}") from exc
+                if failed := response.get("Failed"):
+                    raise RetryableError(f"{len(failed)} messages refused by {queue}: {failed[0]}")
 
     async def send_raw(self, queue: str, body: str, attributes: dict[str, Any]) -> None:
+        """Send one message as is (a dead letter keeps its original trace attributes)."""
+        if len(attributes) > SQS_MAX_ATTRIBUTES:
+            raise ValueError(f"{len(attributes)} message attributes, SQS allows 10")
         url = await self.queue_url(queue)
-        await self.sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+        with tracer().start_as_current_span(
+            f"send {queue}",
+            kind=SpanKind.PRODUCER,
+            attributes=messaging_attributes(queue, "send", "SendMessage"),
+        ):
+            await self.sqs.send_message(
+                QueueUrl=url, MessageBody=body, MessageAttributes=attributes
+            )
 
     # --- S3 ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,9 +26,15 @@ from ingest_common.runtime.service import Resources
 from ingest_common.schemas.manifest import ManifestInvalid, parse_manifest
 from ingest_common.schemas.messages import PreviewFamily, RenderImage
 from ingest_common.schemas.s3_event import S3Event, S3EventRecord
-from ingest_common.telemetry.tracing import context_from_carrier, trace_id_of, tracer
+from ingest_common.telemetry import metrics
+from ingest_common.telemetry.tracing import (
+    TRACE_KEYS,
+    context_from_carrier,
+    format_trace_id,
+    links_to,
+    tracer,
+)
 from opentelemetry import trace
-from opentelemetry.trace import Link
 
 from ingest_batcher.archive import ArchiveLimits, ArchiveRejected, extract_archive
 from ingest_batcher.keys import KEY_RULE, contributor_of
@@ -43,6 +49,9 @@ from ingest_batcher.store import (
     record_upload,
     reject_upload,
 )
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import GetObjectOutputTypeDef
 
 log = structlog.get_logger("ingest.batcher")
 
@@ -95,61 +104,81 @@ class BatchHandler:
         bucket, key = record.s3.bucket.name, record.s3.object.decoded_key
         etag = record.s3.object.etag.strip('"')
         upload = ids.upload_id(bucket, key, etag)
-        with structlog.contextvars.bound_contextvars(upload_id=str(upload), key=key):
+        product = ids.product_id(upload)
+        with structlog.contextvars.bound_contextvars(
+            upload_id=str(upload), product_id=str(product), key=key
+        ):
             contributor = contributor_of(key)
-            with tempfile.TemporaryFile() as spool:
-                metadata = await self._download(bucket, key, spool) if contributor else {}
-                carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
-                # The upload's trace starts at the client; our consumer span is linked.
-                links = [Link(trace.get_current_span().get_span_context())]
-                with tracer().start_as_current_span(
+            # Only the object's headers are read here: its metadata names the upload's trace.
+            response = await self._open(bucket, key) if contributor else None
+            metadata = dict(response.get("Metadata", {})) if response else {}
+            carrier = {k: v for k, v in metadata.items() if k in TRACE_KEYS}
+            # Everything else runs in the upload's trace, started by the client (or here,
+            # if the client sent no traceparent); the consumer span is linked.
+            with (
+                tracer().start_as_current_span(
                     "batch upload",
                     context=context_from_carrier(carrier),
-                    links=links,
-                    attributes={"ingest.upload_id": str(upload), "ingest.object_key": key},
-                ):
-                    async with self.db.acquire() as connection:
-                        row = await record_upload(
-                            connection,
-                            upload,
-                            bucket=bucket,
-                            key=key,
-                            etag=etag,
-                            size=record.s3.object.size,
-                            uploaded_at=record.event_time,
-                            contributor=contributor,
-                            traceparent=carrier.get("traceparent"),
-                            trace_id=trace_id_of(carrier),
-                        )
-                    if contributor is None:
-                        await self._reject(upload, f"{key!r} was refused: {KEY_RULE}.")
-                    elif not row.dispatched and row.status in ("received", "processing"):
-                        # Also on a redelivery after a crash: the originals may be missing.
-                        await self._create(upload, contributor, spool)
-                    if not row.dispatched:
-                        await self._dispatch(upload)
+                    links=links_to(trace.get_current_span().get_span_context()),
+                    attributes={
+                        "ingest.upload_id": str(upload),
+                        "ingest.product_id": str(product),
+                        "ingest.object_key": key,
+                    },
+                ) as span,
+                tempfile.TemporaryFile() as spool,
+            ):
+                if response is not None:
+                    await self._spool(response, spool)
+                elif contributor:
+                    log.warning("batcher.object_gone")
+                async with self.db.acquire() as connection:
+                    row = await record_upload(
+                        connection,
+                        upload,
+                        bucket=bucket,
+                        key=key,
+                        etag=etag,
+                        size=record.s3.object.size,
+                        uploaded_at=record.event_time,
+                        contributor=contributor,
+                        traceparent=carrier.get("traceparent"),
+                        trace_id=format_trace_id(span.get_span_context()),
+                    )
+                if contributor is None:
+                    await self._reject(upload, f"{key!r} was refused: {KEY_RULE}.")
+                elif not row.dispatched and row.status in ("received", "processing"):
+                    # Also on a redelivery after a crash: the originals may be missing.
+                    await self._create(upload, contributor, spool)
+                if not row.dispatched:
+                    await self._dispatch(upload)
 
-    async def _download(self, bucket: str, key: str, spool: IO[bytes]) -> dict[str, str]:
-        """Stream the ZIP to a temporary file, refusing it past the size limit."""
+    async def _open(self, bucket: str, key: str) -> GetObjectOutputTypeDef | None:
+        """GetObject: its headers (metadata, size); None if the object is gone."""
         try:
-            response = await self.aws.s3.get_object(Bucket=bucket, Key=key)
+            return await self.aws.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 # Deleted since the event: nothing to ingest, and nothing to retry.
-                log.warning("batcher.object_gone")
-                return {"gone": "true"}
+                return None
             raise RetryableError(f"could not read s3://{bucket}/{key}: {exc}") from exc
         except BotoCoreError as exc:
             raise RetryableError(f"could not read s3://{bucket}/{key}: {exc}") from exc
-        metadata = dict(response.get("Metadata", {}))
-        if response["ContentLength"] > self.settings.max_archive_bytes:
+
+    async def _spool(self, response: GetObjectOutputTypeDef, spool: IO[bytes]) -> None:
+        """Stream the ZIP to a temporary file, refusing it past the size limit."""
+        size = response["ContentLength"]
+        if size > self.settings.max_archive_bytes:
             response["Body"].close()
-            return metadata  # extraction reports the size with the contributor's words
-        async with response["Body"] as stream:
-            async for chunk in stream.iter_chunks(1 << 20):
-                spool.write(chunk[0] if isinstance(chunk, tuple) else chunk)
+            return  # extraction reports the size with the contributor's words
+        with tracer().start_as_current_span("download upload", attributes={"ingest.bytes": size}):
+            try:
+                async with response["Body"] as stream:
+                    async for chunk in stream.iter_chunks(1 << 20):
+                        spool.write(chunk[0] if isinstance(chunk, tuple) else chunk)
+            except (BotoCoreError, ClientError, OSError) as exc:
+                raise RetryableError(f"could not download the upload: {exc}") from exc
         spool.seek(0)
-        return metadata
 
     async def _create(self, upload: uuid.UUID, contributor: str, spool: IO[bytes]) -> None:
         try:
@@ -170,6 +199,7 @@ class BatchHandler:
                 upload, f'the family "{exc}" belongs to another contributor; choose another name'
             )
             return
+        metrics.upload_images.record(len(plan.images))
         await self._store_originals(plan, contributor, upload)
         log.info("batcher.product_created", images=len(plan.images), problems=len(plan.problems))
 

@@ -7,11 +7,8 @@ counters, in one transaction → if that completed the product: product-ready, a
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,25 +19,28 @@ from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import Resources
 from ingest_common.schemas.messages import RenderImage
+from ingest_common.telemetry import metrics
 from ingest_common.telemetry.tracing import tracer
+from opentelemetry import trace
 
 from ingest_processor.pool import RenderPool
-from ingest_processor.render import RenderRejected, RenderSpec, Rendition
+from ingest_processor.render import RenderRejected, RenderResult, RenderSpec
+from ingest_processor.renditions import render_profile, store_renditions
 from ingest_processor.settings import ProcessorSettings
 
 log = structlog.get_logger("ingest.processor")
 
 
-def rendition_key(image: uuid.UUID, rendition: Rendition) -> str:
-    return f"renditions/{image}/{rendition.width}.{rendition.format}"
-
-
 def render_spec(settings: ProcessorSettings) -> RenderSpec:
+    """The render core's spec from the processor's settings (also used by backfill, bench)."""
     return RenderSpec(
         widths=settings.render_widths,
         formats=settings.render_formats,
+        webp_mode=settings.webp_mode,
         webp_quality=settings.webp_quality,
         webp_effort=settings.webp_effort,
+        webp_lossless_level=settings.webp_lossless_level,
+        webp_auto_slack=settings.webp_auto_slack,
         png_compression=settings.png_compression,
         png_palette=settings.png_palette,
         max_input_bytes=settings.max_svg_bytes,
@@ -56,6 +56,7 @@ class RenderHandler:
         assert isinstance(settings, ProcessorSettings)
         self.settings = settings
         self.pool = pool
+        self.profile = render_profile(pool.spec)
 
     @classmethod
     @asynccontextmanager
@@ -96,7 +97,7 @@ class RenderHandler:
                 message.original_key,
                 max_bytes=self.settings.max_svg_bytes,
             )
-            result = await self.pool.render(svg)
+            result = await self._render_in_pool(svg)
         except ObjectTooLarge as exc:
             await self._fail(message, f"is {exc.size:,} bytes, over the limit of {exc.limit:,}")
             return
@@ -105,8 +106,8 @@ class RenderHandler:
             return
         except (BotoCoreError, ClientError) as exc:
             raise RetryableError(f"could not read the original: {exc}") from exc
-        renditions = await asyncio.gather(
-            *(self._store(message.image_id, r) for r in result.renditions)
+        renditions = await store_renditions(
+            self.aws, self.settings, message.image_id, result, self.profile
         )
         async with self.db.acquire() as connection:
             state = await finish_image(
@@ -122,30 +123,37 @@ class RenderHandler:
             completed=bool(state and state.complete),
         )
 
-    async def _store(self, image: uuid.UUID, rendition: Rendition) -> dict[str, Any]:
-        key = rendition_key(image, rendition)
+    async def _render_in_pool(self, svg: bytes) -> RenderResult:
+        """`render svg` (in a worker) with a child span per rendition, timed by the worker."""
         with tracer().start_as_current_span(
-            "store rendition",
-            attributes={
-                "ingest.rendition.width": rendition.width,
-                "ingest.rendition.format": rendition.format,
-                "ingest.rendition.bytes": len(rendition.data),
-            },
-        ):
-            await self.aws.put_bytes(
-                self.settings.previews_bucket,
-                key,
-                rendition.data,
-                content_type=rendition.content_type,
-                cache_control=self.settings.cache_control,
-            )
-        return {
-            "width": rendition.width,
-            "height": rendition.height,
-            "format": rendition.format,
-            "key": key,
-            "bytes": len(rendition.data),
-        }
+            "render svg", attributes={"ingest.svg.bytes": len(svg)}
+        ) as span:
+            result = await self.pool.render(svg)
+            span.set_attribute("ingest.svg.width", result.source_width)
+            span.set_attribute("ingest.svg.height", result.source_height)
+            first_of_width: set[int] = set()
+            for rendition in result.renditions:
+                seconds = max(0, rendition.ended_ns - rendition.started_ns) / 1e9
+                metrics.render_duration.record(
+                    seconds, {"width": rendition.width, "format": rendition.format}
+                )
+                if not rendition.started_ns:
+                    continue
+                child = tracer().start_span(
+                    f"render {rendition.width}px {rendition.format}",
+                    context=trace.set_span_in_context(span),
+                    start_time=rendition.started_ns,
+                    attributes={
+                        "ingest.rendition.width": rendition.width,
+                        "ingest.rendition.height": rendition.height,
+                        "ingest.rendition.format": rendition.format,
+                        "ingest.rendition.bytes": len(rendition.data),
+                        "ingest.rendition.rasterised": rendition.width not in first_of_width,
+                    },
+                )
+                child.end(end_time=rendition.ended_ns)
+                first_of_width.add(rendition.width)
+        return result
 
     async def _fail(self, message: RenderImage, reason: str) -> None:
         log.warning("processor.image_failed", reason=reason)

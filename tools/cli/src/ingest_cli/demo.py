@@ -20,10 +20,14 @@ from ingest_common.db.migrate import migrate
 from ingest_common.db.pool import connect
 from ingest_common.search import PostgresSearch
 from ingest_common.topology import apply_topology, load_topology
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from ingest_cli.local import LOCAL_CREDENTIALS, local_env, moto_server, services
 from ingest_cli.settings import CliSettings
 from ingest_cli.status import UploadStatus, format_status, load_status, stage_times
+from ingest_cli.trace import OtlpReceiver, load_spans, summarise
 from ingest_cli.upload import upload_set
 
 DEMO_DATABASE = "ingest_demo"
@@ -49,9 +53,14 @@ async def run_demo(settings: CliSettings, sample: Path, output: Path) -> int:
     dsn = await fresh_database(settings.database_url, DEMO_DATABASE)
     print(f"database  {dsn} (fresh)")
     await migrate(dsn)
-    with moto_server(output / "moto.log") as endpoint:
+    with (
+        moto_server(output / "moto.log") as endpoint,
+        OtlpReceiver(output / "spans.jsonl") as collector,
+    ):
         print(f"aws       {endpoint} (moto server on loopback)")
+        print(f"traces    {collector.endpoint} (OTLP/HTTP receiver → {collector.path})")
         os.environ.update(LOCAL_CREDENTIALS)
+        export_cli_spans(collector)
         env = local_env(
             endpoint,
             dsn,
@@ -60,6 +69,7 @@ async def run_demo(settings: CliSettings, sample: Path, output: Path) -> int:
             stall_timeout="150",
             mosaic_images="16",
         )
+        env.update(collector.env())
         demo_settings = settings.model_copy(
             update={"aws_endpoint_url": endpoint, "database_url": dsn}
         )
@@ -73,7 +83,30 @@ async def run_demo(settings: CliSettings, sample: Path, output: Path) -> int:
                     f"upload    {uploaded.upload_id}  s3://{demo_settings.uploads_bucket}/{uploaded.key}"
                 )
                 status = await wait_until_searchable(dsn, uploaded.upload_id)
-                return await report(aws, dsn, status, output, uploaded.trace_id)
+                code = await report(aws, dsn, status, output, uploaded.trace_id)
+            # The services have stopped, flushing their last spans on the way out.
+            report_trace(collector, uploaded.upload_id, uploaded.trace_id)
+            return code
+
+
+def export_cli_spans(collector: OtlpReceiver) -> None:
+    """Send this process's spans (the upload's first, `upload set`) to the receiver too."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        exporter = OTLPSpanExporter(endpoint=f"{collector.endpoint}/v1/traces")
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+
+def report_trace(collector: OtlpReceiver, upload: object, trace_id: str) -> None:
+    per_service = summarise(load_spans(collector.path), trace_id)
+    print(
+        f"spans      {sum(per_service.values())} spans in the upload's trace ("
+        + ", ".join(f"{name} {n}" for name, n in per_service.items())
+        + f") in {collector.path}"
+    )
+    print(f"           see the tree: ingest trace {upload} --spans {collector.path}")
 
 
 async def wait_until_searchable(dsn: str, upload: object) -> UploadStatus:
@@ -120,9 +153,10 @@ async def report(aws: Aws, dsn: str, status: UploadStatus, output: Path, trace_i
     ready = [image for image in status.images if image["status"] == "ready"]
     renditions = [r for image in ready for r in image["renditions"]]
     print()
+    kib = sum(r["bytes"] for r in renditions) / 1024
     print(
         f"renditions {len(renditions)} objects in s3://{settings.previews_bucket}/renditions/"
-        f"<image id>/<width>.<png|webp>, {sum(r['bytes'] for r in renditions) / 1024:.0f} KiB"
+        f"<image id>/<profile>/<width>.<png|webp>, {kib:.0f} KiB"
     )
     if ready:
         first = ready[0]

@@ -86,6 +86,37 @@ async def cmd_search(args: argparse.Namespace, settings: CliSettings) -> int:
     return 0 if hits else 1
 
 
+async def cmd_dlq(args: argparse.Namespace, settings: CliSettings) -> int:
+    from ingest_cli.dlq import format_dead_letter, list_dead_letters, queue_pair, redrive
+
+    async with Aws(settings) as aws:
+        if args.action == "redrive":
+            moved = await redrive(aws, args.queue, args.limit)
+            print(f"redrove {moved} message(s) to {queue_pair(args.queue)[0]}")
+            return 0
+        letters = await list_dead_letters(aws, args.queue, args.limit)
+    for letter in letters:
+        print(format_dead_letter(letter))
+    print(f"{len(letters)} message(s) in the dead-letter queue of {args.queue}", file=sys.stderr)
+    return 0
+
+
+async def cmd_trace(args: argparse.Namespace, settings: CliSettings) -> int:
+    from ingest_cli.trace import find_trace_id, format_tree, load_spans
+
+    path = Path(args.spans)
+    if not path.exists():
+        print(f"no spans file {path} (ingest demo writes one)", file=sys.stderr)
+        return 2
+    spans = load_spans(path)
+    trace_id = await find_trace_id(settings.database_url, args.upload_id, spans)
+    if trace_id is None:
+        print(f"no trace of upload {args.upload_id} in the database or {path}", file=sys.stderr)
+        return 1
+    print(format_tree(spans, trace_id, depth=args.depth))
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace, settings: CliSettings) -> int:
     from ingest_cli.demo import run_demo
 
@@ -114,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--limit", type=int, default=10)
     search.set_defaults(run=cmd_search)
+    dlq = commands.add_parser("dlq", help="list or replay a queue's dead letters")
+    dlq.add_argument("action", choices=["list", "redrive"])
+    dlq.add_argument("queue", help="a queue (ingest-render) or its DLQ (ingest-render-dlq)")
+    dlq.add_argument("--limit", type=int, default=100)
+    dlq.set_defaults(run=cmd_dlq)
+    trace = commands.add_parser("trace", help="an upload's span tree, from collected spans")
+    trace.add_argument("upload_id", help="an upload id (or a trace id)")
+    trace.add_argument("--spans", default="demo-output/spans.jsonl", help="JSON-lines spans")
+    trace.add_argument("--depth", type=int, default=None, help="levels to show (default all)")
+    trace.set_defaults(run=cmd_trace)
+    from ingest_cli.backfill import add_backfill_command
+
+    add_backfill_command(commands)
     demo = commands.add_parser("demo", help="run the whole pipeline locally on a sample set")
     demo.add_argument("--set", default=str(default_sample()), help="the set folder to upload")
     demo.add_argument("--output", default="demo-output", help="where to save the mosaic and logs")

@@ -24,14 +24,23 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from ingest_common.aws import SQS_BATCH, Aws
 from ingest_common.errors import InvalidMessage, PermanentError, RetryableError
 from ingest_common.runtime.health import Health
 from ingest_common.settings import IngestSettings
-from ingest_common.telemetry.tracing import carrier_from_sqs, context_from_carrier, tracer
+from ingest_common.telemetry import metrics
+from ingest_common.telemetry.tracing import (
+    carrier_from_sqs,
+    context_from_carrier,
+    links_to,
+    messaging_attributes,
+    span_context_of,
+    tracer,
+)
 from ingest_common.topology import dead_letter_queue
 
 M = TypeVar("M")
@@ -51,6 +60,7 @@ class Delivery:
     receive_count: int
     sent_at: float
     extended_at: float = field(default_factory=time.monotonic)
+    span_context: SpanContext | None = None  # of its process span, for the settle span's links
 
     @classmethod
     def from_sqs(cls, raw: dict[str, Any]) -> Delivery:
@@ -97,6 +107,11 @@ class Consumer(Generic[M]):
         self._deletes: asyncio.Queue[Delivery] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._url = ""
+        self._ages = metrics.OldestAge()
+
+    def oldest_message_age(self) -> float:
+        """Seconds: see `ingest_common.telemetry.metrics` for what this measures."""
+        return self._ages.value(d.sent_at for d in list(self._in_flight.values()))
 
     def stop(self) -> None:
         """Ask the consumer to drain and return (what SIGTERM does)."""
@@ -109,6 +124,7 @@ class Consumer(Generic[M]):
     async def run(self) -> None:
         self._url = await self.aws.queue_url(self.queue)
         self.health.ready = True
+        metrics.watch_queue_age(self.queue, self.oldest_message_age)
         log.info("consumer.started", queue=self.queue, concurrency=self.settings.concurrency)
         deleter = asyncio.create_task(self._delete_loop(), name="deleter")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
@@ -129,6 +145,7 @@ class Consumer(Generic[M]):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(heartbeat, deleter)
             self.health.ready = False
+            metrics.unwatch_queue_age(self.queue)
             log.info("consumer.stopped", queue=self.queue)
 
     # --- receiving --------------------------------------------------------------------
@@ -147,6 +164,7 @@ class Consumer(Generic[M]):
             self._free -= len(raw_messages)
             for raw in raw_messages:
                 delivery = Delivery.from_sqs(raw)
+                self._ages.received(delivery.sent_at)
                 task = asyncio.create_task(self._process(delivery), name=delivery.message_id)
                 self._in_flight[task] = delivery
                 task.add_done_callback(self._finished)
@@ -190,33 +208,45 @@ class Consumer(Generic[M]):
     # --- handling -------------------------------------------------------------------
 
     async def _process(self, delivery: Delivery) -> None:
-        parent = context_from_carrier(carrier_from_sqs(delivery.attributes))
+        carrier = carrier_from_sqs(delivery.attributes)
         with (
             structlog.contextvars.bound_contextvars(
                 queue=self.queue, message_id=delivery.message_id
             ),
+            # The producer's context is the parent (one upload, one trace) and, as the
+            # messaging conventions ask, a link too.
             tracer().start_as_current_span(
                 f"process {self.queue}",
-                context=parent,
+                context=context_from_carrier(carrier),
                 kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "aws_sqs",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": self.queue,
-                    "messaging.message.id": delivery.message_id,
-                    "messaging.aws_sqs.receive_count": delivery.receive_count,
-                },
+                links=links_to(span_context_of(carrier)),
+                attributes=messaging_attributes(
+                    self.queue,
+                    "process",
+                    "process",
+                    **{
+                        "messaging.message.id": delivery.message_id,
+                        "messaging.message.body.size": len(delivery.body),
+                        "messaging.aws_sqs.receive_count": delivery.receive_count,
+                    },
+                ),
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span,
         ):
+            delivery.span_context = span.get_span_context()
             started = time.monotonic()
             outcome = await self._run_handler(delivery, span)
+            seconds = time.monotonic() - started
+            labels = {"queue": self.queue, "outcome": outcome}
+            metrics.messages.add(1, labels)
+            metrics.message_duration.record(seconds, labels)
+            span.set_attribute("ingest.outcome", outcome)
             log.info(
                 "message.done",
                 outcome=outcome,
                 receive_count=delivery.receive_count,
-                seconds=round(time.monotonic() - started, 3),
+                seconds=round(seconds, 3),
             )
 
     async def _run_handler(self, delivery: Delivery, span: trace.Span) -> str:
@@ -316,6 +346,22 @@ class Consumer(Generic[M]):
         entries: list[Any] = [
             {"Id": str(i), "ReceiptHandle": d.receipt_handle} for i, d in enumerate(batch)
         ]
+        # One batch settles messages of many traces: a root span linked to each of them.
+        with tracer().start_as_current_span(
+            f"settle {self.queue}",
+            context=otel_context.Context(),
+            kind=SpanKind.CLIENT,
+            links=links_to(*(d.span_context for d in batch)),
+            attributes=messaging_attributes(
+                self.queue,
+                "settle",
+                "DeleteMessageBatch",
+                **{"messaging.batch.message_count": len(batch)},
+            ),
+        ):
+            await self._delete_entries(entries, len(batch))
+
+    async def _delete_entries(self, entries: list[Any], count: int) -> None:
         for attempt in range(5):
             try:
                 response = await self.aws.sqs.delete_message_batch(
@@ -329,7 +375,7 @@ class Consumer(Generic[M]):
                 # A failed delete means a redelivery later; handlers are idempotent.
                 log.warning("consumer.delete_partial", failed=failed)
             return
-        log.error("consumer.delete_gave_up", count=len(batch))
+        log.error("consumer.delete_gave_up", count=count)
 
     # --- keeping slow work invisible ------------------------------------------------
 

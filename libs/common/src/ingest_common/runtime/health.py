@@ -2,7 +2,9 @@
 
 `/healthz` answers 200 while the poll loop has shown a sign of life within its TTL (a
 stuck event loop or a dead poller turns it 503, so the orchestrator restarts the task);
-`/readyz` answers 200 once the service is connected and not draining.
+`/readyz` answers 200 once the service is connected and not draining. `/metrics` answers
+the OpenTelemetry metrics of the process in Prometheus text format (see
+`ingest_common.telemetry.metrics`), 404 when metrics are not configured.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ingest_common.telemetry.metrics import prometheus_text
 
 
 @dataclass
@@ -49,9 +54,16 @@ def health_app(health: Health) -> web.Application:
         ok = health.ready and not health.draining and health.alive
         return web.json_response(health.snapshot(), status=200 if ok else 503)
 
+    async def metrics(_: web.Request) -> web.Response:
+        text = prometheus_text()
+        if text is None:
+            return web.Response(status=404, text="metrics are not configured\n")
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

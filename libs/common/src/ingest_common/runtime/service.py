@@ -22,8 +22,7 @@ from ingest_common.db.pool import create_pool
 from ingest_common.runtime.consumer import Consumer, Delivery
 from ingest_common.runtime.health import Health, bound_port, start_health_server
 from ingest_common.settings import IngestSettings
-from ingest_common.telemetry.logging import configure_logging
-from ingest_common.telemetry.tracing import configure_tracing
+from ingest_common.telemetry import configure_telemetry
 
 M = TypeVar("M")
 log = structlog.get_logger("ingest.service")
@@ -53,12 +52,13 @@ def parse_model(model: type[BaseModel]) -> Callable[[str], Any]:
 
 def run_service(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
     """The entry point of every service process."""
-    configure_logging(settings.service_name, fmt=settings.log_format, level=settings.log_level)
-    provider = configure_tracing(settings.service_name)
+    telemetry = configure_telemetry(
+        settings.service_name, log_format=settings.log_format, log_level=settings.log_level
+    )
     try:
         asyncio.run(serve(settings, queue, build))
     finally:
-        provider.shutdown()
+        telemetry.shutdown()
 
 
 async def serve(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:

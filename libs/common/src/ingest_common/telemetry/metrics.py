@@ -1,0 +1,154 @@
+"""OpenTelemetry metrics: what an SRE watches, readable at /metrics and sent over OTLP.
+
+| metric (Prometheus name)                        | kind      | attributes            |
+|-------------------------------------------------|-----------|-----------------------|
+| `ingest.messages` (`ingest_messages_total`)     | counter   | queue, outcome        |
+| `ingest.message.duration` (`…_seconds`)         | histogram | queue, outcome        |
+| `ingest.queue.oldest_message_age` (`…_seconds`) | gauge     | queue                 |
+| `ingest.render.duration` (`…_seconds`)          | histogram | width, format         |
+| `ingest.upload.images` (`ingest_upload_images`) | histogram | (none)                |
+
+outcome is ok, retry, failed (a permanent failure, sent to the DLQ) or invalid (a poison
+message, sent to the DLQ). The age of the oldest message is what this consumer sees, not
+the queue's (SQS's API has no such attribute; CloudWatch's ApproximateAgeOfOldestMessage
+is the queue-wide one): the largest of, for messages in flight, now − SentTimestamp, and,
+for messages received in the last minute, their age when received. A growing value means
+the consumers fall behind; 0 means nothing was received for a minute.
+
+Instruments are module-level and bound to whatever provider `configure_metrics` installs,
+so recording costs an in-memory update; export happens in the background (OTLP every
+OTEL_METRIC_EXPORT_INTERVAL ms) or when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ingest_common.telemetry.resource import build_resource
+from ingest_common.telemetry.tracing import otlp_enabled
+
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+IMAGE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+AGE_WINDOW = 60.0  # seconds a received message's age still counts towards the gauge
+
+_meter = metrics.get_meter("ingest")
+
+messages = _meter.create_counter(
+    "ingest.messages", unit="{message}", description="messages handled, by queue and outcome"
+)
+message_duration = _meter.create_histogram(
+    "ingest.message.duration",
+    unit="s",
+    description="time to handle one message, from receipt to outcome",
+    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+)
+render_duration = _meter.create_histogram(
+    "ingest.render.duration",
+    unit="s",
+    description="time to render one rendition in a worker (the first format of a width "
+    "includes rasterising it)",
+    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+)
+upload_images = _meter.create_histogram(
+    "ingest.upload.images",
+    unit="{image}",
+    description="images accepted per upload",
+    explicit_bucket_boundaries_advisory=IMAGE_BUCKETS,
+)
+
+AgeSource = Callable[[], float]
+_age_sources: dict[str, AgeSource] = {}
+_age_lock = threading.Lock()
+
+
+def _observe_ages(_: CallbackOptions) -> Iterable[Observation]:
+    with _age_lock:
+        sources = list(_age_sources.items())
+    return [Observation(source(), {"queue": queue}) for queue, source in sources]
+
+
+oldest_message_age = _meter.create_observable_gauge(
+    "ingest.queue.oldest_message_age",
+    callbacks=[_observe_ages],
+    unit="s",
+    description="age of the oldest message this consumer has in flight or received in the "
+    "last minute (now - SentTimestamp)",
+)
+
+
+def watch_queue_age(queue: str, source: AgeSource) -> None:
+    with _age_lock:
+        _age_sources[queue] = source
+
+
+def unwatch_queue_age(queue: str) -> None:
+    with _age_lock:
+        _age_sources.pop(queue, None)
+
+
+class OldestAge:
+    """The consumer's view of its queue's backlog: see the module's docstring."""
+
+    def __init__(self, window: float = AGE_WINDOW) -> None:
+        self.window = window
+        self._received: list[tuple[float, float]] = []  # (monotonic at receipt, age then)
+
+    def received(self, sent_at: float, now: float | None = None) -> None:
+        if sent_at <= 0:
+            return
+        self._received.append((time.monotonic(), max(0.0, (now or time.time()) - sent_at)))
+
+    def value(self, in_flight_sent_at: Iterable[float]) -> float:
+        horizon = time.monotonic() - self.window
+        self._received = [(t, age) for t, age in self._received if t >= horizon]
+        now = time.time()
+        ages = [age for _, age in self._received]
+        ages.extend(max(0.0, now - sent) for sent in in_flight_sent_at if sent > 0)
+        return round(max(ages, default=0.0), 3)
+
+
+_registry: CollectorRegistry | None = None
+_provider: MeterProvider | None = None
+
+
+def configure_metrics(
+    service: str,
+    *,
+    resource: Resource | None = None,
+    readers: Iterable[MetricReader] = (),
+) -> MeterProvider:
+    """Install a meter provider: Prometheus text for /metrics, OTLP when configured.
+
+    Once per process (OpenTelemetry's global provider cannot be replaced): later calls
+    return the provider already installed.
+    """
+    global _registry, _provider
+    if _provider is not None:
+        return _provider
+    registry = CollectorRegistry(auto_describe=True)
+    all_readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *readers]
+    if otlp_enabled("metrics"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    provider = MeterProvider(
+        resource=resource or build_resource(service), metric_readers=all_readers
+    )
+    metrics.set_meter_provider(provider)
+    _registry, _provider = registry, provider
+    return provider
+
+
+def prometheus_text() -> bytes | None:
+    """The metrics in Prometheus text format; None before `configure_metrics`."""
+    return None if _registry is None else generate_latest(_registry)

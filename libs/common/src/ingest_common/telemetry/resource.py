@@ -1,0 +1,84 @@
+"""The OpenTelemetry resource every service reports: who sent this span or metric.
+
+`service.name` (per service), `service.namespace`, `service.version` (the package's),
+`host.name`, `process.pid`, `container.id` (from the cgroup files, when in a container) and,
+on ECS, what the AWS ECS detector reads from ECS_CONTAINER_METADATA_URI_V4 (cluster, task
+ARN and family, container ARN, log group). OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+are honoured by the SDK and win over these.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+from importlib import metadata
+from pathlib import Path
+
+import structlog
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource, get_aggregated_resources
+from opentelemetry.util.types import AttributeValue
+
+log = structlog.get_logger("ingest.telemetry")
+
+_CONTAINER_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
+
+
+def build_resource(service: str) -> Resource:
+    attributes: dict[str, AttributeValue] = {
+        "service.name": service,
+        "service.namespace": "ingest",
+        "service.version": service_version(service),
+        "host.name": socket.gethostname(),
+        "process.pid": os.getpid(),
+        "process.runtime.name": platform.python_implementation().lower(),
+        "process.runtime.version": platform.python_version(),
+    }
+    if container := container_id():
+        attributes["container.id"] = container
+    resource = Resource.create(attributes)
+    if os.environ.get("ECS_CONTAINER_METADATA_URI_V4") or os.environ.get(
+        "ECS_CONTAINER_METADATA_URI"
+    ):
+        resource = resource.merge(_ecs_resource())
+        # The SDK's rule: explicit OTEL_RESOURCE_ATTRIBUTES win over detected ones.
+        resource = resource.merge(OTELResourceDetector().detect())
+    return resource
+
+
+def service_version(service: str) -> str:
+    for package in (f"ingest-{service}", "ingest-common"):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def container_id(
+    cgroup: Path = Path("/proc/self/cgroup"), mountinfo: Path = Path("/proc/self/mountinfo")
+) -> str | None:
+    """The container's id: cgroup v1 names it in /proc/self/cgroup, v2 in the mounts."""
+    for path in (cgroup, mountinfo):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if path is mountinfo and "/containers/" not in line and "/docker/" not in line:
+                continue
+            if match := _CONTAINER_ID.search(line):
+                return match.group(1)
+    return None
+
+
+def _ecs_resource() -> Resource:
+    """One metadata request at start-up, never per span; a failure only loses attributes."""
+    try:
+        from opentelemetry.sdk.extension.aws.resource.ecs import AwsEcsResourceDetector
+
+        return get_aggregated_resources([AwsEcsResourceDetector()], timeout=3)
+    except Exception as exc:  # the detector must never stop a service from starting
+        log.warning("telemetry.ecs_detector_failed", error=repr(exc))
+        return Resource.get_empty()

@@ -1,0 +1,87 @@
+"""Metrics: a service's health server answers /metrics in Prometheus text format."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+from ingest_common.aws import Aws
+from ingest_common.runtime.consumer import Consumer, Delivery
+from ingest_common.runtime.health import Health, bound_port, start_health_server
+from ingest_common.schemas.messages import IndexProduct
+from ingest_common.telemetry import metrics
+from prometheus_client.parser import text_string_to_metric_families
+
+QUEUE = "ingest-index"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = frozenset(
+                (k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")
+            )
+            found[(sample.name, labels)] = sample.value
+    return found
+
+
+async def scrape(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        return await response.text()
+
+
+async def test_metrics_endpoint_counts_a_handled_message(aws: Aws) -> None:
+    metrics.configure_metrics("tests")  # once per process; later calls keep the first
+    health = Health(QUEUE, 60)
+    runner = await start_health_server(health, "127.0.0.1", 0)
+    port = bound_port(runner)
+    ok = frozenset({("queue", QUEUE), ("outcome", "ok")})
+    handled = asyncio.Event()
+
+    async def handle(message: IndexProduct, delivery: Delivery) -> None:
+        handled.set()
+
+    consumer = Consumer(aws.settings, aws, QUEUE, IndexProduct.model_validate_json, handle, health)
+    try:
+        before = samples(await scrape(port)).get(("ingest_messages_total", ok), 0.0)
+        task = asyncio.create_task(consumer.run())
+        try:
+            await aws.send(QUEUE, [IndexProduct(upload_id=uuid.uuid4(), product_id=uuid.uuid4())])
+            async with asyncio.timeout(30):
+                await handled.wait()
+                while consumer.health.succeeded < 1:
+                    await asyncio.sleep(0.05)
+            after = samples(await scrape(port))
+        finally:
+            consumer.stop()
+            await task
+    finally:
+        await runner.cleanup()
+
+    assert after[("ingest_messages_total", ok)] == before + 1
+    assert after[("ingest_message_duration_seconds_count", ok)] >= 1
+    # The consumer feeds the backlog gauge while it runs: the message was seconds old at most.
+    age = after[("ingest_queue_oldest_message_age_seconds", frozenset({("queue", QUEUE)}))]
+    assert 0 <= age < 30
+    assert any(name == "target_info" for name, _ in after)
+
+
+def test_oldest_age_covers_in_flight_and_recent_messages() -> None:
+    ages = metrics.OldestAge(window=60)
+    assert ages.value([]) == 0.0
+    ages.received(sent_at=1000.0, now=1010.0)  # 10 s old when received
+    assert ages.value([]) == 10.0
+    in_flight_since = time.time() - 42
+    assert 41.9 <= ages.value([in_flight_since]) <= 43
+    ages.received(sent_at=0)  # no SentTimestamp: ignored
+    expired = metrics.OldestAge(window=0)
+    expired.received(sent_at=1000.0, now=1010.0)
+    assert expired.value([]) == 0.0
