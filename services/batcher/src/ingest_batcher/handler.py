@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import IO, TYPE_CHECKING
 
 import structlog
@@ -22,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common import ids
 from ingest_common.errors import RetryableError
 from ingest_common.runtime.consumer import Delivery
-from ingest_common.runtime.service import Resources
+from ingest_common.runtime.service import Resources, ServiceHandler
 from ingest_common.schemas.manifest import ManifestInvalid, parse_manifest
 from ingest_common.schemas.messages import PreviewFamily, RenderImage
 from ingest_common.schemas.s3_event import S3Event, S3EventRecord
@@ -68,13 +66,13 @@ class Rejected(Exception):
         self.reason = reason
 
 
-class BatchHandler:
+class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
+    message_model = S3Event
+    settings_class = BatcherSettings
+
     def __init__(self, resources: Resources) -> None:
-        self.aws = resources.aws
-        self.db = resources.db
-        settings = resources.settings
-        assert isinstance(settings, BatcherSettings)
-        self.settings = settings
+        super().__init__(resources)
+        settings = self.settings
         self.limits = ArchiveLimits(
             max_archive_bytes=settings.max_archive_bytes,
             max_entries=settings.max_entries,
@@ -83,14 +81,6 @@ class BatchHandler:
             max_compression_ratio=settings.max_compression_ratio,
             max_manifest_bytes=settings.max_manifest_bytes,
         )
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, resources: Resources) -> AsyncIterator[BatchHandler]:
-        yield cls(resources)
-
-    def parse(self, body: str) -> S3Event:
-        return S3Event.model_validate_json(body)
 
     async def handle(self, event: S3Event, delivery: Delivery) -> None:
         if event.is_test_event:

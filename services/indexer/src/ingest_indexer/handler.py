@@ -6,30 +6,21 @@ out-of-order messages converge on the same, latest state.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import structlog
 from ingest_common.errors import PermanentError
 from ingest_common.runtime.consumer import Delivery
-from ingest_common.runtime.service import Resources
+from ingest_common.runtime.service import ServiceHandler
 from ingest_common.schemas.messages import IndexProduct
 from ingest_common.search import PostgresSearch, product_document
+
+from ingest_indexer.settings import IndexerSettings
 
 log = structlog.get_logger("ingest.indexer")
 
 
-class IndexHandler:
-    def __init__(self, resources: Resources) -> None:
-        self.db = resources.db
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, resources: Resources) -> AsyncIterator[IndexHandler]:
-        yield cls(resources)
-
-    def parse(self, body: str) -> IndexProduct:
-        return IndexProduct.model_validate_json(body)
+class IndexHandler(ServiceHandler[IndexProduct, IndexerSettings]):
+    message_model = IndexProduct
+    settings_class = IndexerSettings
 
     async def handle(self, message: IndexProduct, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import structlog
 from ingest_common.db.completion import ProductState, finish_image, product_state
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
-from ingest_common.runtime.service import Resources
+from ingest_common.runtime.service import Resources, ServiceHandler
 from ingest_common.schemas.messages import IndexProduct, PreviewFamily
 from ingest_common.telemetry.tracing import tracer
 
@@ -44,27 +42,19 @@ SELECT i.id,
 """
 
 
-class PreviewHandler:
+class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
+    message_model = PreviewFamily
+    settings_class = PreviewerSettings
+
     def __init__(self, resources: Resources) -> None:
-        self.aws = resources.aws
-        self.db = resources.db
-        settings = resources.settings
-        assert isinstance(settings, PreviewerSettings)
-        self.settings = settings
+        super().__init__(resources)
+        settings = self.settings
         self.spec = MosaicSpec(
             tile=settings.mosaic_tile,
             gap=settings.mosaic_gap,
             padding=settings.mosaic_padding,
             webp_quality=settings.mosaic_webp_quality,
         )
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, resources: Resources) -> AsyncIterator[PreviewHandler]:
-        yield cls(resources)
-
-    def parse(self, body: str) -> PreviewFamily:
-        return PreviewFamily.model_validate_json(body)
 
     async def handle(self, message: PreviewFamily, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Self
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,7 +18,7 @@ from ingest_common.db.completion import finish_image, product_state
 from ingest_common.errors import PermanentError, RetryableError
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
-from ingest_common.runtime.service import Resources
+from ingest_common.runtime.service import Resources, ServiceHandler
 from ingest_common.schemas.messages import RenderImage
 from ingest_common.telemetry import metrics
 from ingest_common.telemetry.tracing import tracer
@@ -48,27 +49,24 @@ def render_spec(settings: ProcessorSettings) -> RenderSpec:
     )
 
 
-class RenderHandler:
+class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
+    message_model = RenderImage
+    settings_class = ProcessorSettings
+
     def __init__(self, resources: Resources, pool: RenderPool) -> None:
-        self.aws = resources.aws
-        self.db = resources.db
-        settings = resources.settings
-        assert isinstance(settings, ProcessorSettings)
-        self.settings = settings
+        super().__init__(resources)
         self.pool = pool
         self.profile = render_profile(pool.spec)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, resources: Resources) -> AsyncIterator[RenderHandler]:
+    async def open(cls, resources: Resources) -> AsyncIterator[Self]:
+        """The handler with its render pool, which lives as long as the service."""
         settings = resources.settings
         assert isinstance(settings, ProcessorSettings)
         pool = RenderPool(settings.render_workers, render_spec(settings), settings.render_timeout)
         async with pool:
             yield cls(resources, pool)
-
-    def parse(self, body: str) -> RenderImage:
-        return RenderImage.model_validate_json(body)
 
     async def handle(self, message: RenderImage, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
 import asyncpg
 import structlog
@@ -45,9 +45,34 @@ class Handler(Protocol[M]):
 
 HandlerFactory = Callable[[Resources], AbstractAsyncContextManager[Handler[Any]]]
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+SettingsT = TypeVar("SettingsT", bound=IngestSettings)
 
-def parse_model(model: type[BaseModel]) -> Callable[[str], Any]:
-    return model.model_validate_json
+
+class ServiceHandler(Generic[ModelT, SettingsT]):
+    """What every service's handler shares: its resources, its settings, parsing its model.
+
+    A service names its message model and settings class and writes `handle`; it
+    overrides `open` only to hold resources of its own (the processor's render pool).
+    """
+
+    message_model: ClassVar[type[BaseModel]]
+    settings_class: ClassVar[type[IngestSettings]]
+
+    def __init__(self, resources: Resources) -> None:
+        if not isinstance(resources.settings, self.settings_class):
+            raise TypeError(f"{type(self).__name__} needs {self.settings_class.__name__}")
+        self.settings = cast(SettingsT, resources.settings)
+        self.aws = resources.aws
+        self.db = resources.db
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, resources: Resources) -> AsyncIterator[Self]:
+        yield cls(resources)
+
+    def parse(self, body: str) -> ModelT:
+        return cast(ModelT, self.message_model.model_validate_json(body))
 
 
 def run_service(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
