@@ -5,19 +5,7 @@ from __future__ import annotations
 import pytest
 from ingest_batcher.svgcheck import MAX_DEPTH, check_svg
 
-# Real icons, copied verbatim:
-# - mdi "alpha-m", Material Design Icons 7.4.47 (@mdi/svg), Pictogrammers, Apache-2.0.
-# - bootstrap-icons 1.13.2 "caret-up-fill", (c) The Bootstrap Authors, MIT.
-MDI_ALPHA_M = (
-    b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-alpha-m" viewBox="0 0 24 24"><path '
-    b'd="M9,7A2,2 0 0,0 7,9V17H9V9H11V16H13V9H15V17H17V9A2,2 0 0,0 15,7H9Z" /></svg>'
-)
-BOOTSTRAP_CARET_UP_FILL = b"""\
-<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" fill="currentColor" \
-class="bi bi-caret-up-fill" viewBox="0 0 16 16">
-  <path d="m7.247 4.86-4.796 5.481c-.566.647-.106 1.659.753 1.659h9.592a1 1 0 0 0 \
-.753-1.659l-4.796-5.48a1 1 0 0 0-1.506 0z"/>
-</svg>"""
+from tests.svgs import BOOTSTRAP_CARET_UP_FILL, MDI_ALPHA_M
 
 LIMIT = 1 << 20
 SVG_OPEN = (
