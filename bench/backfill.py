@@ -34,9 +34,8 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from ingest_cli.local import LOCAL_CREDENTIALS, moto_server
+from ingest_cli.local import LOCAL_CREDENTIALS, moto_server, scratch_database
 from ingest_common.aws import Aws
-from ingest_common.db.migrate import migrate
 from ingest_common.db.pool import create_pool
 from ingest_common.topology import apply_topology, load_topology
 from ingest_processor.backfill import Backfill, BackfillSettings, Selection, summary
@@ -303,16 +302,8 @@ async def resumability(
 
 async def with_database(args: argparse.Namespace, endpoint: str) -> None:
     server = os.environ.get("DATABASE_URL", DEFAULT_DSN)
-    name = f"ingest_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{server.rpartition('/')[0]}/{name}"
-    try:
-        await migrate(dsn)
+    async with scratch_database(server, "ingest_bench") as dsn:
         await bench(args, endpoint, dsn)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from ingest_cli.local import LOCAL_CREDENTIALS, moto_server
+from ingest_cli.local import LOCAL_CREDENTIALS, moto_server, scratch_database
 from ingest_common.aws import Aws
-from ingest_common.db.migrate import migrate
 from ingest_common.db.pool import create_pool
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.tracing import configure_tracing
@@ -100,16 +98,8 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def database_url(postgres_server: str) -> AsyncIterator[str]:
     """A database of this test run's own, migrated, dropped at the end."""
-    name = f"ingest_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{postgres_server.rpartition('/')[0]}/{name}"
-    try:
-        await migrate(dsn)
+    async with scratch_database(postgres_server, "ingest_test") as dsn:
         yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

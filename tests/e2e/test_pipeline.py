@@ -18,6 +18,7 @@ from ingest_common.aws import Aws
 from ingest_common.search import PostgresSearch
 
 from tests.conftest import SAMPLE
+from tests.integration.pipeline import assert_mosaic_decodes
 
 pytestmark = pytest.mark.e2e
 
@@ -90,15 +91,7 @@ async def test_upload_to_search_through_four_processes(
         "SELECT DISTINCT product_id FROM images WHERE id = ANY($1::uuid[])", preview["image_ids"]
     )
     assert {r["product_id"] for r in drawn_from} == mdi_products
-    for key, loader in (
-        (preview["png_key"], "pngload_buffer"),
-        (preview["webp_key"], "webpload_buffer"),
-    ):
-        mosaic = pyvips.Image.new_from_buffer(
-            await aws.get_bytes(aws.settings.previews_bucket, key), ""
-        )
-        assert mosaic.get("vips-loader") == loader
-        assert (mosaic.width, mosaic.height) == (preview["width"], preview["height"])
+    for mosaic in await assert_mosaic_decodes(aws, preview):
         assert mosaic.width > 128 * 5  # a grid of 30 tiles, not one picture
 
     async with db.acquire() as connection:

@@ -139,3 +139,21 @@ async def put_upload(aws: Aws, contributor: str, data: bytes, name: str = "set.z
 
 async def sample_svgs(folder: Path, count: int) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.svg"))[:count]}
+
+
+async def assert_mosaic_decodes(aws: Aws, preview: Any) -> list[Any]:
+    """Both encodings of a family preview decode, as PNG and WebP, at the recorded size."""
+    import pyvips
+
+    images = []
+    for key, loader in (
+        (preview["png_key"], "pngload_buffer"),
+        (preview["webp_key"], "webpload_buffer"),
+    ):
+        image = pyvips.Image.new_from_buffer(
+            await aws.get_bytes(aws.settings.previews_bucket, key), ""
+        )
+        assert image.get("vips-loader") == loader
+        assert (image.width, image.height) == (preview["width"], preview["height"])
+        images.append(image)
+    return images

@@ -16,6 +16,7 @@ from ingest_common.search import PostgresSearch
 from tests.conftest import SAMPLE
 from tests.integration.pipeline import (
     Pipeline,
+    assert_mosaic_decodes,
     make_zip,
     manifest,
     put_upload,
@@ -209,15 +210,7 @@ async def test_mosaic_draws_from_every_set_of_the_family(aws: Aws, db: asyncpg.P
     )
     assert len(preview["image_ids"]) == 6
     assert len(products) == 2
-    for key, loader in (
-        (preview["png_key"], "pngload_buffer"),
-        (preview["webp_key"], "webpload_buffer"),
-    ):
-        image = pyvips.Image.new_from_buffer(
-            await aws.get_bytes(aws.settings.previews_bucket, key), ""
-        )
-        assert image.get("vips-loader") == loader
-        assert (image.width, image.height) == (preview["width"], preview["height"])
+    await assert_mosaic_decodes(aws, preview)
 
 
 async def test_safety_net_fails_stragglers_and_completes_the_product(

@@ -101,20 +101,19 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         base = f"previews/families/{family}/{digest}"
         png_key, webp_key = f"{base}.png", f"{base}.webp"
         await asyncio.gather(
-            self.aws.put_bytes(
-                self.settings.previews_bucket,
-                png_key,
-                mosaic.png,
-                content_type="image/png",
-                cache_control=self.settings.cache_control,
-            ),
-            self.aws.put_bytes(
-                self.settings.previews_bucket,
-                webp_key,
-                mosaic.webp,
-                content_type="image/webp",
-                cache_control=self.settings.cache_control,
-            ),
+            *(
+                self.aws.put_bytes(
+                    self.settings.previews_bucket,
+                    key,
+                    data,
+                    content_type=content_type,
+                    cache_control=self.settings.cache_control,
+                )
+                for key, data, content_type in (
+                    (png_key, mosaic.png, "image/png"),
+                    (webp_key, mosaic.webp, "image/webp"),
+                )
+            )
         )
         async with self.db.acquire() as connection:
             await connection.execute(

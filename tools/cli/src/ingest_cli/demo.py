@@ -14,9 +14,7 @@ import os
 import time
 from pathlib import Path
 
-import asyncpg
 from ingest_common.aws import Aws
-from ingest_common.db.migrate import migrate
 from ingest_common.db.pool import connect
 from ingest_common.search import PostgresSearch
 from ingest_common.topology import apply_topology, load_topology
@@ -24,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from ingest_cli.local import LOCAL_CREDENTIALS, local_env, moto_server, services
+from ingest_cli.local import LOCAL_CREDENTIALS, fresh_database, local_env, moto_server, services
 from ingest_cli.settings import CliSettings
 from ingest_cli.status import UploadStatus, format_status, load_status, stage_times
 from ingest_cli.trace import OtlpReceiver, load_spans, summarise
@@ -35,24 +33,11 @@ CONTRIBUTOR = "demo"
 TIMEOUT = 180.0
 
 
-async def fresh_database(server_dsn: str, name: str) -> str:
-    """Drop and create `name` on the server of `server_dsn`; return its DSN."""
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base, _, _ = server_dsn.rpartition("/")
-    return f"{base}/{name}"
-
-
 async def run_demo(settings: CliSettings, sample: Path, output: Path) -> int:
     output.mkdir(parents=True, exist_ok=True)
     print(f"ingest demo: sample set {sample}")
     dsn = await fresh_database(settings.database_url, DEMO_DATABASE)
     print(f"database  {dsn} (fresh)")
-    await migrate(dsn)
     with (
         moto_server(output / "moto.log") as endpoint,
         OtlpReceiver(output / "spans.jsonl") as collector,

@@ -14,10 +14,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
+from ingest_common.db.migrate import migrate
 
 SERVICES = ("batcher", "processor", "previewer", "indexer")
 LOCAL_CREDENTIALS = {
@@ -140,3 +144,36 @@ def local_env(endpoint: str, database_url: str, **settings: str) -> dict[str, st
     env.update({"AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": database_url})
     env.update({f"INGEST_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def database_on(server_dsn: str, name: str) -> str:
+    """The DSN of database `name` on the server of `server_dsn`."""
+    return f"{server_dsn.rpartition('/')[0]}/{name}"
+
+
+async def fresh_database(server_dsn: str, name: str) -> str:
+    """Drop and create `name` on the server of `server_dsn`, migrate it; return its DSN."""
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = database_on(server_dsn, name)
+    await migrate(dsn)
+    return dsn
+
+
+@asynccontextmanager
+async def scratch_database(server_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """A migrated database of its own (tests, benchmarks), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    dsn = await fresh_database(server_dsn, name)
+    try:
+        yield dsn
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
