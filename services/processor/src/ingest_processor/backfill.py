@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -413,11 +413,12 @@ class Backfill:
                     pending.append(outcome)
                     if len(pending) < _FLUSH_ROWS:
                         continue
-                await self._flush(pending)
-                pending = []
-            await self._flush(pending)
+                batch, pending = pending, []
+                await _uninterrupted(self._flush(batch))
+            await _uninterrupted(self._flush(pending))
         except asyncio.CancelledError:
             # Interrupted: keep what is already rendered and stored, so a rerun skips it.
+            # ``pending`` never holds a batch already written: flushes are not interruptible.
             while not outcomes.empty():
                 if (outcome := outcomes.get_nowait()) not in (None, _FLUSH):
                     pending.append(outcome)
@@ -435,7 +436,7 @@ class Backfill:
             if o.renditions is not None
         ]
         # The checkpoint moves past the leading pages these outcomes complete; counters change
-        # only once the transaction commits (a cancelled flush is retried with the same list).
+        # only once the transaction commits (flushes are never cut in the middle: _uninterrupted).
         finishing = Counter(id(o.item.page) for o in outcomes)
         complete = 0
         for page in self._pages:
@@ -466,6 +467,20 @@ class Backfill:
             for _ in range(complete):
                 self._pages.popleft()
             self.stats.done += done
+
+
+async def _uninterrupted(flush: Coroutine[Any, Any, None]) -> None:
+    """Run a flush to its end even if the caller is cancelled meanwhile, then re-raise.
+
+    A flush cancelled between its commit and its bookkeeping would count the rows twice
+    and move the checkpoint past pages not yet written, so it is never cut in the middle.
+    """
+    task = asyncio.ensure_future(flush)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
