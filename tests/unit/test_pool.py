@@ -110,6 +110,20 @@ async def test_timeout_rejects_kills_the_worker_and_retries_bystanders() -> None
         assert not any(_alive(pid) for pid in first_workers)
 
 
+async def test_the_timeout_counts_rendering_not_waiting_behind_another_render() -> None:
+    async with RenderPool(workers=1, spec=SPEC, timeout=60) as pool:
+        started = time.monotonic()
+        await pool.render(LONG)
+        one = time.monotonic() - started  # one render in this very worker, warm
+        # Three at once on one worker: the second waits one render in the queue, the third two.
+        # Counted from their submission both would go over the timeout; rendering, none does.
+        pool.timeout = 1.6 * one
+        results = await asyncio.gather(*(pool.render(LONG) for _ in range(3)))
+
+    assert [r.renditions[-1].width for r in results] == [512, 512, 512]
+    assert (pool.stats.timeouts, pool.stats.generations) == (0, 1)
+
+
 async def test_tiny_timeout_rejects_and_pool_keeps_working() -> None:
     async with RenderPool(workers=1, spec=SPEC, timeout=0.001) as pool:
         with pytest.raises(RenderRejected, match="took longer than"):
