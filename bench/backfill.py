@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -142,16 +143,25 @@ async def insert_rows(db: asyncpg.Pool, corpus: list[bytes], keys: list[str]) ->
         )
 
 
-async def core_throughput(settings: BackfillSettings, corpus: list[bytes], count: int) -> float:
+@dataclass(frozen=True)
+class Core:
+    rate: float  # SVGs/s
+    cpu_per_image: float  # seconds of CPU, render workers and this process together
+
+
+async def core_throughput(settings: BackfillSettings, corpus: list[bytes], count: int) -> Core:
     """The render core alone: the same SVGs from memory through the same pool size."""
     async with RenderPool(
         settings.render_workers, render_spec(settings), settings.render_timeout
     ) as pool:
         # Warm up each worker once (imports, libvips caches), as the backfill's pool is.
         await asyncio.gather(*(pool.render(corpus[i]) for i in range(settings.render_workers)))
+        cpu_before = own_cpu() + sum(cpu_seconds(p) for p in pool.worker_pids())
         started = time.monotonic()
         await asyncio.gather(*(pool.render(corpus[i % len(corpus)]) for i in range(count)))
-        return count / (time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        cpu = own_cpu() + sum(cpu_seconds(p) for p in pool.worker_pids()) - cpu_before
+        return Core(count / elapsed, cpu / count)
 
 
 async def written(db: asyncpg.Pool, profile: str) -> int:
@@ -199,7 +209,7 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             print(f"setup: originals and rows in {time.monotonic() - started:.1f} s")
 
             core = await core_throughput(settings, corpus, args.images)
-            print(f"core:     {core:7.1f} SVGs/s  (RenderPool from memory, no S3 or DB)")
+            print(f"core:     {core.rate:7.1f} SVGs/s  (RenderPool from memory, no S3 or DB)")
 
             async with RenderPool(workers, render_spec(settings), settings.render_timeout) as pool:
                 await asyncio.gather(*(pool.render(corpus[i]) for i in range(workers)))
@@ -216,18 +226,32 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
                 f"backfill: {rate:7.1f} SVGs/s, {stats.outputs / stats.elapsed:7.1f} renditions/s, "
                 f"{stats.done} done, {stats.failed} failed in {stats.elapsed:.1f} s"
             )
-            print(f"ratio backfill / core: {rate / core:.2f}  (target ≥ 0.90)")
             print(
                 f"render pool fed (≥ {workers} renders submitted) "
                 f"{1 - stats.pool_starved / stats.elapsed:.0%} of the backfill's time"
             )
             available = len(os.sched_getaffinity(0)) * stats.elapsed
+            per_image = [1000 * cpu / stats.done for cpu in (workers_cpu, own, moto_cpu)]
             print(
                 f"cpu during backfill (of {available:.0f} CPU-s): render workers "
-                f"{workers_cpu:.1f} s, moto {moto_cpu:.1f} s, backfill event loop {own:.1f} s; "
-                f"per image: {1000 * workers_cpu / stats.done:.0f} / "
-                f"{1000 * moto_cpu / stats.done:.0f} / {1000 * own / stats.done:.0f} ms; "
-                f"load average {os.getloadavg()[0]:.1f}"
+                f"{workers_cpu:.1f} s, backfill event loop {own:.1f} s, moto {moto_cpu:.1f} s; "
+                "per image: {:.0f} / {:.0f} / {:.0f} ms; ".format(*per_image)
+                + f"load average {os.getloadavg()[0]:.1f}"
+            )
+            # Two views of the target. Wall clock here charges the S3 emulator's CPU to the
+            # backfill, because moto runs on the same cores; in AWS the S3 servers are not on
+            # the processor's CPUs. Per CPU-second of ingest's own processes counts only what
+            # a backfill container would spend.
+            own_cpu_per_image = (workers_cpu + own) / stats.done
+            ceiling = core.cpu_per_image / (core.cpu_per_image + moto_cpu / stats.done)
+            print(
+                f"ratio backfill / core, wall clock: {rate / core.rate:.2f}  (target ≥ 0.90; "
+                f"with moto's CPU on the same cores, even a free client caps it at {ceiling:.2f})"
+            )
+            print(
+                f"ratio backfill / core, SVGs per CPU-second of ingest's own processes: "
+                f"{core.cpu_per_image / own_cpu_per_image:.2f}  "
+                f"({1000 * own_cpu_per_image:.0f} vs {1000 * core.cpu_per_image:.0f} ms per image)"
             )
             if args.summary:
                 print(summary(stats, Selection(everything=True)))
