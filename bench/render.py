@@ -99,7 +99,8 @@ def load_svgs(dirs: Sequence[Path], limit: int | None) -> list[tuple[str, bytes]
     paths = sorted(p for d in dirs for p in d.rglob("*.svg") if p.is_file())
     if limit is not None and limit < len(paths):
         paths = [paths[i * len(paths) // limit] for i in range(limit)]
-    return [(str(p), p.read_bytes()) for p in paths]
+    # Absolute: sharp's Node workers read these paths from another working directory.
+    return [(str(p.resolve()), p.read_bytes()) for p in paths]
 
 
 def _digest(data: bytes) -> str:
@@ -664,7 +665,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--svgs", action="append", help="folder of SVGs, recursive (repeatable)")
     parser.add_argument("--limit", type=int, help="at most N SVGs, evenly spread")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--no-sharp", action="store_true", help="skip sharp (no Node needed)")
     parser.add_argument("--sharp-dir", help="a folder where sharp is already npm-installed")

@@ -44,6 +44,14 @@ def test_raw_loop_matches_the_core_byte_for_byte(svgs: list[tuple[str, bytes]]) 
         assert len(core) == len(spec.widths) * len(spec.formats)
 
 
+def test_a_relative_folder_yields_absolute_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sharp's workers run in a temporary folder: a relative path would not be found there.
+    monkeypatch.chdir(ROOT)
+    paths = [path for path, _ in bench.load_svgs([Path("sample/openmoji-sampler")], 2)]
+    assert len(paths) == 2
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
+
+
 def test_psnr_is_infinite_for_the_same_image_and_finite_for_a_lossy_one(
     svgs: list[tuple[str, bytes]],
 ) -> None:
