@@ -24,7 +24,7 @@ lint: install
 	$(UV) run --frozen ruff format --check .
 
 typecheck: install
-	$(UV) run --frozen mypy libs/common/src services/*/src tools/cli/src
+	$(UV) run --frozen mypy libs/common/src services/*/src tools/cli/src tests
 
 check: lint typecheck test
 

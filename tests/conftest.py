@@ -43,9 +43,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "tests/reliability/" not in report.nodeid.replace("\\", "/"):
         return
     if report.when == "call" or (report.when == "setup" and report.failed):
-        lost = sum(int(v) for k, v in report.user_properties if k == "data_lost")
+        lost = _data_lost(report)
         module, _, case = report.nodeid.partition("::")
         _RELIABILITY.append((Path(module).stem.removeprefix("test_"), case, report.passed, lost))
+
+
+def _data_lost(report: pytest.TestReport) -> int:
+    """The items a case lost, as recorded by the `data_lost` fixture."""
+    lost = 0
+    for key, value in report.user_properties:
+        if key == "data_lost":
+            assert isinstance(value, int), f"data_lost must be an int, got {value!r}"
+            lost += value
+    return lost
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

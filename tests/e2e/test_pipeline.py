@@ -18,7 +18,7 @@ from ingest_common.aws import Aws
 from ingest_common.search import PostgresSearch
 
 from tests.conftest import SAMPLE
-from tests.integration.pipeline import assert_mosaic_decodes
+from tests.integration.pipeline import assert_mosaic_decodes, fetch_row
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,8 @@ async def test_upload_to_search_through_four_processes(
             await check_renditions(aws, image)
 
     mdi_products = {statuses[0].product["id"], statuses[2].product["id"]}  # type: ignore[index]
-    preview = await db.fetchrow(
+    preview = await fetch_row(
+        db,
         "SELECT * FROM family_previews WHERE family_id = $1",
         statuses[0].product["family_id"],  # type: ignore[index]
     )

@@ -105,6 +105,14 @@ class Pipeline:
             await self.drain(role, timeout)
 
 
+async def fetch_row(db: asyncpg.Pool, query: str, *args: object) -> asyncpg.Record:
+    """The one row `query` selects; fail the test, naming the query, if there is none."""
+    row = await db.fetchrow(query, *args)
+    if row is None:
+        raise AssertionError(f"no row for {query!r} with arguments {args!r}")
+    return row
+
+
 async def upload_folder(aws: Aws, folder: Path, contributor: str = "acme") -> Any:
     return await upload_set(aws, folder, contributor)
 

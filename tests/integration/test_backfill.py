@@ -14,7 +14,7 @@ from ingest_common.aws import Aws
 from ingest_processor.backfill import Backfill, BackfillSettings, Selection, SelectionError, summary
 
 from tests.conftest import SAMPLE
-from tests.integration.pipeline import Pipeline, upload_folder
+from tests.integration.pipeline import Pipeline, fetch_row, upload_folder
 
 MDI = SAMPLE / "mdi-essentials"
 OPENMOJI = SAMPLE / "openmoji-sampler"
@@ -155,8 +155,9 @@ async def test_failures_are_counted_with_reasons_and_images_stay_ready(
     text = summary(stats, Selection(product=product))
     assert "failed     1" in text
     assert f"original missing from S3  (e.g. image {lost['id']})" in text
-    row = await db.fetchrow("SELECT status::text, renditions FROM images WHERE id = $1", lost["id"])
-    assert row is not None
+    row = await fetch_row(
+        db, "SELECT status::text, renditions FROM images WHERE id = $1", lost["id"]
+    )
     assert row["status"] == "ready"
     assert row["renditions"] == lost["renditions"]  # untouched
 

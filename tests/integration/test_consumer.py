@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from ingest_common.aws import Aws
@@ -13,6 +14,9 @@ from ingest_common.runtime.consumer import Consumer, Delivery
 from ingest_common.runtime.health import Health
 from ingest_common.schemas.messages import Message
 from pydantic import ConfigDict
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 QUEUE = "ingest-index"  # any queue of the real topology
 
@@ -55,7 +59,7 @@ async def queue_depth(aws: Aws, queue: str) -> tuple[int, int]:
     )
 
 
-async def dead_letters(aws: Aws, queue: str) -> list[dict[str, object]]:
+async def dead_letters(aws: Aws, queue: str) -> list[MessageTypeDef]:
     url = await aws.queue_url(queue + "-dlq")
     response = await aws.sqs.receive_message(
         QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
@@ -117,7 +121,7 @@ async def test_invalid_message_goes_to_the_dead_letter_queue_with_its_reason(aws
     assert handled == []
     [dead] = await dead_letters(aws, QUEUE)
     assert dead["Body"] == '{"n": "not a number"}'
-    reason = dead["MessageAttributes"]["ingest-error"]["StringValue"]  # type: ignore[index]
+    reason = dead["MessageAttributes"]["ingest-error"]["StringValue"]
     assert reason.startswith("invalid message")
     assert await queue_depth(aws, QUEUE) == (0, 0)
 
@@ -136,7 +140,7 @@ async def test_permanent_error_stops_retrying(aws: Aws) -> None:
     assert tries == [7]
     [dead] = await dead_letters(aws, QUEUE)
     attributes = dead["MessageAttributes"]
-    assert attributes["ingest-error"]["StringValue"] == "product 7 does not exist"  # type: ignore[index]
+    assert attributes["ingest-error"]["StringValue"] == "product 7 does not exist"
 
 
 async def test_heartbeat_keeps_slow_work_from_being_delivered_twice(aws: Aws) -> None:
@@ -198,14 +202,14 @@ async def test_sends_in_batches_with_trace_context(aws: Aws, count: int) -> None
     with tracer().start_as_current_span("test"):
         await aws.send(QUEUE, [Ping(n=i) for i in range(count)])
     url = await aws.queue_url(QUEUE)
-    received: list[dict[str, object]] = []
+    received: list[MessageTypeDef] = []
     while len(received) < count:
         response = await aws.sqs.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
         )
         received.extend(response.get("Messages", []))
     assert len({m["Body"] for m in received}) == count
-    assert all("traceparent" in m["MessageAttributes"] for m in received)  # type: ignore[operator]
+    assert all("traceparent" in m["MessageAttributes"] for m in received)
 
 
 async def test_bootstrap_applies_the_declared_topology(aws: Aws) -> None:

@@ -17,6 +17,7 @@ from tests.conftest import SAMPLE
 from tests.integration.pipeline import (
     Pipeline,
     assert_mosaic_decodes,
+    fetch_row,
     make_zip,
     manifest,
     put_upload,
@@ -33,11 +34,9 @@ def svgs(count: int) -> dict[str, bytes]:
 
 
 async def upload_row(db: asyncpg.Pool, key: str) -> asyncpg.Record:
-    row = await db.fetchrow(
-        "SELECT *, status::text AS status FROM uploads WHERE object_key = $1", key
+    return await fetch_row(
+        db, "SELECT *, status::text AS status FROM uploads WHERE object_key = $1", key
     )
-    assert row is not None, f"no upload row for {key}"
-    return row
 
 
 async def test_batcher_creates_rows_originals_and_one_message_per_image(
@@ -50,7 +49,7 @@ async def test_batcher_creates_rows_originals_and_one_message_per_image(
     upload = await upload_row(db, key)
     assert upload["status"] == "processing"
     assert upload["dispatched_at"] is not None
-    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", upload["id"])
     assert product["image_count"] == 12
     images = await db.fetch(
         "SELECT * FROM images WHERE product_id = $1 ORDER BY position", product["id"]
@@ -108,7 +107,7 @@ async def test_one_bad_file_is_reported_and_the_rest_processed(aws: Aws, db: asy
     refused = {e["path"]: e["reason"] for e in upload["file_errors"]}
     assert set(refused) == {"broken.svg", "renamed.svg"}
     assert all(refused.values())
-    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", upload["id"])
     assert (product["image_count"], product["images_ready"], product["images_failed"]) == (4, 4, 0)
 
 
@@ -120,13 +119,13 @@ async def test_processor_renders_every_size_and_format_then_completes_the_produc
     await pipeline.drain("batch")
     await pipeline.drain("render")
 
-    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", uploaded.upload_id)
+    product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", uploaded.upload_id)
     assert product["status"] == "ready"
     assert product["images_ready"] == product["image_count"] == 12
     assert product["completed_at"] is not None
     assert product["ready_notified_at"] is not None
-    image = await db.fetchrow(
-        "SELECT * FROM images WHERE product_id = $1 ORDER BY position LIMIT 1", product["id"]
+    image = await fetch_row(
+        db, "SELECT * FROM images WHERE product_id = $1 ORDER BY position LIMIT 1", product["id"]
     )
     assert {(r["width"], r["format"]) for r in image["renditions"]} == {
         (w, f) for w in (64, 128, 256, 512) for f in ("png", "webp")
@@ -143,8 +142,8 @@ async def test_processor_renders_every_size_and_format_then_completes_the_produc
     # product-ready went to the previewer and the indexer at once
     assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
     assert (await queue_counts(aws, aws.settings.preview_queue))[0] == 2  # + the safety net
-    uploaded_row = await db.fetchrow(
-        "SELECT status::text FROM uploads WHERE id = $1", uploaded.upload_id
+    uploaded_row = await fetch_row(
+        db, "SELECT status::text FROM uploads WHERE id = $1", uploaded.upload_id
     )
     assert uploaded_row["status"] == "ready"
 
@@ -154,8 +153,8 @@ async def test_redelivered_render_message_does_not_count_twice(aws: Aws, db: asy
     pipeline = Pipeline(aws, db)
     await pipeline.drain("batch")
     product = ids.product_id(uploaded.upload_id)
-    image = await db.fetchrow(
-        "SELECT id, original_key FROM images WHERE product_id = $1 LIMIT 1", product
+    image = await fetch_row(
+        db, "SELECT id, original_key FROM images WHERE product_id = $1 LIMIT 1", product
     )
     again = RenderImage(
         upload_id=uploaded.upload_id,
@@ -165,7 +164,7 @@ async def test_redelivered_render_message_does_not_count_twice(aws: Aws, db: asy
     )
     await aws.send(aws.settings.render_queue, [again, again])
     await pipeline.drain("render")
-    row = await db.fetchrow("SELECT * FROM products WHERE id = $1", product)
+    row = await fetch_row(db, "SELECT * FROM products WHERE id = $1", product)
     assert (row["images_ready"], row["images_failed"]) == (24, 0)
     assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
 
@@ -181,13 +180,13 @@ async def test_unrenderable_svg_fails_with_a_reason_and_still_completes(
     pipeline = Pipeline(aws, db)
     await pipeline.run_all()
     upload = await upload_row(db, key)
-    failed = await db.fetchrow(
-        "SELECT status::text, failure_reason FROM images WHERE path = 'huge.svg'"
+    failed = await fetch_row(
+        db, "SELECT status::text, failure_reason FROM images WHERE path = 'huge.svg'"
     )
     assert failed["status"] == "failed"
     assert "100000" in failed["failure_reason"]
     assert upload["status"] == "ready"
-    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", upload["id"])
     assert (product["images_ready"], product["images_failed"]) == (2, 1)
 
 
@@ -204,7 +203,7 @@ async def test_mosaic_draws_from_every_set_of_the_family(aws: Aws, db: asyncpg.P
     )
     await Pipeline(aws, db, mosaic_images=50).run_all()
 
-    preview = await db.fetchrow("SELECT * FROM family_previews")
+    preview = await fetch_row(db, "SELECT * FROM family_previews")
     products = await db.fetch(
         "SELECT DISTINCT product_id FROM images WHERE id = ANY($1::uuid[])", preview["image_ids"]
     )
@@ -227,7 +226,7 @@ async def test_safety_net_fails_stragglers_and_completes_the_product(
     await db.execute("UPDATE products SET created_at = now() - interval '1 hour'")
     await pipeline.drain("preview")
 
-    product = await db.fetchrow("SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", upload["id"])
     assert product["status"] == "failed"
     assert product["images_failed"] == 3
     reasons = await db.fetch("SELECT failure_reason FROM images")

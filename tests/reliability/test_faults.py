@@ -29,7 +29,7 @@ from ingest_common.runtime.consumer import Delivery
 from ingest_common.schemas.messages import Message
 
 from tests.conftest import SAMPLE
-from tests.integration.pipeline import SERVICES, Pipeline, queue_counts
+from tests.integration.pipeline import SERVICES, Pipeline, fetch_row, queue_counts
 from tests.reliability.faults import Link, assert_complete, count_ready, end_state, wait_finished
 
 SETS = (SAMPLE / "mdi-essentials", SAMPLE / "openmoji-sampler")
@@ -209,7 +209,9 @@ async def test_database_connections_killed_mid_run(
 async def test_aws_endpoint_unreachable_for_ten_seconds(
     aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
 ) -> None:
-    target = urlparse(aws.settings.aws_endpoint_url)
+    endpoint = aws.settings.aws_endpoint_url
+    assert endpoint is not None, "the tests always run against a local AWS endpoint"
+    target = urlparse(endpoint)
     link = Link(target.hostname or "127.0.0.1", target.port or 80)
     await link.open()
     env = local_env(link.endpoint, database_url, **FAST)
@@ -231,7 +233,7 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
     await pipeline.drain("batch")
     # Poison: one image whose original vanished (retrying cannot help until it is back),
     # and one message that is not a render message at all.
-    victim = await db.fetchrow("SELECT id, original_key FROM images ORDER BY path LIMIT 1")
+    victim = await fetch_row(db, "SELECT id, original_key FROM images ORDER BY path LIMIT 1")
     original = await aws.get_bytes(aws.settings.uploads_bucket, victim["original_key"])
     await aws.s3.delete_object(Bucket=aws.settings.uploads_bucket, Key=victim["original_key"])
     render_url = await aws.queue_url(aws.settings.render_queue)
@@ -262,7 +264,8 @@ async def _discard_invalid(aws: Aws) -> None:
         QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
     )
     for message in response.get("Messages", []):
-        error = message.get("MessageAttributes", {}).get("ingest-error", {}).get("StringValue", "")
+        attribute = message.get("MessageAttributes", {}).get("ingest-error")
+        error = "" if attribute is None else attribute.get("StringValue", "")
         if error.startswith("invalid message"):
             await aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest_cli.trace import OtlpReceiver, Span, format_tree, load_spans
 from ingest_common.aws import Aws
@@ -22,10 +23,13 @@ from ingest_common.telemetry.tracing import (
 )
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, SpanKind
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -75,7 +79,7 @@ async def test_every_sent_message_carries_its_send_span(
     with tracer().start_as_current_span("caller") as caller:
         await aws.send("ingest-index", messages)
     url = await aws.queue_url("ingest-index")
-    received: list[dict[str, object]] = []
+    received: list[MessageTypeDef] = []
     while len(received) < 12:
         response = await aws.sqs.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
@@ -91,7 +95,7 @@ async def test_every_sent_message_carries_its_send_span(
         if s.name == "send ingest-index" and s.context.trace_id == trace_id
     ]
     # One PRODUCER span per SendMessageBatch (10 + 2), child of the caller.
-    assert sorted(s.attributes["messaging.batch.message_count"] for s in sends) == [2, 10]  # type: ignore[index]
+    assert sorted(batch_size(s) for s in sends) == [2, 10]
     assert all(s.kind is SpanKind.PRODUCER for s in sends)
     assert all(
         s.parent is not None and s.parent.span_id == caller.get_span_context().span_id
@@ -106,6 +110,14 @@ async def test_every_sent_message_carries_its_send_span(
         context = span_context_of(carrier_from_sqs(attributes))
         assert context.trace_id == trace_id
         assert context.span_id in send_ids
+
+
+def batch_size(span: ReadableSpan) -> int:
+    """The number of messages a send span says its SendMessageBatch carried."""
+    assert span.attributes is not None, f"span {span.name} has no attributes"
+    count = span.attributes["messaging.batch.message_count"]
+    assert isinstance(count, int), f"message count {count!r} is not an int"
+    return count
 
 
 def test_container_id_from_cgroup_v1_and_v2(tmp_path: Path) -> None:
