@@ -10,7 +10,7 @@ import pytest
 import pyvips
 from ingest_common import ids
 from ingest_common.aws import Aws
-from ingest_common.schemas.messages import IndexProduct, RenderImage
+from ingest_common.schemas.messages import IndexProduct, PreviewFamily, RenderImage
 from ingest_common.search import PostgresSearch
 
 from tests.conftest import SAMPLE
@@ -210,6 +210,52 @@ async def test_mosaic_draws_from_every_set_of_the_family(aws: Aws, db: asyncpg.P
     assert len(preview["image_ids"]) == 6
     assert len(products) == 2
     await assert_mosaic_decodes(aws, preview)
+
+
+async def test_a_mosaic_is_rebuilt_only_when_a_set_completed_since_it_was_sampled(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = list(svgs(9).items())
+    sets = [dict(files[k : k + 3]) for k in (0, 3, 6)]
+
+    async def upload(k: int) -> None:
+        body = make_zip({"manifest.json": manifest(list(sets[k]), title=f"Set {k}"), **sets[k]})
+        await put_upload(aws, "acme", body, f"set-{k}.zip")
+
+    await upload(0)
+    await upload(1)
+    pipeline = Pipeline(aws, db, mosaic_images=50)
+    await pipeline.drain("batch")
+    await pipeline.drain("render")  # both sets complete before the previewer runs: a burst
+    await pipeline.drain("preview")
+    built = await fetch_row(db, "SELECT * FROM family_previews")
+    assert built["complete_products"] == 2
+    assert len(built["image_ids"]) == 6  # the one build drew from both sets
+
+    # A redelivered product-ready (or the second set's own) finds the mosaic current.
+    product = await fetch_row(db, "SELECT * FROM products ORDER BY created_at LIMIT 1")
+    again = PreviewFamily(
+        reason="product_ready",
+        upload_id=product["upload_id"],
+        product_id=product["id"],
+        family_id=product["family_id"],
+    )
+    await aws.send(aws.settings.preview_queue, [again])
+    await pipeline.drain("preview")
+    assert await fetch_row(db, "SELECT * FROM family_previews") == built
+    mosaics = await aws.s3.list_objects_v2(
+        Bucket=aws.settings.previews_bucket, Prefix="previews/families/"
+    )
+    assert len(mosaics["Contents"]) == 2  # one PNG, one WebP: built once
+
+    # A third set completes after the sample: the next product-ready rebuilds.
+    await upload(2)
+    await pipeline.run_all()
+    rebuilt = await fetch_row(db, "SELECT * FROM family_previews")
+    assert rebuilt["complete_products"] == 3
+    assert len(rebuilt["image_ids"]) == 9
+    assert rebuilt["updated_at"] > built["updated_at"]
+    await assert_mosaic_decodes(aws, rebuilt)
 
 
 async def test_safety_net_fails_stragglers_and_completes_the_product(

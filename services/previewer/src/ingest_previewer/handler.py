@@ -2,6 +2,8 @@
 
 `product_ready`: N random ready images across every set of the family → one mosaic,
 PNG and WebP, under a content-derived key → the family's preview row → q.index.
+The mosaic is rebuilt only if a product of the family completed since it was sampled
+(see migration 0003): a burst of sets in one family, or a redelivered message, reuses it.
 
 `safety_net` (sent delayed by the batcher): if the set is complete, make sure product-
 ready went out; if it is still rendering, look again later; if it stalled past the
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 
 import structlog
 from ingest_common.db.completion import ProductState, finish_image, product_state
+from ingest_common.db.pool import Connection
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import Resources, ServiceHandler
@@ -40,6 +43,13 @@ SELECT i.id,
  ORDER BY random()
  LIMIT $2
 """
+
+
+_COMPLETE_PRODUCTS = """
+SELECT count(*) FROM products WHERE family_id = $1 AND completed_at IS NOT NULL
+"""
+_COVERED = "SELECT complete_products FROM family_previews WHERE family_id = $1"
+_LOCK_FAMILY = "SELECT pg_advisory_xact_lock(hashtextextended('mosaic:' || $1::uuid::text, 0))"
 
 
 class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
@@ -68,22 +78,18 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             await self._build_mosaic(message)
 
     async def _build_mosaic(self, message: PreviewFamily) -> None:
-        async with self.db.acquire() as connection:
-            rows = await connection.fetch(
-                _PICK_TILES, message.family_id, self.settings.mosaic_images, self.spec.tile
-            )
-        rows = [row for row in rows if row["key"]]
-        if not rows:
-            log.info("previewer.nothing_ready")
-        else:
-            tiles = await asyncio.gather(
-                *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
-            )
-            with tracer().start_as_current_span(
-                "compose mosaic", attributes={"ingest.tiles": len(tiles)}
-            ):
-                mosaic = await asyncio.to_thread(compose_mosaic, tiles, self.spec)
-            await self._store(message.family_id, [row["id"] for row in rows], mosaic)
+        family = message.family_id
+        # One build per family at a time: a burst's other messages wait here, then find
+        # the mosaic current. The lock lasts until the new mosaic's row commits.
+        async with self.db.acquire() as connection, connection.transaction():
+            await connection.execute(_LOCK_FAMILY, family)
+            # Counted before sampling: the sample may see more completions than the count
+            # (then a later message rebuilds once more), never fewer.
+            complete = await connection.fetchval(_COMPLETE_PRODUCTS, family)
+            if complete == await connection.fetchval(_COVERED, family):
+                log.info("previewer.mosaic_current", complete_products=complete)
+            else:
+                await self._rebuild(connection, family, complete)
         async with self.db.acquire() as connection:
             await connection.execute(
                 "UPDATE products SET previewed_at = now() WHERE id = $1", message.product_id
@@ -93,7 +99,31 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             [IndexProduct(upload_id=message.upload_id, product_id=message.product_id)],
         )
 
-    async def _store(self, family: uuid.UUID, images: list[uuid.UUID], mosaic: Mosaic) -> None:
+    async def _rebuild(self, connection: Connection, family: uuid.UUID, complete: int) -> None:
+        rows = await connection.fetch(
+            _PICK_TILES, family, self.settings.mosaic_images, self.spec.tile
+        )
+        rows = [row for row in rows if row["key"]]
+        if not rows:
+            log.info("previewer.nothing_ready")
+            return
+        tiles = await asyncio.gather(
+            *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
+        )
+        with tracer().start_as_current_span(
+            "compose mosaic", attributes={"ingest.tiles": len(tiles)}
+        ):
+            mosaic = await asyncio.to_thread(compose_mosaic, tiles, self.spec)
+        await self._store(connection, family, [row["id"] for row in rows], mosaic, complete)
+
+    async def _store(
+        self,
+        connection: Connection,
+        family: uuid.UUID,
+        images: list[uuid.UUID],
+        mosaic: Mosaic,
+        complete_products: int,
+    ) -> None:
         # The key names its content, so CDNs may cache it forever.
         digest = hashlib.sha256(
             b"".join(i.bytes for i in images) + repr(self.spec).encode()
@@ -115,21 +145,21 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
                 )
             )
         )
-        async with self.db.acquire() as connection:
-            await connection.execute(
-                """INSERT INTO family_previews
-                          (family_id, png_key, webp_key, width, height, image_ids)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (family_id) DO UPDATE
-                   SET png_key = $2, webp_key = $3, width = $4, height = $5, image_ids = $6,
-                       updated_at = now()""",
-                family,
-                png_key,
-                webp_key,
-                mosaic.width,
-                mosaic.height,
-                images,
-            )
+        await connection.execute(
+            """INSERT INTO family_previews
+                      (family_id, png_key, webp_key, width, height, image_ids, complete_products)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (family_id) DO UPDATE
+               SET png_key = $2, webp_key = $3, width = $4, height = $5, image_ids = $6,
+                   complete_products = $7, updated_at = now()""",
+            family,
+            png_key,
+            webp_key,
+            mosaic.width,
+            mosaic.height,
+            images,
+            complete_products,
+        )
         log.info("previewer.mosaic_stored", key=png_key, tiles=mosaic.tiles)
 
     async def _check_stalled(self, message: PreviewFamily) -> None:
