@@ -4,13 +4,14 @@
 locals {
   images = toset(concat(keys(local.services), ["cli"]))
 
-  # Same check as the image's HEALTHCHECK: /healthz turns 503 when the poll loop is stuck.
   cli_environment = merge(local.name_environment, {
     AWS_REGION        = local.region
     INGEST_LOG_FORMAT = "json"
     INGEST_LOG_LEVEL  = var.log_level
   })
 
+  # Same check as the image's HEALTHCHECK: /healthz turns 503 when the poll loop is stuck.
+  # Port 8080: the INGEST_HEALTH_PORT of every service's container_environment (services.tf).
   health_command = [
     "CMD", "python", "-c",
     "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=4)",

@@ -1,0 +1,573 @@
+"""The deploy files, checked statically against the code.
+
+docker-compose.yml, deploy/docker/Dockerfile and deploy/terraform/*.tf are never run on the
+development machines (no Docker engine, no Terraform providers), so these tests read them
+and compare what they say with the packages, console scripts and settings classes: the
+image each compose service builds, the port each service listens on against the port its
+health check probes, every INGEST_* variable against the settings fields, the stop grace
+periods against the drain timeout, and the Dockerfile's COPY sources against the build
+context. Settings are resolved from the container's environment only, never the test's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import posixpath
+import re
+import shlex
+import tomllib
+import urllib.request
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from ingest_common.settings import IngestSettings
+from pydantic import AliasChoices
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+TERRAFORM = ROOT / "deploy" / "terraform"
+
+# A build's SERVICE argument names a workspace package: services/<name>/, or tools/cli.
+PACKAGES = {
+    **{
+        p.name: p for p in sorted((ROOT / "services").iterdir()) if (p / "pyproject.toml").is_file()
+    },
+    "cli": ROOT / "tools" / "cli",
+}
+SERVICES = tuple(name for name in PACKAGES if name != "cli")
+STAGE_OF = {**dict.fromkeys(SERVICES, "service"), "cli": "cli"}
+ECS_DEFAULT_STOP_TIMEOUT = 30  # seconds, when a container definition sets no stopTimeout
+FARGATE_MAX_STOP_TIMEOUT = 120
+
+
+# --- the Dockerfile, parsed just enough --------------------------------------------------
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+@cache
+def dockerfile_stages(path: Path = DOCKERFILE) -> tuple[Stage, ...]:
+    """FROM ... AS <name> stages with their (INSTRUCTION, arguments); `\\` lines joined."""
+    lines, pending = [], ""
+    for raw in path.read_text().splitlines():
+        text = raw.strip()
+        if not text or text.startswith("#"):  # comments and blank lines, even mid-instruction
+            continue
+        if text.endswith("\\"):
+            pending += text[:-1] + " "
+            continue
+        lines.append(pending + text)
+        pending = ""
+    stages: list[Stage] = []
+    for line in lines:
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            named = len(words) == 3 and words[1].lower() == "as"
+            stages.append(Stage(words[2] if named else str(len(stages)), words[0]))
+        elif stages:  # global ARGs before the first FROM only parameterise FROM lines
+            stages[-1].instructions.append((keyword.upper(), args.strip()))
+    return tuple(stages)
+
+
+def stage_chain(target: str | None) -> list[Stage]:
+    """The stages an image built for `target` (default: the last one) consists of, base first."""
+    stages = dockerfile_stages()
+    by_name = {stage.name: stage for stage in stages}
+    stage = by_name[target] if target else stages[-1]
+    chain = [stage]
+    while stage.base in by_name:
+        stage = by_name[stage.base]
+        chain.insert(0, stage)
+    return chain
+
+
+def instructions(chain: list[Stage], keyword: str) -> list[str]:
+    return [args for stage in chain for kw, args in stage.instructions if kw == keyword]
+
+
+def image_environment(chain: list[Stage]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in instructions(chain, "ENV"):
+        words = shlex.split(args)
+        if "=" not in words[0]:  # legacy `ENV KEY value with spaces`
+            env[words[0]] = args.split(None, 1)[1]
+            continue
+        for word in words:
+            key, _, value = word.partition("=")
+            env[key] = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m[1] or m[2], ""), value)
+    return env
+
+
+def build_arg(chain: list[Stage], name: str, args: dict[str, str]) -> str | None:
+    """A build argument's value: given with --build-arg, else the ARG's default."""
+    if name in args:
+        return args[name]
+    value = None
+    for declared in instructions(chain, "ARG"):
+        key, has_default, default = declared.partition("=")
+        if key == name and has_default:
+            value = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], ""), default)
+    return value
+
+
+def healthcheck_argv(args: str) -> list[str] | None:
+    """The command of `HEALTHCHECK [--option=value ...] CMD ...` (None for NONE)."""
+    while args.startswith("--"):
+        args = args.split(None, 1)[1]
+    keyword, _, command = args.partition(" ")
+    if keyword.upper() == "NONE":
+        return None
+    assert keyword.upper() == "CMD", f"unexpected HEALTHCHECK {args!r}"
+    command = command.strip()
+    if command.startswith("["):
+        argv = json.loads(command)
+        assert isinstance(argv, list)
+        return [str(word) for word in argv]
+    return ["/bin/sh", "-c", command]
+
+
+def dockerignore_rules(dockerfile: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """(re-include?, pattern) per line of the context's .dockerignore (BuildKit prefers
+    <Dockerfile>.dockerignore next to the Dockerfile)."""
+    path = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    if not path.exists():
+        path = ROOT / ".dockerignore"
+    rules = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = posixpath.normpath(line.removeprefix("!").strip().strip("/"))
+        regex = ""
+        for token in re.findall(r"\*\*/|\*\*|\*|\?|[^*?]", pattern):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(
+                token, re.escape(token)
+            )
+        rules.append((negate, re.compile(regex)))
+    return rules
+
+
+def dockerignored(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = relative.split("/")
+    paths = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for negate, pattern in rules:
+        if any(pattern.fullmatch(p) for p in paths):
+            excluded = not negate
+    return excluded
+
+
+# --- docker-compose.yml ------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())  # PyYAML resolves anchors and `<<` merge keys
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    assert isinstance(data.get("services"), dict), "docker-compose.yml has no services"
+    return data
+
+
+def interpolate(value: object) -> str:
+    """Compose's ${VAR:-default} / ${VAR-default} / $VAR, with nothing set on the host."""
+    return re.sub(
+        r"\$\$|\$\{\w+(?::?-([^}]*))?\}|\$\w+",
+        lambda m: "$" if m[0] == "$$" else m[1] or "",
+        str(value),
+    )
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    # A name without a value passes the host's through: unset here.
+    return {str(k): interpolate(v) for k, v in env.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Build:
+    service: str
+    context: Path
+    dockerfile: Path
+    target: str | None
+    args: dict[str, str]
+
+
+def compose_builds() -> dict[str, Build]:
+    builds = {}
+    for name, service in compose()["services"].items():
+        spec = service.get("build")
+        if spec is None:
+            continue
+        if isinstance(spec, str):
+            spec = {"context": spec}
+        args = spec.get("args") or {}
+        if isinstance(args, list):
+            args = dict(item.split("=", 1) for item in args)
+        context = (ROOT / interpolate(spec.get("context", "."))).resolve()
+        builds[name] = Build(
+            service=name,
+            context=context,
+            dockerfile=(context / interpolate(spec.get("dockerfile", "Dockerfile"))).resolve(),
+            target=spec.get("target"),
+            args={str(k): interpolate(v) for k, v in args.items()},
+        )
+    return builds
+
+
+def compose_service_for(package: str) -> tuple[str, dict[str, Any], Build]:
+    """The compose service that runs `package`'s image."""
+    found = [
+        (name, compose()["services"][name], build)
+        for name, build in compose_builds().items()
+        if build.args.get("SERVICE") == package
+    ]
+    assert len(found) == 1, f"docker-compose.yml: {len(found)} services build SERVICE={package}"
+    return found[0]
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def settings_class(package: str) -> type[IngestSettings]:
+    """The one IngestSettings subclass of ingest_<package>.settings."""
+    module = importlib.import_module(f"ingest_{package}.settings")
+    classes = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, IngestSettings) and c.__module__ == module.__name__
+    ]
+    assert len(classes) == 1, f"{module.__name__} defines {len(classes)} settings classes"
+    return classes[0]
+
+
+def environment_names(cls: type[IngestSettings]) -> set[str]:
+    """Every environment variable the settings class reads (upper case)."""
+    prefix = cls.model_config.get("env_prefix", "")
+    names: set[str] = set()
+    for name, info in cls.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {choice for choice in alias.choices if isinstance(choice, str)}
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(prefix + name)
+    return {name.upper() for name in names}
+
+
+def use_environment(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Make `env` the whole process environment (inside a monkeypatch context)."""
+    for key in list(os.environ):
+        mp.delenv(key)
+    for key, value in env.items():
+        mp.setenv(key, value)
+
+
+def container_settings(
+    cls: type[IngestSettings], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> IngestSettings:
+    with monkeypatch.context() as mp:
+        use_environment(mp, env)
+        return cls()
+
+
+class _Probed(Exception):
+    pass
+
+
+def probed_port(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run a `python -c` health check with `env` and urlopen stubbed: the port it requests."""
+    form = f"health check {argv} is not `python -c '...'`: teach test_deploy.py its form"
+    assert len(argv) == 3, form
+    assert argv[0] in ("python", "python3"), form
+    assert argv[1] == "-c", form
+    urls: list[str] = []
+
+    def urlopen(url: str | urllib.request.Request, *args: object, **kwargs: object) -> None:
+        urls.append(url if isinstance(url, str) else url.full_url)
+        raise _Probed
+
+    with monkeypatch.context() as mp:
+        use_environment(mp, env)
+        mp.setattr(urllib.request, "urlopen", urlopen)
+        with contextlib.suppress(_Probed):
+            exec(argv[2], {"__name__": "healthcheck"})
+    assert len(urls) == 1, f"health check {argv} made {len(urls)} urllib requests, not 1"
+    url = urlsplit(urls[0])
+    assert url.hostname in ("127.0.0.1", "localhost"), f"health check probes {urls[0]}"
+    return url.port or 80
+
+
+# --- terraform ---------------------------------------------------------------------------
+
+
+def terraform_text(name: str) -> str:
+    return (TERRAFORM / name).read_text()
+
+
+def terraform_service_environment() -> dict[str, str]:
+    """The INGEST_* variables services.tf gives every service with a literal value."""
+    return dict(
+        re.findall(r"\b(INGEST_[A-Z0-9_]+)\s*=\s*\"([^\"$]*)\"", terraform_text("services.tf"))
+    )
+
+
+def terraform_health_command() -> list[str]:
+    match = re.search(
+        r"health_command\s*=\s*\[((?:\s*\"(?:[^\"\\]|\\.)*\"\s*,?)*)\s*\]", terraform_text("ecs.tf")
+    )
+    assert match, 'ecs.tf: no `health_command = ["CMD", ...]` list of strings'
+    return [json.loads(s) for s in re.findall(r"\"(?:[^\"\\]|\\.)*\"", match[1])]
+
+
+def parse_duration(text: object) -> float:
+    """Compose durations: 90s, 1m30s, 1.5m, 500ms (a bare number is seconds)."""
+    if isinstance(text, int | float):
+        return float(text)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(text))
+    assert "".join(n + u for n, u in parts) == str(text), f"bad duration {text!r}"
+    assert parts, f"bad duration {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# --- 1. compose builds the right images ---------------------------------------------------
+
+
+def test_compose_builds_every_ingest_service_from_the_dockerfile() -> None:
+    builds = compose_builds()
+    expected = {*SERVICES, "bootstrap"}
+    assert expected <= builds.keys(), (
+        f"docker-compose.yml builds no image for {expected - builds.keys()}"
+    )
+    stages = {stage.name for stage in dockerfile_stages()}
+    for name, build in builds.items():
+        assert build.context == ROOT, (
+            f"compose {name}: build context {build.context}, not the repo root"
+        )
+        assert build.dockerfile == DOCKERFILE, (
+            f"compose {name}: builds {build.dockerfile}, not {DOCKERFILE}"
+        )
+        package = build.args.get("SERVICE")
+        assert package in PACKAGES, (
+            f"compose {name}: build arg SERVICE={package!r} is no package (one of {sorted(PACKAGES)})"
+        )
+        target = build.target or dockerfile_stages()[-1].name
+        assert target in stages, (
+            f"compose {name}: target {target!r} is no Dockerfile stage {stages}"
+        )
+        assert target == STAGE_OF[package], (
+            f"compose {name}: SERVICE={package} must build target {STAGE_OF[package]!r}, not {target!r}"
+        )
+    built = {build.args.get("SERVICE") for build in builds.values() if build.target != "cli"}
+    assert set(SERVICES) <= built, (
+        f"docker-compose.yml runs no container of {set(SERVICES) - built}"
+    )
+
+
+def documented_builds() -> list[tuple[str, dict[str, str], str | None]]:
+    """The `docker build` commands written in the Dockerfile's header and deploy/README.md."""
+    found = []
+    for path in (DOCKERFILE, ROOT / "deploy" / "README.md"):
+        text = re.sub(r"\\\n[#\s]*", " ", path.read_text())  # join `\` continuations
+        for line in re.findall(r"docker build [^\n]*", text):
+            args = dict(re.findall(r"--build-arg (\w+)=(\S+)", line))
+            target = re.search(r"--target (\S+)", line)
+            found.append((f"{path.relative_to(ROOT)}: {line}", args, target and target[1]))
+    return found
+
+
+def test_every_image_build_runs_a_console_script_of_its_package() -> None:
+    """The runtime stage links /app/.venv/bin/$COMMAND (default ingest-$SERVICE) as the
+    entry point and fails the build when the package has no such console script."""
+    builds = [(f"compose {b.service}", b.args, b.target) for b in compose_builds().values()]
+    builds += documented_builds()
+    assert len(builds) > len(compose_builds()), "no `docker build` command documented"
+    for where, args, target in builds:
+        package = args.get("SERVICE", "")
+        assert package in PACKAGES, f"{where}: SERVICE={package!r} is no package"
+        assert (target or dockerfile_stages()[-1].name) == STAGE_OF[package], (
+            f"{where}: SERVICE={package} needs --target {STAGE_OF[package]}"
+        )
+        command = build_arg(stage_chain(target), "COMMAND", args)
+        pyproject = tomllib.loads((PACKAGES[package] / "pyproject.toml").read_text())
+        scripts = pyproject["project"].get("scripts", {})
+        assert command in scripts, (
+            f"{where}: the entry point would be {command!r}, but {package}'s console scripts"
+            f" are {sorted(scripts)} (pass --build-arg COMMAND=...)"
+        )
+
+
+# --- 2. each service listens where its health check probes ---------------------------------
+
+
+@pytest.mark.parametrize("package", SERVICES)
+def test_compose_service_listens_where_its_healthcheck_probes(
+    package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, service, build = compose_service_for(package)
+    chain = stage_chain(build.target)
+    image_env = image_environment(chain)
+    env = image_env | compose_environment(service)
+    settings = container_settings(settings_class(package), env, monkeypatch)
+
+    override = (service.get("healthcheck") or {}).get("test")
+    if override is not None:
+        assert isinstance(override, list), f"compose {name}: healthcheck test {override!r}"
+        assert override[0] == "CMD", f"compose {name}: healthcheck test {override} is not CMD"
+        argv: list[str] | None = [str(word) for word in override[1:]]
+    else:
+        checks = instructions(chain, "HEALTHCHECK")
+        assert checks, f"compose {name}: the image (target {build.target}) has no HEALTHCHECK"
+        argv = healthcheck_argv(checks[-1])
+    assert argv is not None, f"compose {name}: HEALTHCHECK NONE"
+    port = probed_port(argv, env, monkeypatch)
+    assert settings.health_port == port, (
+        f"compose {name}: {type(settings).__name__}.health_port is {settings.health_port} in the"
+        f" container, but its health check probes port {port}: set INGEST_HEALTH_PORT"
+        f" (image ENV or compose environment) so both agree"
+    )
+
+    exposed = {int(p.split("/")[0]) for args in instructions(chain, "EXPOSE") for p in args.split()}
+    image_port = container_settings(settings_class(package), image_env, monkeypatch).health_port
+    assert not exposed or image_port in exposed, (
+        f"image of {package}: listens on {image_port} by default but EXPOSEs {sorted(exposed)}"
+    )
+
+
+@pytest.mark.parametrize("package", SERVICES)
+def test_ecs_service_listens_where_its_health_check_probes(
+    package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = image_environment(stage_chain("service")) | terraform_service_environment()
+    settings = container_settings(settings_class(package), env, monkeypatch)
+    command = terraform_health_command()
+    assert command[0] == "CMD", f"ecs.tf health_command {command}"
+    port = probed_port(command[1:], env, monkeypatch)
+    assert settings.health_port == port, (
+        f"ECS {package}: health_port is {settings.health_port} with the task's environment, but"
+        f" ecs.tf's health_command probes port {port}"
+    )
+
+
+# --- 3. no INGEST_* variable that no settings class reads -------------------------------
+
+
+def test_compose_ingest_variables_are_settings_of_their_service() -> None:
+    unknown = []
+    for name, build in compose_builds().items():
+        cls = settings_class(build.args["SERVICE"])
+        known = environment_names(cls)
+        service = compose()["services"][name]
+        unknown += [
+            f"compose {name}: {key} ({cls.__name__} has no such setting)"
+            for key in compose_environment(service)
+            if key.upper().startswith("INGEST_") and key.upper() not in known
+        ]
+    assert not unknown, "dead INGEST_* variables:\n" + "\n".join(unknown)
+
+
+def test_terraform_ingest_variables_are_settings() -> None:
+    """Every INGEST_NAME written in the .tf files (set or documented) is read by a settings
+    class: the service's when the line is conditional on `name == "<service>"`, else any."""
+    known = {package: environment_names(settings_class(package)) for package in PACKAGES}
+    anywhere = set().union(*known.values())
+    unknown = []
+    seen = 0
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            only = re.search(r'name\s*==\s*"(\w+)"', line)
+            for variable in re.findall(r"\bINGEST_[A-Z0-9_]*[A-Z0-9]\b", line):
+                seen += 1
+                names = known.get(only[1], set()) if only else anywhere
+                if variable not in names:
+                    unknown.append(f"{path.name}:{number}: {variable}")
+    assert seen, "no INGEST_* variable found in deploy/terraform: is the regex stale?"
+    assert not unknown, "INGEST_* variables no settings class reads:\n" + "\n".join(unknown)
+
+
+# --- 4. SIGKILL never cuts a drain -------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", SERVICES)
+def test_compose_stop_grace_period_exceeds_drain_timeout(
+    package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, service, build = compose_service_for(package)
+    env = image_environment(stage_chain(build.target)) | compose_environment(service)
+    drain = container_settings(settings_class(package), env, monkeypatch).drain_timeout
+    grace = parse_duration(service.get("stop_grace_period", "10s"))  # compose's default
+    assert grace > drain, (
+        f"compose {name}: stop_grace_period {grace:g} s <= drain_timeout {drain:g} s:"
+        " SIGKILL would cut the drain"
+    )
+
+
+@pytest.mark.parametrize("package", SERVICES)
+def test_ecs_stop_timeout_exceeds_drain_timeout(
+    package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = image_environment(stage_chain("service")) | terraform_service_environment()
+    drain = container_settings(settings_class(package), env, monkeypatch).drain_timeout
+    timeouts = [int(t) for t in re.findall(r"\bstopTimeout\s*=\s*(\d+)", terraform_text("ecs.tf"))]
+    for timeout in timeouts or [ECS_DEFAULT_STOP_TIMEOUT]:
+        assert drain < timeout <= FARGATE_MAX_STOP_TIMEOUT, (
+            f"ecs.tf: stopTimeout {timeout} s must exceed {package}'s drain_timeout {drain:g} s"
+            f" and be at most Fargate's {FARGATE_MAX_STOP_TIMEOUT} s"
+        )
+
+
+# --- 5. what the Dockerfile copies is in the build context --------------------------------
+
+
+def test_dockerfile_copies_only_what_the_build_context_holds() -> None:
+    rules = dockerignore_rules(DOCKERFILE)
+    problems = []
+    copies = 0
+    for stage in dockerfile_stages():
+        for keyword, args in stage.instructions:
+            if keyword not in ("COPY", "ADD"):
+                continue
+            words = json.loads(args) if args.startswith("[") else shlex.split(args)
+            if any(w.startswith("--from") for w in words):
+                continue
+            sources = [w for w in words if not w.startswith("--")][:-1]
+            for source in sources:
+                copies += 1
+                relative = posixpath.normpath(source.lstrip("/"))  # context-relative
+                matches = sorted(ROOT.glob(relative)) if relative != "." else [ROOT]
+                if relative.startswith("..") or not matches:
+                    problems.append(f"{keyword} {source}: no such path in the repository")
+                    continue
+                for path in matches:
+                    rel = path.relative_to(ROOT).as_posix()
+                    if dockerignored(rel, rules):
+                        problems.append(f"{keyword} {source}: .dockerignore excludes {rel}")
+                    elif path.is_dir() and not any(
+                        f.is_file() and not dockerignored(f.relative_to(ROOT).as_posix(), rules)
+                        for f in path.rglob("*")
+                    ):
+                        problems.append(f"{keyword} {source}: .dockerignore excludes all of {rel}")
+    assert copies, "the Dockerfile copies nothing from the context: is the parser stale?"
+    assert not problems, "Dockerfile COPY sources missing from the build context:\n" + "\n".join(
+        problems
+    )
