@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import asyncpg
@@ -363,7 +363,17 @@ class Backfill:
             finally:
                 self._pool_enter(-1)
             self.stats.rendered += 1
-            stored = await store_renditions(self.aws, settings, item.image, result, self.profile)
+            # Same profile, same key, same bytes: what the row already holds is not put again
+            # (``--missing-width 32`` puts the 32 px renditions, not every size).
+            have = {
+                (r.get("width"), r.get("format"))
+                for r in item.renditions
+                if r.get("profile") == self.profile
+            }
+            missing = tuple(r for r in result.renditions if (r.width, r.format) not in have)
+            stored = await store_renditions(
+                self.aws, settings, item.image, replace(result, renditions=missing), self.profile
+            )
         except ObjectTooLarge as exc:
             reason = f"original is {exc.size:,} bytes, over the limit of {exc.limit:,}"
         except RenderRejected as exc:
