@@ -7,7 +7,6 @@ messages in batches of 10 with the current trace context, and caps concurrent S3
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_sqs import SQSClient
 
-SQS_BATCH = 10  # SQS's limit for SendMessageBatch, ReceiveMessage and DeleteMessageBatch
+SQS_BATCH = 10  # SQS's limit for ReceiveMessage and every *Batch call
 
 
 class Aws:
@@ -135,6 +134,28 @@ class Aws:
                 QueueUrl=url, MessageBody=body, MessageAttributes=attributes
             )
 
+    async def change_visibility(
+        self, queue: str, receipt_handles: Sequence[str], seconds: int
+    ) -> list[tuple[int, str]]:
+        """Set the visibility timeout of received messages, in batches of 10.
+
+        Returns the entries SQS refused, as (position in `receipt_handles`, SQS's error).
+        A call that fails raises BotoCoreError or ClientError; later batches are not sent.
+        """
+        url = await self.queue_url(queue)
+        refused: list[tuple[int, str]] = []
+        for start in range(0, len(receipt_handles), SQS_BATCH):
+            entries: list[Any] = [
+                {"Id": str(start + i), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
+                for i, handle in enumerate(receipt_handles[start : start + SQS_BATCH])
+            ]
+            response = await self.sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            refused.extend(
+                (int(entry["Id"]), f"{entry['Code']}: {entry.get('Message', '')}")
+                for entry in response.get("Failed", [])
+            )
+        return refused
+
     # --- S3 ---------------------------------------------------------------------------
 
     async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
@@ -175,7 +196,3 @@ class ObjectTooLarge(Exception):
         super().__init__(f"{key} is {size} bytes, over the limit of {limit}")
         self.size = size
         self.limit = limit
-
-
-def dumps(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), default=str)

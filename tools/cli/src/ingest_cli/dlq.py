@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ingest_common.aws import SQS_BATCH, Aws
+from ingest_common.runtime.consumer import Delivery
 from ingest_common.topology import dead_letter_queue
 
 # The runtime's own bookkeeping attributes; they describe the failure, not the message.
@@ -62,26 +63,20 @@ async def read_dead_letters(aws: Aws, dlq: str, limit: int) -> list[DeadLetter]:
         if not messages:
             break
         for raw in messages:
-            system = raw.get("Attributes", {})
-            found[raw["MessageId"]] = DeadLetter(
-                message_id=raw["MessageId"],
-                receipt_handle=raw["ReceiptHandle"],
-                body=raw["Body"],
-                attributes=dict(raw.get("MessageAttributes", {})),
-                sent_at=datetime.fromtimestamp(int(system.get("SentTimestamp", 0)) / 1000, UTC),
-                receive_count=int(system.get("ApproximateReceiveCount", 1)),
+            delivery = Delivery.from_sqs(dict(raw))
+            found[delivery.message_id] = DeadLetter(
+                message_id=delivery.message_id,
+                receipt_handle=delivery.receipt_handle,
+                body=delivery.body,
+                attributes=dict(delivery.attributes),
+                sent_at=datetime.fromtimestamp(delivery.sent_at, UTC),
+                receive_count=delivery.receive_count,
             )
     return list(found.values())
 
 
 async def release(aws: Aws, dlq: str, letters: list[DeadLetter]) -> None:
-    url = await aws.queue_url(dlq)
-    for start in range(0, len(letters), SQS_BATCH):
-        entries: list[Any] = [
-            {"Id": str(i), "ReceiptHandle": letter.receipt_handle, "VisibilityTimeout": 0}
-            for i, letter in enumerate(letters[start : start + SQS_BATCH])
-        ]
-        await aws.sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+    await aws.change_visibility(dlq, [letter.receipt_handle for letter in letters], 0)
 
 
 async def list_dead_letters(aws: Aws, queue: str, limit: int) -> list[DeadLetter]:

@@ -38,7 +38,6 @@ from ingest_common.telemetry.tracing import (
     context_from_carrier,
     links_to,
     messaging_attributes,
-    span_context_of,
     tracer,
 )
 from ingest_common.topology import dead_letter_queue
@@ -208,7 +207,7 @@ class Consumer(Generic[M]):
     # --- handling -------------------------------------------------------------------
 
     async def _process(self, delivery: Delivery) -> None:
-        carrier = carrier_from_sqs(delivery.attributes)
+        parent = context_from_carrier(carrier_from_sqs(delivery.attributes))
         with (
             structlog.contextvars.bound_contextvars(
                 queue=self.queue, message_id=delivery.message_id
@@ -217,9 +216,9 @@ class Consumer(Generic[M]):
             # messaging conventions ask, a link too.
             tracer().start_as_current_span(
                 f"process {self.queue}",
-                context=context_from_carrier(carrier),
+                context=parent,
                 kind=SpanKind.CONSUMER,
-                links=links_to(span_context_of(carrier)),
+                links=links_to(trace.get_current_span(parent).get_span_context()),
                 attributes=messaging_attributes(
                     self.queue,
                     "process",
@@ -389,16 +388,9 @@ class Consumer(Generic[M]):
                 await self._extend(due[start : start + SQS_BATCH], now)
 
     async def _extend(self, deliveries: list[Delivery], now: float) -> None:
-        entries: list[Any] = [
-            {
-                "Id": str(i),
-                "ReceiptHandle": d.receipt_handle,
-                "VisibilityTimeout": self.settings.visibility_timeout,
-            }
-            for i, d in enumerate(deliveries)
-        ]
+        handles = [d.receipt_handle for d in deliveries]
         try:
-            await self.aws.sqs.change_message_visibility_batch(QueueUrl=self._url, Entries=entries)
+            await self.aws.change_visibility(self.queue, handles, self.settings.visibility_timeout)
         except (BotoCoreError, ClientError) as exc:
             log.warning("consumer.heartbeat_failed", error=str(exc))
             return
@@ -424,4 +416,22 @@ class Consumer(Generic[M]):
 
     async def _release(self, deliveries: list[Delivery]) -> None:
         """Make messages visible again now, not after their visibility timeout."""
-        await asyncio.gather(*(self._set_visibility(d, 0) for d in deliveries))
+        # Batches on their own, so a failed call leaves only its own messages invisible.
+        await asyncio.gather(
+            *(
+                self._release_batch(deliveries[start : start + SQS_BATCH])
+                for start in range(0, len(deliveries), SQS_BATCH)
+            )
+        )
+
+    async def _release_batch(self, deliveries: list[Delivery]) -> None:
+        handles = [d.receipt_handle for d in deliveries]
+        try:
+            refused = await self.aws.change_visibility(self.queue, handles, 0)
+        except (BotoCoreError, ClientError) as exc:
+            # They reappear when their current timeout ends: later, not lost.
+            for _ in deliveries:
+                log.warning("consumer.visibility_failed", error=str(exc))
+            return
+        for _, error in refused:
+            log.warning("consumer.visibility_failed", error=error)

@@ -86,7 +86,7 @@ def _dedupe(tags: list[str]) -> list[str]:
 
 Tag = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=50),
+    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=MAX_TAG_CHARS),
 ]
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_dedupe)]
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]

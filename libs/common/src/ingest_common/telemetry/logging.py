@@ -18,13 +18,15 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from ingest_common.telemetry.tracing import format_trace_id
+
 
 def _add_trace_ids(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
-        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("trace_id", format_trace_id(context))
         event_dict.setdefault("span_id", format(context.span_id, "016x"))
     return event_dict
 

@@ -121,12 +121,7 @@ _registry: CollectorRegistry | None = None
 _provider: MeterProvider | None = None
 
 
-def configure_metrics(
-    service: str,
-    *,
-    resource: Resource | None = None,
-    readers: Iterable[MetricReader] = (),
-) -> MeterProvider:
+def configure_metrics(service: str, *, resource: Resource | None = None) -> MeterProvider:
     """Install a meter provider: Prometheus text for /metrics, OTLP when configured.
 
     Once per process (OpenTelemetry's global provider cannot be replaced): later calls
@@ -136,7 +131,7 @@ def configure_metrics(
     if _provider is not None:
         return _provider
     registry = CollectorRegistry(auto_describe=True)
-    all_readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *readers]
+    all_readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
     if otlp_enabled("metrics"):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
