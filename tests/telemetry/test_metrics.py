@@ -85,3 +85,14 @@ def test_oldest_age_covers_in_flight_and_recent_messages() -> None:
     expired = metrics.OldestAge(window=0)
     expired.received(sent_at=1000.0, now=1010.0)
     assert expired.value([]) == 0.0
+
+
+def test_oldest_age_stays_bounded_when_nothing_reads_it() -> None:
+    # Without a scrape or an OTLP export, value() never runs: receipts must still expire.
+    ages = metrics.OldestAge(window=0.05)
+    for _ in range(1000):
+        ages.received(time.time() - 5)
+    time.sleep(0.06)
+    ages.received(time.time() - 1)
+    assert len(ages._received) == 1
+    assert 0.9 < ages.value([]) < 1.5

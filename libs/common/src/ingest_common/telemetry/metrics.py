@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
@@ -101,18 +102,23 @@ class OldestAge:
 
     def __init__(self, window: float = AGE_WINDOW) -> None:
         self.window = window
-        self._received: list[tuple[float, float]] = []  # (monotonic at receipt, age then)
+        # (monotonic at receipt, age then), oldest first. Pruned where entries are added, on
+        # the event loop, so it stays bounded even if nothing ever reads the gauge; value()
+        # (possibly on an exporter thread) only reads a snapshot.
+        self._received: deque[tuple[float, float]] = deque()
 
     def received(self, sent_at: float, now: float | None = None) -> None:
         if sent_at <= 0:
             return
-        self._received.append((time.monotonic(), max(0.0, (now or time.time()) - sent_at)))
+        arrived = time.monotonic()
+        while self._received and self._received[0][0] < arrived - self.window:
+            self._received.popleft()
+        self._received.append((arrived, max(0.0, (now or time.time()) - sent_at)))
 
     def value(self, in_flight_sent_at: Iterable[float]) -> float:
         horizon = time.monotonic() - self.window
-        self._received = [(t, age) for t, age in self._received if t >= horizon]
         now = time.time()
-        ages = [age for _, age in self._received]
+        ages = [age for t, age in list(self._received) if t >= horizon]
         ages.extend(max(0.0, now - sent) for sent in in_flight_sent_at if sent > 0)
         return round(max(ages, default=0.0), 3)
 
