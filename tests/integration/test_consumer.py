@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import structlog.testing
 from ingest_common.aws import Aws
 from ingest_common.errors import PermanentError, RetryableError
 from ingest_common.runtime.consumer import Consumer, Delivery
@@ -124,6 +125,29 @@ async def test_invalid_message_goes_to_the_dead_letter_queue_with_its_reason(aws
     reason = dead["MessageAttributes"]["ingest-error"]["StringValue"]
     assert reason.startswith("invalid message")
     assert await queue_depth(aws, QUEUE) == (0, 0)
+
+
+async def test_a_dead_letter_with_no_room_for_its_reason_is_left_to_the_redrive(
+    aws: Aws,
+) -> None:
+    # Ten attributes from the sender leave no room for ingest-error and ingest-source-queue.
+    url = await aws.queue_url(QUEUE)
+    attributes: dict[str, Any] = {
+        f"a{i}": {"DataType": "String", "StringValue": "x"} for i in range(10)
+    }
+    await aws.sqs.send_message(QueueUrl=url, MessageBody="{}", MessageAttributes=attributes)
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        raise AssertionError("an invalid message is never handled")
+
+    consumer = make_consumer(aws, handle)
+    with structlog.testing.capture_logs() as logs:
+        await run_until(consumer, lambda: consumer.health.invalid == 1)
+    events = [entry["event"] for entry in logs]
+    assert "consumer.dead_letter_failed" in events
+    assert "consumer.task_crashed" not in events
+    assert await dead_letters(aws, QUEUE) == []
+    assert await queue_depth(aws, QUEUE) == (0, 1)  # not deleted: SQS's redrive takes it
 
 
 async def test_permanent_error_stops_retrying(aws: Aws) -> None:

@@ -319,8 +319,9 @@ class Consumer(Generic[M]):
         attributes["ingest-source-queue"] = {"DataType": "String", "StringValue": self.queue}
         try:
             await self.aws.send_raw(dead_letter_queue(self.queue), delivery.body, attributes)
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, ValueError) as exc:
             # Not deleted: it comes back, and SQS's redrive moves it after maxReceiveCount.
+            # ValueError: the sender used 9 or 10 attributes, no room for our two.
             log.error("consumer.dead_letter_failed", error=str(exc))
             return
         self._deletes.put_nowait(delivery)
