@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from ingest_cli.trace import OtlpReceiver, Span, format_tree, load_spans
 from ingest_common.aws import Aws
 from ingest_common.schemas.messages import IndexProduct
@@ -137,6 +138,17 @@ def test_resource_names_the_service_and_the_process() -> None:
     assert attributes["service.name"] == "processor"
     assert attributes["service.namespace"] == "ingest"
     assert {"service.version", "host.name", "process.pid"} <= set(attributes)
+
+
+def test_the_standard_variables_override_the_resource(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ECS_CONTAINER_METADATA_URI_V4", raising=False)
+    monkeypatch.delenv("ECS_CONTAINER_METADATA_URI", raising=False)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "render-canary")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
+    attributes = build_resource("processor").attributes
+    assert attributes["service.name"] == "render-canary"
+    assert attributes["deployment.environment"] == "staging"
+    assert attributes["service.namespace"] == "ingest"
 
 
 def test_receiver_writes_exported_spans_and_the_tree_shows_links(tmp_path: Path) -> None:

@@ -42,9 +42,9 @@ def build_resource(service: str) -> Resource:
         "ECS_CONTAINER_METADATA_URI"
     ):
         resource = resource.merge(_ecs_resource())
-        # The SDK's rule: explicit OTEL_RESOURCE_ATTRIBUTES win over detected ones.
-        resource = resource.merge(OTELResourceDetector().detect())
-    return resource
+    # The SDK's rule: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over ours and the
+    # detected ones (Resource.create lets the attributes passed in win, so merge them last).
+    return resource.merge(OTELResourceDetector().detect())
 
 
 def service_version(service: str) -> str:
