@@ -50,6 +50,7 @@ _ARCHIVE_MAGIC = (
 
 @dataclass(frozen=True)
 class ArchiveLimits:
+    # These defaults are also BatcherSettings' defaults (settings.py reads them from here).
     max_archive_bytes: int = 200 * MiB
     max_entries: int = 2000
     max_file_bytes: int = 5 * MiB  # per entry, uncompressed

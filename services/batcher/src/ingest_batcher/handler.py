@@ -100,46 +100,54 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         ):
             contributor = contributor_of(key)
             # Only the object's headers are read here: its metadata names the upload's trace.
+            # The body is read only if the upload still needs its product (below); on every
+            # other path it is closed unread.
             response = await self._open(bucket, key) if contributor else None
             metadata = dict(response.get("Metadata", {})) if response else {}
             carrier = {k: v for k, v in metadata.items() if k in TRACE_KEYS}
             # Everything else runs in the upload's trace, started by the client (or here,
             # if the client sent no traceparent); the consumer span is linked.
-            with (
-                tracer().start_as_current_span(
-                    "batch upload",
-                    context=context_from_carrier(carrier),
-                    links=links_to(trace.get_current_span().get_span_context()),
-                    attributes={
-                        "ingest.upload_id": str(upload),
-                        "ingest.product_id": str(product),
-                        "ingest.object_key": key,
-                    },
-                ) as span,
-                tempfile.TemporaryFile() as spool,
-            ):
-                if response is not None:
-                    await self._spool(response, spool)
-                elif contributor:
+            with tracer().start_as_current_span(
+                "batch upload",
+                context=context_from_carrier(carrier),
+                links=links_to(trace.get_current_span().get_span_context()),
+                attributes={
+                    "ingest.upload_id": str(upload),
+                    "ingest.product_id": str(product),
+                    "ingest.object_key": key,
+                },
+            ) as span:
+                if response is None and contributor:
                     log.warning("batcher.object_gone")
-                async with self.db.acquire() as connection:
-                    row = await record_upload(
-                        connection,
-                        upload,
-                        bucket=bucket,
-                        key=key,
-                        etag=etag,
-                        size=record.s3.object.size,
-                        uploaded_at=record.event_time,
-                        contributor=contributor,
-                        traceparent=carrier.get("traceparent"),
-                        trace_id=format_trace_id(span.get_span_context()),
-                    )
-                if contributor is None:
-                    await self._reject(upload, f"{key!r} was refused: {KEY_RULE}.")
-                elif not row.dispatched and row.status in ("received", "processing"):
-                    # Also on a redelivery after a crash: the originals may be missing.
-                    await self._create(upload, contributor, spool)
+                spooling = False  # once True, _spool reads the body or closes it
+                try:
+                    async with self.db.acquire() as connection:
+                        row = await record_upload(
+                            connection,
+                            upload,
+                            bucket=bucket,
+                            key=key,
+                            etag=etag,
+                            size=record.s3.object.size,
+                            uploaded_at=record.event_time,
+                            contributor=contributor,
+                            traceparent=carrier.get("traceparent"),
+                            trace_id=format_trace_id(span.get_span_context()),
+                        )
+                    if contributor is None:
+                        await self._reject(upload, f"{key!r} was refused: {KEY_RULE}.")
+                    elif not row.dispatched and row.status in ("received", "processing"):
+                        # Also on a redelivery after a crash: the originals may be missing.
+                        with tempfile.TemporaryFile() as spool:
+                            if response is not None:
+                                spooling = True
+                                await self._spool(response, spool)
+                            await self._create(upload, contributor, spool)
+                finally:
+                    if response is not None and not spooling:
+                        # Not downloaded: a duplicate event, an upload already handled, or an
+                        # error before the download. Let the connection go.
+                        response["Body"].close()
                 if not row.dispatched:
                     await self._dispatch(upload)
 
@@ -156,7 +164,10 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             raise RetryableError(f"could not read s3://{bucket}/{key}: {exc}") from exc
 
     async def _spool(self, response: GetObjectOutputTypeDef, spool: IO[bytes]) -> None:
-        """Stream the ZIP to a temporary file, refusing it past the size limit."""
+        """Stream the ZIP to a temporary file, refusing it past the size limit.
+
+        The body is read to its end or closed, whatever happens.
+        """
         size = response["ContentLength"]
         if size > self.settings.max_archive_bytes:
             response["Body"].close()

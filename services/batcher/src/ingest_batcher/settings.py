@@ -5,6 +5,8 @@ from __future__ import annotations
 from ingest_common.settings import IngestSettings
 from pydantic import Field
 
+from ingest_batcher.archive import ArchiveLimits
+
 
 class BatcherSettings(IngestSettings):
     service_name: str = "batcher"
@@ -12,12 +14,23 @@ class BatcherSettings(IngestSettings):
     concurrency: int = Field(4, ge=1, description="uploads handled at once per process")
     visibility_timeout: int = 300
 
-    max_archive_bytes: int = Field(200 * 2**20, ge=1, description="largest ZIP accepted")
-    max_entries: int = Field(2000, ge=1, description="most entries in one ZIP")
-    max_file_bytes: int = Field(5 * 2**20, ge=1, description="largest SVG, uncompressed")
-    max_total_bytes: int = Field(500 * 2**20, ge=1, description="largest ZIP, uncompressed")
-    max_compression_ratio: float = Field(100.0, gt=1, description="per entry, against bombs")
-    max_manifest_bytes: int = Field(2**20, ge=1, description="largest manifest.json")
+    # The archive limits default to ArchiveLimits' own defaults: they live in one place.
+    max_archive_bytes: int = Field(
+        ArchiveLimits.max_archive_bytes, ge=1, description="largest ZIP accepted"
+    )
+    max_entries: int = Field(ArchiveLimits.max_entries, ge=1, description="most entries in one ZIP")
+    max_file_bytes: int = Field(
+        ArchiveLimits.max_file_bytes, ge=1, description="largest SVG, uncompressed"
+    )
+    max_total_bytes: int = Field(
+        ArchiveLimits.max_total_bytes, ge=1, description="largest ZIP, uncompressed"
+    )
+    max_compression_ratio: float = Field(
+        ArchiveLimits.max_compression_ratio, gt=1, description="per entry, against bombs"
+    )
+    max_manifest_bytes: int = Field(
+        ArchiveLimits.max_manifest_bytes, ge=1, description="largest manifest.json"
+    )
     safety_net_delay: int = Field(
         300, ge=0, le=900, description="seconds before the previewer re-checks a set that stalls"
     )

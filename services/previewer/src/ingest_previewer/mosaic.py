@@ -15,6 +15,7 @@ import pyvips
 
 @dataclass(frozen=True)
 class MosaicSpec:
+    # These defaults are also PreviewerSettings' defaults (settings.py reads them from here).
     tile: int = 128
     gap: int = 8
     padding: int = 16

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ingest_common.settings import IngestSettings
 from pydantic import Field
 
+from ingest_previewer.mosaic import MosaicSpec
+
 
 class PreviewerSettings(IngestSettings):
     service_name: str = "previewer"
@@ -12,10 +14,13 @@ class PreviewerSettings(IngestSettings):
     concurrency: int = Field(4, ge=1)
 
     mosaic_images: int = Field(12, ge=1, le=400, description="random ready images per mosaic")
-    mosaic_tile: int = Field(128, ge=16, le=512, description="cell size in pixels")
-    mosaic_gap: int = Field(8, ge=0, description="pixels between cells")
-    mosaic_padding: int = Field(16, ge=0, description="pixels around the grid")
-    mosaic_webp_quality: int = Field(85, ge=1, le=100, description="WebP quality of the mosaic")
+    # The mosaic's look defaults to MosaicSpec's own defaults: they live in one place.
+    mosaic_tile: int = Field(MosaicSpec.tile, ge=16, le=512, description="cell size in pixels")
+    mosaic_gap: int = Field(MosaicSpec.gap, ge=0, description="pixels between cells")
+    mosaic_padding: int = Field(MosaicSpec.padding, ge=0, description="pixels around the grid")
+    mosaic_webp_quality: int = Field(
+        MosaicSpec.webp_quality, ge=1, le=100, description="WebP quality of the mosaic"
+    )
     cache_control: str = Field(
         "public, max-age=31536000, immutable", description="Cache-Control of mosaics"
     )

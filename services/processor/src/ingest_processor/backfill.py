@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import asyncpg
@@ -191,8 +191,8 @@ class Backfill:
         self.stats = BackfillStats(profile=self.profile)
         self._pool = pool
         workers = pool.workers if pool else settings.render_workers
-        # Twice the workers waiting to render, plus enough for S3 to overlap with them.
-        self.in_flight = 2 * workers + settings.s3_concurrency
+        # Every render the pool admits, plus enough for S3 to overlap with them.
+        self.in_flight = RenderPool.capacity_for(workers) + settings.s3_concurrency
         self._workers = workers
         self._at_pool = 0  # renders submitted to the pool (running or waiting for a worker)
         self._at_pool_since = 0.0
@@ -370,10 +370,8 @@ class Backfill:
                 for r in item.renditions
                 if r.get("profile") == self.profile
             }
-            missing = tuple(r for r in result.renditions if (r.width, r.format) not in have)
-            stored = await store_renditions(
-                self.aws, settings, item.image, replace(result, renditions=missing), self.profile
-            )
+            missing = [r for r in result.renditions if (r.width, r.format) not in have]
+            stored = await store_renditions(self.aws, settings, item.image, missing, self.profile)
         except ObjectTooLarge as exc:
             reason = f"original is {exc.size:,} bytes, over the limit of {exc.limit:,}"
         except RenderRejected as exc:

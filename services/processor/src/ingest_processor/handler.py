@@ -105,7 +105,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         except (BotoCoreError, ClientError) as exc:
             raise RetryableError(f"could not read the original: {exc}") from exc
         renditions = await store_renditions(
-            self.aws, self.settings, message.image_id, result, self.profile
+            self.aws, self.settings, message.image_id, result.renditions, self.profile
         )
         async with self.db.acquire() as connection:
             state = await finish_image(
@@ -135,8 +135,6 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                 metrics.render_duration.record(
                     seconds, {"width": rendition.width, "format": rendition.format}
                 )
-                if not rendition.started_ns:
-                    continue
                 child = tracer().start_span(
                     f"render {rendition.width}px {rendition.format}",
                     context=trace.set_span_in_context(span),

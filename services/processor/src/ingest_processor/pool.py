@@ -228,9 +228,19 @@ class RenderPool:
         self.timeout = timeout
         self.stats = PoolStats()
         self._generation: _Generation | None = None
-        self._slots = asyncio.Semaphore(_DEPTH * workers)
+        self._slots = asyncio.Semaphore(self.capacity)
         self._lock = asyncio.Lock()
         self._open = False
+
+    @staticmethod
+    def capacity_for(workers: int) -> int:
+        """Renders a pool of ``workers`` admits at once: one running and one queued per worker."""
+        return _DEPTH * workers
+
+    @property
+    def capacity(self) -> int:
+        """Renders this pool admits at once; more wait for a slot in ``render``."""
+        return self.capacity_for(self.workers)
 
     async def __aenter__(self) -> RenderPool:
         self._open = True

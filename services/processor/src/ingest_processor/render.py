@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import pyvips
 
@@ -34,11 +35,16 @@ _MAGIC = (
     (b"\x00\x00\x01\x00", "ico"),
 )
 _GZIP_MAGIC = b"\x1f\x8b"
+# libvips' operation cache in a render worker (see configure_vips).
+_VIPS_CACHE_MAX_MEM = 64 * MIB
 
 # auto: per image, lossless if its smallest rendition comes out no bigger than ``webp_auto_slack``
 # times the lossy one. Flat-colour icons are smaller (and exact) lossless, gradients are 4-5x
 # smaller lossy; the smallest rendition decides because it costs ~1% of the pixels.
-WEBP_MODES = ("auto", "lossy", "lossless")
+WebpMode = Literal["auto", "lossy", "lossless"]
+WEBP_MODES: tuple[WebpMode, ...] = get_args(WebpMode)
+# RenderSpec.webp_mode is a plain str (checked in __post_init__); typed here for the settings.
+DEFAULT_WEBP_MODE: WebpMode = "auto"
 # (method, quality) of libwebp's WebPConfigLosslessPreset, i.e. cwebp -z 0..9.
 _LOSSLESS_PRESETS = (
     (0, 0),
@@ -56,13 +62,15 @@ _LOSSLESS_PRESETS = (
 
 @dataclass(frozen=True)
 class RenderSpec:
-    """What to produce and the limits an input must respect. Picklable: sent to workers once."""
+    """What to produce and the limits an input must respect. Picklable: sent to workers once.
+
+    These defaults are also ProcessorSettings' defaults (settings.py reads them from here).
+    """
 
     widths: tuple[int, ...] = (64, 128, 256, 512)
     formats: tuple[str, ...] = ("png", "webp")
-    # Encoder defaults are chosen by measurement (bench/README.md); keep them in step with
-    # ProcessorSettings.
-    webp_mode: str = "auto"
+    # Encoder defaults are chosen by measurement (bench/README.md).
+    webp_mode: str = DEFAULT_WEBP_MODE
     webp_quality: int = 80
     webp_effort: int = 4
     webp_lossless_level: int = 2
@@ -109,8 +117,8 @@ class Rendition:
     data: bytes
     # Wall-clock ns in the worker, for the processor's render spans and metrics; the first
     # format of a width includes rasterising it.
-    started_ns: int = field(default=0, compare=False)
-    ended_ns: int = field(default=0, compare=False)
+    started_ns: int = field(compare=False)
+    ended_ns: int = field(compare=False)
 
     @property
     def content_type(self) -> str:
@@ -134,7 +142,7 @@ class RenderRejected(Exception):
         self.reason = reason
 
 
-def configure_vips(max_cache_mem: int = 64 * MIB) -> None:
+def configure_vips() -> None:
     """Per-process libvips setup for render workers. Call once, before any render.
 
     Blocks every loader except SVG: libvips marks svgload untrusted, so blocking untrusted
@@ -146,7 +154,7 @@ def configure_vips(max_cache_mem: int = 64 * MIB) -> None:
     pyvips.operation_block_set("VipsForeignLoadSvg", False)
     # Each render is a new buffer, so the operation cache rarely hits; keep it small so a
     # long-lived worker's memory stays flat.
-    pyvips.cache_set_max_mem(max_cache_mem)
+    pyvips.cache_set_max_mem(_VIPS_CACHE_MAX_MEM)
     pyvips.cache_set_max(100)
     # We scale with processes (about 1.9x for two) rather than libvips threads (about 1.4x).
     pyvips.concurrency_set(1)
@@ -255,9 +263,8 @@ class _Encoder:
         self.spec = spec
         self.lossless = None if spec.webp_mode == "auto" else spec.webp_mode == "lossless"
 
-    def encode(self, image: pyvips.Image, started_ns: int = 0) -> list[Rendition]:
+    def encode(self, image: pyvips.Image, started_ns: int) -> list[Rendition]:
         renditions = []
-        started_ns = started_ns or time.time_ns()
         for fmt in self.spec.formats:
             try:
                 data = self._png(image) if fmt == "png" else self._webp(image)

@@ -13,12 +13,13 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from ingest_common.aws import Aws
 from ingest_common.telemetry.tracing import tracer
 
-from ingest_processor.render import RenderResult, RenderSpec, Rendition
+from ingest_processor.render import RenderSpec, Rendition
 from ingest_processor.settings import ProcessorSettings
 
 # RenderSpec fields that do not change a rendition's bytes: which sizes and formats exist is
@@ -56,13 +57,13 @@ async def store_renditions(
     aws: Aws,
     settings: ProcessorSettings,
     image: uuid.UUID,
-    result: RenderResult,
+    renditions: Sequence[Rendition],
     profile: str,
 ) -> list[dict[str, Any]]:
     """Put every rendition (concurrently; the S3 client caps requests) and return the entries
     for ``images.renditions``."""
     return list(
-        await asyncio.gather(*(_store(aws, settings, image, r, profile) for r in result.renditions))
+        await asyncio.gather(*(_store(aws, settings, image, r, profile) for r in renditions))
     )
 
 
