@@ -25,6 +25,9 @@ from ingest_common.telemetry.tracing import configure_tracing
 from ingest_common.topology import apply_topology, load_topology
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+# Shared helpers that assert (tests.integration.pipeline): pytest explains their failures too.
+pytest.register_assert_rewrite("tests.integration.pipeline")
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"

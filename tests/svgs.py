@@ -1,7 +1,7 @@
 """Real SVGs for tests, copied verbatim (tests must not read ../shared at CI time).
 
-- mdi "alpha-m" and "ab-testing", Material Design Icons 7.4.47 (@mdi/svg), Pictogrammers,
-  Apache-2.0.
+- mdi "alpha-m", "ab-testing" and "forward", Material Design Icons 7.4.47 (@mdi/svg),
+  Pictogrammers, Apache-2.0.
 - bootstrap-icons 1.13.2 "caret-up-fill", (c) The Bootstrap Authors, MIT.
 """
 
@@ -17,6 +17,11 @@ MDI_AB_TESTING = (
     b'd="M4 2A2 2 0 0 0 2 4V12H4V8H6V12H8V4A2 2 0 0 0 6 2H4M4 4H6V6H4M22 15.5V14A2 2 0 0 0 '
     b"20 12H16V22H20A2 2 0 0 0 22 20V18.5A1.54 1.54 0 0 0 20.5 17A1.54 1.54 0 0 0 22 15.5M20 "
     b'20H18V18H20V20M20 16H18V14H20M5.79 21.61L4.21 20.39L18.21 2.39L19.79 3.61Z" /></svg>'
+)
+
+MDI_FORWARD = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-forward" viewBox="0 0 24 24">'
+    b'<path d="M12,8V4L20,12L12,20V16H4V8H12Z" /></svg>'
 )
 
 BOOTSTRAP_CARET_UP_FILL = b"""\

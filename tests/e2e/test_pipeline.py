@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 import pyvips
 from ingest_cli.local import local_env, services
-from ingest_cli.status import UploadStatus, load_status
-from ingest_cli.upload import Uploaded, upload_set
+from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
 from ingest_common.search import PostgresSearch
 
 from tests.conftest import SAMPLE
-from tests.integration.pipeline import assert_mosaic_decodes, fetch_row
+from tests.integration.pipeline import assert_mosaic_decodes, fetch_row, mdi_set, wait_finished
 
 pytestmark = pytest.mark.e2e
-
-
-async def wait_finished(
-    db: asyncpg.Pool, uploads: list[Uploaded], timeout: float = 120
-) -> list[UploadStatus]:
-    deadline = time.monotonic() + timeout
-    while True:
-        async with db.acquire() as connection:
-            statuses = [await load_status(connection, u.upload_id) for u in uploads]
-        if all(s is not None and s.finished for s in statuses):
-            return [s for s in statuses if s is not None]
-        assert time.monotonic() < deadline, f"not finished: {statuses}"
-        await asyncio.sleep(0.25)
-
-
-def second_mdi_set(tmp_path: Path) -> Path:
-    """Another set of the same family, so the mosaic must draw across sets."""
-    folder = tmp_path / "mdi-more"
-    folder.mkdir()
-    source = SAMPLE / "mdi-essentials"
-    manifest = json.loads((source / "manifest.json").read_text())
-    manifest["title"] = "Material Design Extras"
-    manifest["files"] = manifest["files"][:6]
-    for entry in manifest["files"]:
-        shutil.copy(source / entry["path"], folder / entry["path"])
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 async def test_upload_to_search_through_four_processes(
@@ -66,7 +34,12 @@ async def test_upload_to_search_through_four_processes(
         uploads = [
             await upload_set(aws, SAMPLE / "mdi-essentials", "pictogrammers"),
             await upload_set(aws, SAMPLE / "openmoji-sampler", "openmoji"),
-            await upload_set(aws, second_mdi_set(tmp_path), "pictogrammers"),
+            # Another set of the same family, so the mosaic must draw across sets.
+            await upload_set(
+                aws,
+                mdi_set(tmp_path / "mdi-more", 6, title="Material Design Extras"),
+                "pictogrammers",
+            ),
         ]
         statuses = await wait_finished(db, uploads)
         assert all(p.poll() is None for p in running.processes.values()), "a service died"

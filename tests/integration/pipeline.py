@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import asyncpg
 from ingest_batcher.handler import BatchHandler
 from ingest_batcher.settings import BatcherSettings
-from ingest_cli.upload import upload_set
+from ingest_cli.status import UploadStatus, load_status
+from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
 from ingest_common.runtime.consumer import Consumer
 from ingest_common.runtime.health import Health
@@ -27,6 +30,11 @@ from ingest_previewer.settings import PreviewerSettings
 from ingest_processor.handler import RenderHandler
 from ingest_processor.settings import ProcessorSettings
 
+from tests.conftest import SAMPLE
+
+MDI = SAMPLE / "mdi-essentials"
+SettingsT = TypeVar("SettingsT", bound=IngestSettings)
+
 SERVICES: dict[
     str, tuple[type[IngestSettings], Callable[[Resources], AbstractAsyncContextManager[Any]]]
 ] = {
@@ -37,13 +45,20 @@ SERVICES: dict[
 }
 
 
-def service_settings(role: str, base: IngestSettings, **overrides: Any) -> IngestSettings:
-    settings_class, _ = SERVICES[role]
+def settings_from(
+    settings_class: type[SettingsT], base: IngestSettings, **overrides: Any
+) -> SettingsT:
+    """`settings_class` with this test's settings in `base`, then `overrides`, where it has them."""
     values = base.model_dump(by_alias=False)
-    values.update({"safety_net_delay": 0, "render_workers": 1, "stall_timeout": 600})
     values.update(overrides)
     known = {k: v for k, v in values.items() if k in settings_class.model_fields}
     return settings_class(**known)
+
+
+def service_settings(role: str, base: IngestSettings, **overrides: Any) -> IngestSettings:
+    settings_class, _ = SERVICES[role]
+    defaults = {"safety_net_delay": 0, "render_workers": 1, "stall_timeout": 600}
+    return settings_from(settings_class, base, **{**defaults, **overrides})
 
 
 async def queue_counts(aws: Aws, queue: str) -> tuple[int, int, int]:
@@ -113,14 +128,71 @@ async def fetch_row(db: asyncpg.Pool, query: str, *args: object) -> asyncpg.Reco
     return row
 
 
+async def upload_row(db: asyncpg.Pool, key: str) -> asyncpg.Record:
+    return await fetch_row(
+        db, "SELECT *, status::text AS status FROM uploads WHERE object_key = $1", key
+    )
+
+
+async def rejected_by_batcher(aws: Aws, db: asyncpg.Pool, key: str) -> str:
+    """Run the batcher: the upload at `key` must be rejected and no product made. Its error."""
+    await Pipeline(aws, db).drain("batch")
+    upload = await upload_row(db, key)
+    assert upload["status"] == "rejected"
+    assert await db.fetchval("SELECT count(*) FROM products") == 0
+    error: str = upload["error"]
+    return error
+
+
+async def wait_finished(
+    db: asyncpg.Pool, uploads: list[Uploaded], timeout: float = 120
+) -> list[UploadStatus]:
+    """Poll until every upload has finished (ready, failed or rejected); fail at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with db.acquire() as connection:
+            statuses = [await load_status(connection, u.upload_id) for u in uploads]
+        if all(s is not None and s.finished for s in statuses):
+            return [s for s in statuses if s is not None]
+        assert time.monotonic() < deadline, f"not finished: {statuses}"
+        await asyncio.sleep(0.25)
+
+
 async def upload_folder(aws: Aws, folder: Path, contributor: str = "acme") -> Any:
     return await upload_set(aws, folder, contributor)
 
 
-def make_zip(files: dict[str, bytes | str]) -> bytes:
+def mdi_set(folder: Path, count: int, **fields: Any) -> Path:
+    """A set folder of the first `count` files of sample/mdi-essentials, `fields` in its manifest."""
+    folder.mkdir()
+    body = json.loads((MDI / "manifest.json").read_text())
+    body.update(fields)
+    body["files"] = body["files"][:count]
+    for entry in body["files"]:
+        shutil.copy(MDI / entry["path"], folder / entry["path"])
+    (folder / "manifest.json").write_text(json.dumps(body))
+    return folder
+
+
+def svgs(count: int) -> dict[str, bytes]:
+    """The first `count` SVGs of sample/mdi-essentials, by file name."""
+    return {p.name: p.read_bytes() for p in sorted(MDI.glob("*.svg"))[:count]}
+
+
+@overload
+def make_zip(files: Mapping[str, bytes | str]) -> bytes: ...
+@overload
+def make_zip(files: Iterable[tuple[zipfile.ZipInfo | str, bytes | str]]) -> bytes: ...
+
+
+def make_zip(
+    files: Mapping[str, bytes | str] | Iterable[tuple[zipfile.ZipInfo | str, bytes | str]],
+) -> bytes:
+    """A ZIP of `files`: name → data, or (name or ZipInfo, data) pairs, duplicates kept, in order."""
+    entries = files.items() if isinstance(files, Mapping) else files
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
+        for name, data in entries:
             archive.writestr(name, data)
     return buffer.getvalue()
 
@@ -143,10 +215,6 @@ async def put_upload(aws: Aws, contributor: str, data: bytes, name: str = "set.z
     key = f"uploads/{contributor}/{name}"
     await aws.put_bytes(aws.settings.uploads_bucket, key, data, content_type="application/zip")
     return key
-
-
-async def sample_svgs(folder: Path, count: int) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.svg"))[:count]}
 
 
 async def assert_mosaic_decodes(aws: Aws, preview: Any) -> list[Any]:

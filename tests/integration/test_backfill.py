@@ -14,7 +14,7 @@ from ingest_common.aws import Aws
 from ingest_processor.backfill import Backfill, BackfillSettings, Selection, SelectionError, summary
 
 from tests.conftest import SAMPLE
-from tests.integration.pipeline import Pipeline, fetch_row, upload_folder
+from tests.integration.pipeline import Pipeline, fetch_row, settings_from, upload_folder
 
 MDI = SAMPLE / "mdi-essentials"
 OPENMOJI = SAMPLE / "openmoji-sampler"
@@ -22,18 +22,13 @@ WIDTHS = (32, 64, 128, 256, 512)
 
 
 def backfill_settings(aws: Aws, **overrides: Any) -> BackfillSettings:
-    values = aws.settings.model_dump(by_alias=False)
-    values.update({"render_workers": 1, "s3_concurrency": 2, "backfill_batch_size": 4})
-    values.update(overrides)
-    return BackfillSettings(
-        **{k: v for k, v in values.items() if k in BackfillSettings.model_fields}
-    )
+    defaults = {"render_workers": 1, "s3_concurrency": 2, "backfill_batch_size": 4}
+    return settings_from(BackfillSettings, aws.settings, **{**defaults, **overrides})
 
 
 @pytest.fixture
 async def ingested(aws: Aws, db: asyncpg.Pool) -> Any:
-    """Empty checkpoints (the shared truncate does not know this table), then a real ingest."""
-    await db.execute("TRUNCATE backfill_runs")
+    """A real ingest of a set folder: upload, batch, render."""
 
     async def ingest(folder: Any) -> Any:
         uploaded = await upload_folder(aws, folder)

@@ -12,9 +12,11 @@ from ingest_common import ids
 from ingest_common.aws import Aws
 from ingest_common.schemas.messages import IndexProduct, PreviewFamily, RenderImage
 from ingest_common.search import PostgresSearch
+from ingest_common.topology import dead_letter_queue
 
 from tests.conftest import SAMPLE
 from tests.integration.pipeline import (
+    MDI,
     Pipeline,
     assert_mosaic_decodes,
     fetch_row,
@@ -22,21 +24,13 @@ from tests.integration.pipeline import (
     manifest,
     put_upload,
     queue_counts,
+    rejected_by_batcher,
+    svgs,
     upload_folder,
+    upload_row,
 )
 
-MDI = SAMPLE / "mdi-essentials"
 OPENMOJI = SAMPLE / "openmoji-sampler"
-
-
-def svgs(count: int) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(MDI.glob("*.svg"))[:count]}
-
-
-async def upload_row(db: asyncpg.Pool, key: str) -> asyncpg.Record:
-    return await fetch_row(
-        db, "SELECT *, status::text AS status FROM uploads WHERE object_key = $1", key
-    )
 
 
 async def test_batcher_creates_rows_originals_and_one_message_per_image(
@@ -86,12 +80,9 @@ async def test_invalid_manifest_is_refused_with_the_contributors_words(
     bad["colour"] = "red"
     bad["title"] = 12
     key = await put_upload(aws, "acme", make_zip({"manifest.json": json.dumps(bad), **files}))
-    await Pipeline(aws, db).drain("batch")
-    upload = await upload_row(db, key)
-    assert upload["status"] == "rejected"
-    assert "colour" in upload["error"]
-    assert "title" in upload["error"]
-    assert await db.fetchval("SELECT count(*) FROM products") == 0
+    error = await rejected_by_batcher(aws, db, key)
+    assert "colour" in error
+    assert "title" in error
     assert sum(await queue_counts(aws, aws.settings.render_queue)) == 0
 
 
@@ -323,7 +314,7 @@ async def test_index_message_that_is_not_the_model_goes_to_the_dlq(
     await aws.sqs.send_message(QueueUrl=url, MessageBody=body)
     health = await Pipeline(aws, db).drain("index")
     assert health.invalid == 1
-    assert (await queue_counts(aws, aws.settings.index_queue + "-dlq"))[0] == 1
+    assert (await queue_counts(aws, dead_letter_queue(aws.settings.index_queue)))[0] == 1
 
 
 async def test_index_of_unknown_product_is_a_permanent_failure(aws: Aws, db: asyncpg.Pool) -> None:

@@ -14,6 +14,9 @@ from ingest_cli.status import UploadStatus, load_status
 from ingest_cli.upload import Uploaded
 from ingest_common.aws import Aws
 from ingest_common.db.pool import connect
+from ingest_common.topology import load_topology
+
+from tests.integration.pipeline import queue_counts
 
 
 async def wait_finished(
@@ -80,12 +83,8 @@ async def end_state(aws: Aws, dsn: str, uploads: int, expected_images: int) -> E
         except ClientError:
             missing += 1
     dead = 0
-    for queue in ("batch", "render", "preview", "index"):
-        url = await aws.queue_url(getattr(aws.settings, f"{queue}_queue") + "-dlq")
-        attributes = await aws.sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-        )
-        dead += int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+    for queue in load_topology(aws.settings).queues:
+        dead += (await queue_counts(aws, queue.dead_letter_name))[0]
     return EndState(
         expected_images=expected_images,
         images=len(images),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.conftest import SAMPLE
+from tests.integration.pipeline import make_zip
 
 GOOD = {p.name: p.read_bytes() for p in sorted((SAMPLE / "mdi-essentials").glob("*.svg"))[:3]}
 MiB = 2**20
@@ -28,18 +29,10 @@ def manifest(paths: list[str], **fields: object) -> bytes:
     return json.dumps(body).encode()
 
 
-def zip_of(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries:
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def with_good(extra: list[tuple[zipfile.ZipInfo | str, bytes]], listed: list[str]) -> bytes:
     """The good files plus `extra`; the manifest lists the good files plus `listed`."""
     good = list(GOOD.items())
-    return zip_of([("manifest.json", manifest([*GOOD, *listed])), *good, *extra])
+    return make_zip([("manifest.json", manifest([*GOOD, *listed])), *good, *extra])
 
 
 def info(name: str, **attributes: int) -> zipfile.ZipInfo:
@@ -163,7 +156,7 @@ CASES: list[Case] = [
     ),
     Case(
         "zip: entry-count bomb",
-        lambda: zip_of(
+        lambda: make_zip(
             [
                 ("manifest.json", manifest(list(GOOD))),
                 *GOOD.items(),
@@ -176,7 +169,7 @@ CASES: list[Case] = [
     ),
     Case(
         "zip: nested ZIP",
-        lambda: with_good([("inner.zip", zip_of(list(GOOD.items())))], []),
+        lambda: with_good([("inner.zip", make_zip(GOOD))], []),
         "file",
         "inner.zip",
         ("archive", "ZIP", "nested"),
@@ -241,14 +234,12 @@ CASES: list[Case] = [
         None,
         ("ZIP", "damaged", "not a ZIP"),
     ),
-    Case("zip: empty archive", lambda: zip_of([]), "upload", None, ("empty",)),
+    Case("zip: empty archive", lambda: make_zip([]), "upload", None, ("empty",)),
     Case("zip: zero-byte upload", lambda: b"", "upload", None, ("empty", "ZIP")),
-    Case(
-        "zip: no manifest", lambda: zip_of(list(GOOD.items())), "upload", None, ("manifest.json",)
-    ),
+    Case("zip: no manifest", lambda: make_zip(GOOD), "upload", None, ("manifest.json",)),
     Case(
         "manifest: wrong types",
-        lambda: zip_of(
+        lambda: make_zip(
             [("manifest.json", manifest(list(GOOD), title=12, tags="x")), *GOOD.items()]
         ),
         "upload",
@@ -257,21 +248,23 @@ CASES: list[Case] = [
     ),
     Case(
         "manifest: unknown fields",
-        lambda: zip_of([("manifest.json", manifest(list(GOOD), colour="red")), *GOOD.items()]),
+        lambda: make_zip([("manifest.json", manifest(list(GOOD), colour="red")), *GOOD.items()]),
         "upload",
         None,
         ("colour",),
     ),
     Case(
         "manifest: over-long strings",
-        lambda: zip_of([("manifest.json", manifest(list(GOOD), title="x" * 5000)), *GOOD.items()]),
+        lambda: make_zip(
+            [("manifest.json", manifest(list(GOOD), title="x" * 5000)), *GOOD.items()]
+        ),
         "upload",
         None,
         ("title", "long"),
     ),
     Case(
         "manifest: not JSON",
-        lambda: zip_of([("manifest.json", b"{not json"), *GOOD.items()]),
+        lambda: make_zip([("manifest.json", b"{not json"), *GOOD.items()]),
         "upload",
         None,
         ("JSON",),

@@ -11,8 +11,15 @@ from collections.abc import Callable
 import asyncpg
 from ingest_common.aws import Aws
 
-from tests.integration.pipeline import Pipeline, make_zip, manifest, put_upload
-from tests.integration.test_services import svgs, upload_row
+from tests.integration.pipeline import (
+    Pipeline,
+    make_zip,
+    manifest,
+    put_upload,
+    rejected_by_batcher,
+    svgs,
+    upload_row,
+)
 
 
 async def test_upload_outside_the_prefix_scheme_is_refused(
@@ -26,11 +33,8 @@ async def test_upload_outside_the_prefix_scheme_is_refused(
         make_zip({"manifest.json": manifest(list(files)), **files}),
         content_type="application/zip",
     )
-    await Pipeline(aws, db).drain("batch")
-    upload = await upload_row(db, key)
-    assert upload["status"] == "rejected"
-    assert "uploads/<contributor>/<name>.zip" in upload["error"]
-    assert await db.fetchval("SELECT count(*) FROM products") == 0
+    error = await rejected_by_batcher(aws, db, key)
+    assert "uploads/<contributor>/<name>.zip" in error
     data_lost(0)  # refused on purpose: nothing of anyone else's was at stake
 
 
@@ -67,10 +71,7 @@ async def test_manifest_naming_another_contributor_is_refused(
     files = svgs(1)
     body = manifest(list(files), contributor="acme")
     key = await put_upload(aws, "mallory", make_zip({"manifest.json": body, **files}))
-    await Pipeline(aws, db).drain("batch")
-    refused = await upload_row(db, key)
-    assert refused["status"] == "rejected"
-    assert '"acme"' in refused["error"]
-    assert '"mallory"' in refused["error"]
-    assert await db.fetchval("SELECT count(*) FROM products") == 0
+    error = await rejected_by_batcher(aws, db, key)
+    assert '"acme"' in error
+    assert '"mallory"' in error
     data_lost(0)

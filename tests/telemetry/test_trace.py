@@ -6,17 +6,13 @@ uses); the client span (`upload set`) is made here, in the test process.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
 import asyncpg
 import pytest
 from ingest_cli.local import local_env, services
-from ingest_cli.status import UploadStatus, load_status
 from ingest_cli.trace import OtlpReceiver, Span, build_tree, format_tree, load_spans
 from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
@@ -24,35 +20,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.conftest import SAMPLE
+from tests.integration.pipeline import mdi_set, wait_finished
 
 pytestmark = pytest.mark.e2e
 
 SERVICES = {"batcher", "processor", "previewer", "indexer"}
 IMAGES = 3
-
-
-def small_set(tmp_path: Path) -> Path:
-    folder = tmp_path / "set"
-    folder.mkdir()
-    source = SAMPLE / "mdi-essentials"
-    manifest = json.loads((source / "manifest.json").read_text())
-    manifest["files"] = manifest["files"][:IMAGES]
-    for entry in manifest["files"]:
-        shutil.copy(source / entry["path"], folder / entry["path"])
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
-async def wait_finished(db: asyncpg.Pool, upload: object, timeout: float = 90) -> UploadStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        async with db.acquire() as connection:
-            status = await load_status(connection, upload)  # type: ignore[arg-type]
-        if status is not None and status.finished:
-            return status
-        assert time.monotonic() < deadline, f"not finished: {status}"
-        await asyncio.sleep(0.25)
 
 
 def client_spans(exporter: InMemorySpanExporter, trace_id: str) -> list[Span]:
@@ -97,8 +70,8 @@ async def test_one_upload_is_one_trace_across_four_processes(
         )
         env.update(collector.env())
         with services(env, tmp_path / "logs") as running:
-            uploaded = await upload_set(aws, small_set(tmp_path), "tracer")
-            status = await wait_finished(db, uploaded.upload_id)
+            uploaded = await upload_set(aws, mdi_set(tmp_path / "set", IMAGES), "tracer")
+            (status,) = await wait_finished(db, [uploaded], timeout=90)
             exit_codes = running.stop()  # SIGTERM: each service flushes its spans
         assert exit_codes == dict.fromkeys(exit_codes, 0)
     assert status.upload["status"] == "ready"

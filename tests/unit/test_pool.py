@@ -1,8 +1,8 @@
 """RenderPool with real worker processes: results, rejections, timeouts, crashes, recovery.
 
-MDI_FORWARD is Material Design Icons "forward" (@mdi/svg 7.4.47), Pictogrammers, Apache-2.0.
-The slow SVGs are synthetic: blurred circles, whose cost grows with their number and the output
-size (about 0.4 s for 10 and 6 s for 200 at 512 px on one 2024 laptop core).
+MDI_FORWARD is a real icon, from tests/svgs.py. The slow SVGs are synthetic: blurred circles,
+whose cost grows with their number and the output size (about 0.4 s for 10 and 6 s for 200 at
+512 px on one 2024 laptop core).
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import pytest
 from ingest_processor.pool import RenderCrashed, RenderPool
 from ingest_processor.render import RenderRejected, RenderSpec, render_svg
 
-MDI_FORWARD = (
-    b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-forward" viewBox="0 0 24 24">'
-    b'<path d="M12,8V4L20,12L12,20V16H4V8H12Z" /></svg>'
-)
+from tests.svgs import MDI_FORWARD
 
 SPEC = RenderSpec(widths=(64, 512))
 

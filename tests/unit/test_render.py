@@ -3,8 +3,8 @@
 The pytest process never calls configure_vips: it blocks every non-SVG loader process-wide and
 the tests must decode the renditions back. Its effect is checked in a subprocess instead.
 
-Real samples, copied inline from the project's corpus so CI does not need /work/shared:
-- MDI_FORWARD: Material Design Icons "forward" (@mdi/svg 7.4.47), Pictogrammers, Apache-2.0.
+Real samples, copied inline from the project's corpus so CI does not need /work/shared
+(MDI_FORWARD, Material Design Icons "forward", is in tests/svgs.py with the other tests' icons):
 - OPENMOJI_JAPAN: OpenMoji 1F1EF-1F1F5 (openmoji 17.0.0), CC BY-SA 4.0, https://openmoji.org.
 - FLUENT_RED_CIRCLE: Fluent Emoji "red circle" (fluentui-emoji 1.3.0, icons/modern),
   Microsoft, MIT. Five layered radial/linear gradients with partial opacity.
@@ -26,10 +26,7 @@ from ingest_processor.render import (
     render_svg,
 )
 
-MDI_FORWARD = (
-    b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-forward" viewBox="0 0 24 24"><path d="M1'
-    b'2,8V4L20,12L12,20V16H4V8H12Z" /></svg>'
-)
+from tests.svgs import MDI_FORWARD
 
 OPENMOJI_JAPAN = (
     b'<svg id="emoji" viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">\n  <g id="color">'
