@@ -43,21 +43,12 @@ from ingest_processor.backfill import Backfill, BackfillSettings, Selection, sum
 from ingest_processor.handler import render_spec
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
+from procstat import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 IMAGES_PER_PRODUCT = 100
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (and its reaped children), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / CLK_TCK
 
 
 def own_cpu() -> float:
@@ -156,11 +147,11 @@ async def core_throughput(settings: BackfillSettings, corpus: list[bytes], count
     ) as pool:
         # Warm up each worker once (imports, libvips caches), as the backfill's pool is.
         await asyncio.gather(*(pool.render(corpus[i]) for i in range(settings.render_workers)))
-        cpu_before = own_cpu() + sum(cpu_seconds(p) for p in pool.worker_pids())
+        cpu_before = own_cpu() + cpu_seconds(pool.worker_pids(), children=True)
         started = time.monotonic()
         await asyncio.gather(*(pool.render(corpus[i % len(corpus)]) for i in range(count)))
         elapsed = time.monotonic() - started
-        cpu = own_cpu() + sum(cpu_seconds(p) for p in pool.worker_pids()) - cpu_before
+        cpu = own_cpu() + cpu_seconds(pool.worker_pids(), children=True) - cpu_before
         return Core(count / elapsed, cpu / count)
 
 
@@ -213,13 +204,13 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
 
             async with RenderPool(workers, render_spec(settings), settings.render_timeout) as pool:
                 await asyncio.gather(*(pool.render(corpus[i]) for i in range(workers)))
-                moto_before = cpu_seconds(moto_pid) if moto_pid else 0.0
+                moto_before = cpu_seconds([moto_pid], children=True) if moto_pid else 0.0
                 own_before = own_cpu()
-                workers_before = sum(cpu_seconds(p) for p in pool.worker_pids())
+                workers_before = cpu_seconds(pool.worker_pids(), children=True)
                 backfill = Backfill(settings, aws, db, Selection(everything=True), pool=pool)
                 stats = await backfill.run()
-                workers_cpu = sum(cpu_seconds(p) for p in pool.worker_pids()) - workers_before
-            moto_cpu = (cpu_seconds(moto_pid) if moto_pid else 0.0) - moto_before
+                workers_cpu = cpu_seconds(pool.worker_pids(), children=True) - workers_before
+            moto_cpu = (cpu_seconds([moto_pid], children=True) if moto_pid else 0.0) - moto_before
             own = own_cpu() - own_before
             rate = stats.done / stats.elapsed
             print(
@@ -294,7 +285,6 @@ async def resumability(
             break
         await asyncio.sleep(0.05)
     await process.wait()
-    done = await written(db, profile)
     in_s3 = await rendition_prefixes(aws, settings.previews_bucket, profile)
     rows = {
         str(r["id"])
@@ -302,6 +292,7 @@ async def resumability(
             "SELECT id FROM images WHERE renditions @> $1::jsonb", [{"profile": profile}]
         )
     }
+    done = len(rows)  # the rows written: `written`, once the process is gone
     twice = len(in_s3 - rows)
     print(
         f"resume: killed (SIGKILL) `ingest backfill --all` at {done}/{args.images} rows written "
@@ -314,7 +305,7 @@ async def resumability(
     lines = stdout.decode().strip().splitlines()
     print("resume: rerun's summary:\n" + "\n".join(f"    {line}" for line in lines))
     final = await written(db, profile)
-    in_flight = 2 * settings.render_workers + settings.s3_concurrency
+    in_flight = RenderPool.capacity_for(settings.render_workers) + settings.s3_concurrency
     print(
         f"resume: {final}/{args.images} up to date after the rerun ({elapsed:.1f} s); "
         f"rendered twice: {twice} (renditions stored, row not yet written at the kill) "

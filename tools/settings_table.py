@@ -45,6 +45,13 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`" if value not in (None, "") else "unset"
 
 
+def _row(name: str, field: FieldInfo, where: str, default: str | None = None) -> str:
+    """One table row; `default` replaces the field's own default when given."""
+    names = " / ".join(f"`{n}`" for n in env_names(name, field))
+    shown = _default(field) if default is None else default
+    return f"| {names} | {shown} | {where} | {field.description or ''} |"
+
+
 def settings_table() -> str:
     common = IngestSettings.model_fields
     lines = [
@@ -58,20 +65,15 @@ def settings_table() -> str:
             if cls.model_fields[name].default != field.default
         ]
         default = _default(field) + (f" ({', '.join(overrides)})" if overrides else "")
-        names = " / ".join(f"`{n}`" for n in env_names(name, field))
-        lines.append(f"| {names} | {default} | all | {field.description or ''} |")
+        lines.append(_row(name, field, "all", default))
     for service, cls in SERVICE_SETTINGS.items():
         for name, field in cls.model_fields.items():
-            if name in common:
-                continue
-            names = " / ".join(f"`{n}`" for n in env_names(name, field))
-            lines.append(f"| {names} | {_default(field)} | {service} | {field.description or ''} |")
+            if name not in common:
+                lines.append(_row(name, field, service))
     for command, (cls, base) in COMMAND_SETTINGS.items():
         for name, field in cls.model_fields.items():
-            if name in base.model_fields:
-                continue
-            names = " / ".join(f"`{n}`" for n in env_names(name, field))
-            lines.append(f"| {names} | {_default(field)} | {command} | {field.description or ''} |")
+            if name not in base.model_fields:
+                lines.append(_row(name, field, command))
     return "\n".join(lines)
 
 

@@ -54,6 +54,7 @@ async def cmd_backfill(args: argparse.Namespace, settings: CliSettings) -> int:
         show_progress,
         summary,
     )
+    from ingest_processor.handler import render_spec
 
     overrides = {"render_workers": args.workers} if args.workers else {}
     backfill_settings = BackfillSettings(**overrides)
@@ -65,17 +66,14 @@ async def cmd_backfill(args: argparse.Namespace, settings: CliSettings) -> int:
             missing_format=args.missing_format,
             missing_width=args.missing_width,
         )
+        selection.check(render_spec(backfill_settings))  # before connecting to anything
     except SelectionError as exc:
         print(f"ingest backfill: {exc}", file=sys.stderr)
         return 2
     db = await create_pool(backfill_settings)
     try:
         async with Aws(backfill_settings) as aws:
-            try:
-                backfill = Backfill(backfill_settings, aws, db, selection)
-            except SelectionError as exc:
-                print(f"ingest backfill: {exc}", file=sys.stderr)
-                return 2
+            backfill = Backfill(backfill_settings, aws, db, selection)
             progress = (
                 None if args.no_progress else asyncio.create_task(show_progress(backfill.stats))
             )

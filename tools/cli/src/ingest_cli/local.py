@@ -151,14 +151,20 @@ def database_on(server_dsn: str, name: str) -> str:
     return f"{server_dsn.rpartition('/')[0]}/{name}"
 
 
-async def fresh_database(server_dsn: str, name: str) -> str:
-    """Drop and create `name` on the server of `server_dsn`, migrate it; return its DSN."""
+async def _drop_database(server_dsn: str, name: str, *, create: bool = False) -> None:
+    """Drop `name` on the server of `server_dsn` (then create it empty if `create`)."""
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        if create:
+            await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
+
+
+async def fresh_database(server_dsn: str, name: str) -> str:
+    """Drop and create `name` on the server of `server_dsn`, migrate it; return its DSN."""
+    await _drop_database(server_dsn, name, create=True)
     dsn = database_on(server_dsn, name)
     await migrate(dsn)
     return dsn
@@ -172,8 +178,4 @@ async def scratch_database(server_dsn: str, prefix: str) -> AsyncIterator[str]:
     try:
         yield dsn
     finally:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await _drop_database(server_dsn, name)

@@ -102,9 +102,9 @@ async def cmd_dlq(args: argparse.Namespace, settings: CliSettings) -> int:
 
 
 async def cmd_trace(args: argparse.Namespace, settings: CliSettings) -> int:
-    from ingest_cli.trace import find_trace_id, format_tree, load_spans
+    from ingest_cli.trace import DEFAULT_SPANS, find_trace_id, format_tree, load_spans
 
-    path = Path(args.spans)
+    path = DEFAULT_SPANS if args.spans is None else Path(args.spans)
     if not path.exists():
         print(f"no spans file {path} (ingest demo writes one)", file=sys.stderr)
         return 2
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(run=cmd_dlq)
     trace = commands.add_parser("trace", help="an upload's span tree, from collected spans")
     trace.add_argument("upload_id", help="an upload id (or a trace id)")
-    trace.add_argument("--spans", default="demo-output/spans.jsonl", help="JSON-lines spans")
+    # Default: trace.DEFAULT_SPANS, resolved in cmd_trace (importing trace here costs startup).
+    trace.add_argument("--spans", help="JSON-lines spans")
     trace.add_argument("--depth", type=int, default=None, help="levels to show (default all)")
     trace.set_defaults(run=cmd_trace)
     from ingest_cli.backfill import add_backfill_command

@@ -84,7 +84,6 @@ class OtlpReceiver:
     def __init__(self, path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self.spans_received = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,7 +136,6 @@ class OtlpReceiver:
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
         with self._lock, self.path.open("a", encoding="utf-8") as out:
             out.writelines(lines)
-            self.spans_received += len(lines)
 
     def __enter__(self) -> OtlpReceiver:
         self.path.parent.mkdir(parents=True, exist_ok=True)
