@@ -43,7 +43,7 @@ from ingest_processor.backfill import Backfill, BackfillSettings, Selection, sum
 from ingest_processor.handler import render_spec
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
-from procstat import cpu_seconds
+from procstat import cpu_seconds, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
@@ -183,7 +183,10 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
     )
     workers = settings.render_workers
     corpus = svgs()
-    moto_pid = child_pid("moto.server")
+    moto = child_pid("ingest_cli.moto_app")
+    if moto is None:
+        raise SystemExit("no moto server among this process's children: its CPU would read 0")
+    moto_pids = process_tree(moto)  # gunicorn's master and its worker
     print(
         f"bench: {args.images} images ({len(corpus)} distinct sample SVGs), {workers} render "
         f"workers on {len(os.sched_getaffinity(0))} CPUs, {len(settings.render_widths)} widths × "
@@ -204,13 +207,13 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
 
             async with RenderPool(workers, render_spec(settings), settings.render_timeout) as pool:
                 await asyncio.gather(*(pool.render(corpus[i]) for i in range(workers)))
-                moto_before = cpu_seconds([moto_pid], children=True) if moto_pid else 0.0
+                moto_before = cpu_seconds(moto_pids)
                 own_before = own_cpu()
                 workers_before = cpu_seconds(pool.worker_pids(), children=True)
                 backfill = Backfill(settings, aws, db, Selection(everything=True), pool=pool)
                 stats = await backfill.run()
                 workers_cpu = cpu_seconds(pool.worker_pids(), children=True) - workers_before
-            moto_cpu = (cpu_seconds([moto_pid], children=True) if moto_pid else 0.0) - moto_before
+            moto_cpu = cpu_seconds(moto_pids) - moto_before
             own = own_cpu() - own_before
             rate = stats.done / stats.elapsed
             print(

@@ -38,3 +38,19 @@ def cpu_seconds(pids: Sequence[int], *, children: bool = False) -> float:
         fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
         ticks += sum(int(v) for v in fields[11:last])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (a server's master and its workers, say)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    tree = [root]
+    for pid in tree:  # grows while it is walked: breadth first
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    return tree

@@ -55,14 +55,34 @@ def wait_http(
 
 @contextmanager
 def moto_server(log_file: Path | None = None) -> Iterator[str]:
-    """Start `moto_server` on a free loopback port; yield its endpoint URL."""
+    """Start moto on a free loopback port, with keep-alive connections; yield its endpoint URL.
+
+    One gunicorn worker (moto keeps its state in memory: one process holds it), with threads
+    for every long poll and S3 call the services, tests and benchmarks make at once.
+    """
     port = free_port()
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    # moto names itself in some URLs it returns (MOTO_PORT), as `moto.server` would set it.
+    env = {**os.environ, "MOTO_PORT": str(port)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"127.0.0.1:{port}",
+            "--worker-class", "gthread", "--workers", "1", "--threads", "128",
+            # Longer than any client keeps an idle connection (aiohttp: 15 s), so a client
+            # never reuses a connection the server is closing.
+            "--keep-alive", "75",
+            # A long poll in flight need not hold up the stop for gunicorn's default 30 s.
+            "--graceful-timeout", "2",
+            # S3 keys (up to 1,024 bytes, URL-encoded) can exceed gunicorn's request-line cap.
+            "--limit-request-line", "0", "--limit-request-field_size", "0",
+            "--log-level", "warning",
+            "ingest_cli.moto_app:app",
+        ],
         stdout=out,
         stderr=subprocess.STDOUT,
-    )
+        env=env,
+    )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{endpoint}/moto-api/", process=process)
