@@ -1,11 +1,13 @@
-"""A backfill flush is never cut between its commit and its bookkeeping."""
+"""A backfill flush is never cut between its commit and its bookkeeping, nor repeated."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Sequence
 
 import pytest
-from ingest_processor.backfill import _uninterrupted
+from ingest_processor.backfill import Backfill, _Item, _Outcome, _Page, _uninterrupted
 
 
 async def test_a_cancelled_caller_waits_for_the_flush_to_finish_then_is_cancelled() -> None:
@@ -32,3 +34,35 @@ async def test_a_failing_flush_raises_its_own_error() -> None:
 
     with pytest.raises(ConnectionResetError, match="gone"):
         await _uninterrupted(flush())
+
+
+class _Writer(Backfill):
+    """The backfill's writer alone, flushing into a list (no database)."""
+
+    def __init__(self) -> None:  # the writer needs nothing Backfill.__init__ sets up
+        self.flushed: list[list[_Outcome]] = []
+        self.flushing = asyncio.Event()
+
+    async def _flush(self, outcomes: Sequence[_Outcome]) -> None:
+        if outcomes:
+            self.flushed.append(list(outcomes))
+            self.flushing.set()
+            await asyncio.sleep(0.05)  # the transaction
+
+
+async def test_the_last_batch_is_written_once_when_the_writer_is_cancelled_during_it() -> None:
+    # A short run's only flush is its last: a cancel during it must not write it again.
+    writer = _Writer()
+    outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
+    image = uuid.uuid4()
+    outcome = _Outcome(_Item(image, "originals/a.svg", [], _Page(image, 1)), 64, 64, [])
+    outcomes.put_nowait(outcome)
+    outcomes.put_nowait(None)
+
+    task = asyncio.create_task(writer._write(outcomes))
+    await writer.flushing.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert writer.flushed == [[outcome]]

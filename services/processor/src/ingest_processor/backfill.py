@@ -423,7 +423,8 @@ class Backfill:
                         continue
                 batch, pending = pending, []
                 await _uninterrupted(self._flush(batch))
-            await _uninterrupted(self._flush(pending))
+            batch, pending = pending, []
+            await _uninterrupted(self._flush(batch))
         except asyncio.CancelledError:
             # Interrupted: keep what is already rendered and stored, so a rerun skips it.
             # ``pending`` never holds a batch already written: flushes are not interruptible.
