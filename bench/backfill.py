@@ -13,6 +13,7 @@ What it does, all on real components:
 4. backfill: ``Backfill(--all)`` over the N rows, with the same pool size; prints SVGs/s,
    renditions/s and the ratio backfill / core, plus the CPU the emulator and the backfill's
    own event loop took (they share the machine with the render workers, unlike in AWS);
+   then a width is added to the configuration and ``--missing-width`` backfills just it;
 5. resumability: with another render profile (so every image is stale again), runs
    ``ingest backfill --all`` as a separate process, SIGKILLs it once ~30 % of the rows are
    written, reruns it, and counts images rendered twice (renditions already in S3 at the kill
@@ -249,10 +250,26 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             )
             if args.summary:
                 print(summary(stats, Selection(everything=True)))
+            await added_width(settings, aws, db, rate)
 
             await resumability(args, settings, aws, db, endpoint, dsn)
     finally:
         await db.close()
+
+
+async def added_width(
+    settings: BackfillSettings, aws: Aws, db: asyncpg.Pool, full_rate: float
+) -> None:
+    """A width added to the configuration: ``--missing-width`` renders and puts only that width."""
+    width = min(settings.render_widths) // 2
+    wider = settings.model_copy(update={"render_widths": [width, *settings.render_widths]})
+    stats = await Backfill(wider, aws, db, Selection(missing_width=width)).run()
+    per_image = len(wider.render_widths) * len(wider.render_formats)
+    print(
+        f"added width {width}: {stats.done / stats.elapsed:7.1f} SVGs/s with --missing-width "
+        f"{width} ({stats.outputs / stats.done:.0f} of {per_image} renditions per image "
+        f"rendered and put), against {full_rate:.1f} SVGs/s for --all above"
+    )
 
 
 async def resumability(

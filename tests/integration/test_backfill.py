@@ -11,6 +11,7 @@ import pyvips
 from ingest_cli.main import build_parser
 from ingest_cli.settings import CliSettings
 from ingest_common.aws import Aws
+from ingest_processor import backfill
 from ingest_processor.backfill import Backfill, BackfillSettings, Selection, SelectionError, summary
 
 from tests.conftest import SAMPLE
@@ -88,10 +89,13 @@ async def test_a_new_width_is_added_to_every_image_and_a_second_run_renders_noth
 
 
 async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
-    aws: Aws, db: asyncpg.Pool, ingested: Any
+    aws: Aws, db: asyncpg.Pool, ingested: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await ingested(MDI)
-    settings = backfill_settings(aws, render_widths=WIDTHS)
+    # Another WebP quality is another profile: every rendition is rendered again, so the run
+    # lasts; rows are written 4 at a time, so the interruption lands in its middle.
+    monkeypatch.setattr(backfill, "_FLUSH_ROWS", 4)
+    settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79)
     total = len(await images(db))
     assert total == 24
 

@@ -239,6 +239,43 @@ def test_auto_webp_mode_is_chosen_per_image_for_every_width(svg: bytes, lossless
     assert [b"VP8L" in r.data[:64] for r in renditions] == [lossless] * 3
 
 
+@pytest.mark.parametrize("svg", [MDI_FORWARD, FLUENT_RED_CIRCLE])
+@pytest.mark.parametrize(
+    "only",
+    [{(256, "webp")}, {(64, "png")}, {(32, "png"), (512, "webp")}, {(128, "png"), (128, "webp")}],
+)
+def test_only_some_renditions_are_the_full_renders_bytes(
+    svg: bytes, only: set[tuple[int, str]]
+) -> None:
+    spec = RenderSpec(widths=(512, 32, 64, 128, 256))
+    full = {(r.width, r.format): r.data for r in render_svg(svg, spec).renditions}
+
+    renditions = render_svg(svg, spec, only).renditions
+
+    assert {(r.width, r.format) for r in renditions} == only
+    assert all(r.data == full[r.width, r.format] for r in renditions)
+    assert [r.width for r in renditions] == sorted(
+        (r.width for r in renditions), key=spec.widths.index
+    )
+
+
+def test_a_lone_large_webp_keeps_the_mode_its_smallest_width_chose() -> None:
+    # Five gradients: lossless is 2.6x the lossy bytes at 32 px but 12x at 512 px. With a slack
+    # of 3 the smallest width picks lossless for every width; 512 px alone would pick lossy.
+    spec = RenderSpec(widths=(32, 512), formats=("webp",), webp_auto_slack=3.0)
+    full = render_svg(FLUENT_RED_CIRCLE, spec).renditions[1]
+
+    (alone,) = render_svg(FLUENT_RED_CIRCLE, spec, {(512, "webp")}).renditions
+
+    assert b"VP8L" in full.data[:64]
+    assert alone.data == full.data
+
+
+def test_only_renditions_of_the_spec_can_be_asked_for() -> None:
+    with pytest.raises(ValueError, match=r"not renditions of this spec: \[\(48, 'png'\)\]"):
+        render_svg(MDI_FORWARD, RenderSpec(widths=(64,)), {(48, "png"), (64, "png")})
+
+
 def test_unknown_webp_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="webp_mode"):
         RenderSpec(webp_mode="lossyish")

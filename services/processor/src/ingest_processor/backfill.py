@@ -188,6 +188,7 @@ class Backfill:
         selection.check(self.spec)
         self.profile = render_profile(self.spec)
         self.target = target(self.spec, self.profile)
+        self._every = frozenset((t["width"], t["format"]) for t in self.target)
         self.stats = BackfillStats(profile=self.profile)
         self._pool = pool
         workers = pool.workers if pool else settings.render_workers
@@ -357,21 +358,23 @@ class Backfill:
             svg = await self.aws.get_bytes(
                 settings.uploads_bucket, item.original_key, max_bytes=settings.max_svg_bytes
             )
-            self._pool_enter(1)
-            try:
-                result = await pool.render(svg)
-            finally:
-                self._pool_enter(-1)
-            self.stats.rendered += 1
-            # Same profile, same key, same bytes: what the row already holds is not put again
-            # (``--missing-width 32`` puts the 32 px renditions, not every size).
+            # Same profile, same key, same bytes: what the row already holds is neither
+            # rendered nor put again (``--missing-width 32`` renders the 32 px renditions).
             have = {
                 (r.get("width"), r.get("format"))
                 for r in item.renditions
                 if r.get("profile") == self.profile
             }
-            missing = [r for r in result.renditions if (r.width, r.format) not in have]
-            stored = await store_renditions(self.aws, settings, item.image, missing, self.profile)
+            missing = self._every - have
+            self._pool_enter(1)
+            try:
+                result = await pool.render(svg, None if missing == self._every else missing)
+            finally:
+                self._pool_enter(-1)
+            self.stats.rendered += 1
+            stored = await store_renditions(
+                self.aws, settings, item.image, result.renditions, self.profile
+            )
         except ObjectTooLarge as exc:
             reason = f"original is {exc.size:,} bytes, over the limit of {exc.limit:,}"
         except RenderRejected as exc:

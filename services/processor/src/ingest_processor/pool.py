@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import Any
 
 from ingest_processor.render import (
+    Only,
     RenderRejected,
     RenderResult,
     RenderSpec,
@@ -113,12 +114,12 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
-def _worker_render(ticket: int, svg: bytes) -> RenderResult:
+def _worker_render(ticket: int, svg: bytes, only: Only) -> RenderResult:
     if _worker_spec is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("render worker used before its initializer ran")
     # CLOCK_MONOTONIC is one clock for every process of the machine: the parent reads it too.
     _worker_stamps[ticket % _RING] = time.monotonic()
-    return render_svg(svg, _worker_spec)
+    return render_svg(svg, _worker_spec, only)
 
 
 class _Stamps:
@@ -180,11 +181,11 @@ class _Generation:
             # BrokenProcessPool, so a render treats a failed start like any other pool break.
             raise BrokenProcessPool(f"render workers failed to start: {errors[0]!r}")
 
-    def submit(self, svg: bytes) -> tuple[int, Future[RenderResult]]:
+    def submit(self, svg: bytes, only: Only) -> tuple[int, Future[RenderResult]]:
         if self.broken:  # killed by another render since we picked it: same as a crash
             raise BrokenProcessPool("render workers were recycled")
         ticket = self.stamps.ticket()
-        return ticket, self.executor.submit(_worker_render, ticket, svg)
+        return ticket, self.executor.submit(_worker_render, ticket, svg, only)
 
     def pids(self) -> list[int]:
         return [p.pid for p in (self.executor._processes or {}).values() if p.pid is not None]
@@ -268,8 +269,8 @@ class RenderPool:
             return []
         return self._generation.pids()
 
-    async def render(self, svg: bytes) -> RenderResult:
-        """Render in a worker process.
+    async def render(self, svg: bytes, only: Only = None) -> RenderResult:
+        """Render in a worker process: every rendition of the spec, or ``only`` those.
 
         Raises RenderRejected (bad input, or longer than ``timeout``: not retryable) or
         RenderCrashed (the worker died twice under this render: retryable).
@@ -277,7 +278,7 @@ class RenderPool:
         async with self._slots:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    return await self._render_once(svg)
+                    return await self._render_once(svg, only)
                 except BrokenProcessPool:
                     if attempt == _ATTEMPTS:
                         raise RenderCrashed(
@@ -286,10 +287,10 @@ class RenderPool:
                     self.stats.retries += 1
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _render_once(self, svg: bytes) -> RenderResult:
+    async def _render_once(self, svg: bytes, only: Only) -> RenderResult:
         generation = await self._current()
         try:
-            ticket, submitted = generation.submit(svg)
+            ticket, submitted = generation.submit(svg, only)
             future = asyncio.wrap_future(submitted)
             # asyncio.wait, not wait_for: a timeout must not cancel the future before we have
             # killed the worker that runs it.

@@ -14,6 +14,7 @@ depth, see DESIGN.md).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -160,25 +161,56 @@ def configure_vips() -> None:
     pyvips.concurrency_set(1)
 
 
-def render_svg(svg: bytes, spec: RenderSpec) -> RenderResult:
+# Which renditions to make: (width, format) pairs of the spec; None means every one.
+Only = Collection[tuple[int, str]] | None
+
+
+def render_svg(svg: bytes, spec: RenderSpec, only: Only = None) -> RenderResult:
     """Render ``svg`` at every width in ``spec``, each encoded to every format in ``spec``.
+
+    With ``only`` (``(width, format)`` pairs of the spec), just those renditions, byte for
+    byte what the full render makes of them: a backfill of one missing size renders that size.
+    In auto WebP mode the smallest width is still encoded to WebP, as it decides the mode.
 
     Raises RenderRejected with a contributor-readable reason for anything libvips refuses or
     anything over the spec's limits.
     """
+    wanted = _wanted(spec, only)
     _check_bytes(svg, spec)
     source_width, source_height = _declared_size(svg)
     _check_declared_size(source_width, source_height, spec)
     encoder = _Encoder(spec)
+    decider = _auto_decider(spec, wanted)
     by_width: dict[int, list[Rendition]] = {}
     # Smallest first: in auto mode the smallest rendition decides lossy or lossless WebP.
-    for width in sorted(set(spec.widths)):
+    for width in sorted({w for w, _ in wanted} | ({decider} if decider else set())):
+        formats = [
+            f for f in spec.formats if (width, f) in wanted or (width, f) == (decider, "webp")
+        ]
         started_ns = time.time_ns()
         height = max(1, round(width * source_height / source_width))
         image = _rasterise(svg, source_width, source_height, width, height)
-        by_width[width] = encoder.encode(image, started_ns)
-    renditions = [r for width in spec.widths for r in by_width[width]]
+        by_width[width] = encoder.encode(image, started_ns, formats)
+    renditions = [
+        r for width in spec.widths for r in by_width.get(width, ()) if (width, r.format) in wanted
+    ]
     return RenderResult(source_width, source_height, tuple(renditions))
+
+
+def _wanted(spec: RenderSpec, only: Only) -> set[tuple[int, str]]:
+    every = {(width, fmt) for width in spec.widths for fmt in spec.formats}
+    if only is None:
+        return every
+    if unknown := set(only) - every:
+        raise ValueError(f"not renditions of this spec: {sorted(unknown)}")
+    return set(only)
+
+
+def _auto_decider(spec: RenderSpec, wanted: set[tuple[int, str]]) -> int | None:
+    """The width whose WebP picks lossy or lossless for every width, if that is to be picked."""
+    if spec.webp_mode != "auto" or not any(fmt == "webp" for _, fmt in wanted):
+        return None
+    return min(spec.widths)
 
 
 def _check_bytes(svg: bytes, spec: RenderSpec) -> None:
@@ -263,9 +295,11 @@ class _Encoder:
         self.spec = spec
         self.lossless = None if spec.webp_mode == "auto" else spec.webp_mode == "lossless"
 
-    def encode(self, image: pyvips.Image, started_ns: int) -> list[Rendition]:
+    def encode(
+        self, image: pyvips.Image, started_ns: int, formats: Sequence[str]
+    ) -> list[Rendition]:
         renditions = []
-        for fmt in self.spec.formats:
+        for fmt in formats:
             try:
                 data = self._png(image) if fmt == "png" else self._webp(image)
             except pyvips.Error as error:
