@@ -4,8 +4,9 @@
   its own database, migrates it, and drops it at the end; tables are emptied between
   tests. With INGEST_TEST_POSTGRES=container, testcontainers starts postgres:15 instead
   (for machines with a Docker engine).
-- AWS: one `moto_server` process per run on a free loopback port, reset before each
-  test and bootstrapped with the real topology.
+- AWS: one moto server per run (`ingest_cli.local.moto_server`: moto's app under gunicorn,
+  keep-alive connections) on a free loopback port, reset before each test and
+  bootstrapped with the real topology.
 """
 
 from __future__ import annotations
