@@ -183,7 +183,7 @@ def render_svg(svg: bytes, spec: RenderSpec, only: Only = None) -> RenderResult:
     decider = _auto_decider(spec, wanted)
     by_width: dict[int, list[Rendition]] = {}
     # Smallest first: in auto mode the smallest rendition decides lossy or lossless WebP.
-    for width in sorted({w for w, _ in wanted} | ({decider} if decider else set())):
+    for width in sorted({w for w, _ in wanted} | ({decider} if decider is not None else set())):
         formats = [
             f for f in spec.formats if (width, f) in wanted or (width, f) == (decider, "webp")
         ]
