@@ -643,7 +643,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--svgs", action="append", help="folder of SVGs, recursive (repeatable)")
     parser.add_argument("--limit", type=int, help="at most N SVGs, evenly spread")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds (median reported)")
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--no-sharp", action="store_true", help="skip sharp (no Node needed)")
     parser.add_argument("--sharp-dir", help="a folder where sharp is already npm-installed")
