@@ -238,7 +238,12 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             # the processor's CPUs. Per CPU-second of ingest's own processes counts only what
             # a backfill container would spend.
             own_cpu_per_image = (workers_cpu + own) / stats.done
-            ceiling = core.cpu_per_image / (core.cpu_per_image + moto_cpu / stats.done)
+            # With a client that cost nothing: the core's own rate, or what the CPUs can give
+            # to renders and moto together, whichever is lower (with fewer workers than CPUs,
+            # moto has a CPU of its own).
+            cpus = len(os.sched_getaffinity(0))
+            free_client = min(core.rate, cpus / (core.cpu_per_image + moto_cpu / stats.done))
+            ceiling = free_client / core.rate
             print(
                 f"ratio backfill / core, wall clock: {rate / core.rate:.2f}  (target ≥ 0.90; "
                 f"with moto's CPU on the same cores, even a free client caps it at {ceiling:.2f})"
