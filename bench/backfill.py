@@ -44,7 +44,7 @@ from ingest_processor.backfill import Backfill, BackfillSettings, Selection, sum
 from ingest_processor.handler import render_spec
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
-from procstat import cpu_seconds, process_tree
+from procstat import cpu_seconds, own_child, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
@@ -55,20 +55,6 @@ IMAGES_PER_PRODUCT = 100
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def child_pid(fragment: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and fragment in cmdline:
-            return int(entry.name)
-    return None
 
 
 def svgs() -> list[bytes]:
@@ -184,7 +170,7 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
     )
     workers = settings.render_workers
     corpus = svgs()
-    moto = child_pid("ingest_cli.moto_app")
+    moto = own_child("ingest_cli.moto_app")
     if moto is None:
         raise SystemExit("no moto server among this process's children: its CPU would read 0")
     moto_pids = process_tree(moto)  # gunicorn's master and its worker
@@ -225,7 +211,8 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
                 f"render pool fed (≥ {workers} renders submitted) "
                 f"{1 - stats.pool_starved / stats.elapsed:.0%} of the backfill's time"
             )
-            available = len(os.sched_getaffinity(0)) * stats.elapsed
+            cpus = len(os.sched_getaffinity(0))
+            available = cpus * stats.elapsed
             per_image = [1000 * cpu / stats.done for cpu in (workers_cpu, own, moto_cpu)]
             print(
                 f"cpu during backfill (of {available:.0f} CPU-s): render workers "
@@ -241,7 +228,6 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             # With a client that cost nothing: the core's own rate, or what the CPUs can give
             # to renders and moto together, whichever is lower (with fewer workers than CPUs,
             # moto has a CPU of its own).
-            cpus = len(os.sched_getaffinity(0))
             free_client = min(core.rate, cpus / (core.cpu_per_image + moto_cpu / stats.done))
             ceiling = free_client / core.rate
             print(

@@ -1,4 +1,7 @@
-"""CPU time and peak memory of processes, from /proc (Linux), for the benchmarks."""
+"""CPU time, peak memory and parentage of processes, from /proc (Linux), for the benchmarks.
+
+A process that is gone reads as absent: it adds nothing to a sum and has no children.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _read(pid: int | str, name: str) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return None
+
+
+def _stat_fields(stat: str) -> list[str]:
+    """Fields after the command name (which may hold spaces): [1] ppid, [11:15] CPU ticks."""
+    return stat.rpartition(")")[2].split()
+
+
 def peak_rss_mib(pids: Sequence[int]) -> float:
     """Largest peak RSS (VmHWM) among ``pids``, from /proc: one worker's high-water mark."""
     peak = 0
     for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
+        for line in (_read(pid, "status") or "").splitlines():
             if line.startswith("VmHWM:"):
                 peak = max(peak, int(line.split()[1]))
     return peak / 1024
@@ -24,33 +35,39 @@ def peak_rss_mib(pids: Sequence[int]) -> float:
 def cpu_seconds(pids: Sequence[int], *, children: bool = False) -> float:
     """User + system CPU time of ``pids`` (all their threads), from /proc/<pid>/stat.
 
-    With ``children``, the CPU time of their reaped children counts too. A process that is
-    gone counts 0.
+    With ``children``, the CPU time of their reaped children counts too.
     """
-    # After the command name: [11:13] utime, stime; [13:15] cutime, cstime (proc(5) 14-17).
+    # [11:13] utime, stime; [13:15] cutime, cstime (proc(5) fields 14-17).
     last = 15 if children else 13
     ticks = 0
     for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
-        ticks += sum(int(v) for v in fields[11:last])
+        if (stat := _read(pid, "stat")) is not None:
+            ticks += sum(int(v) for v in _stat_fields(stat)[11:last])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _parents() -> dict[int, int]:
+    """Every live process's parent pid."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _read(entry.name, "stat")) is not None:
+            parents[int(entry.name)] = int(_stat_fields(stat)[1])
+    return parents
 
 
 def process_tree(root: int) -> list[int]:
     """``root`` and its live descendants (a server's master and its workers, say)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    parents = _parents()
     tree = [root]
     for pid in tree:  # grows while it is walked: breadth first
         tree.extend(child for child, parent in parents.items() if parent == pid)
     return tree
+
+
+def own_child(fragment: str) -> int | None:
+    """A child of this process whose command line contains ``fragment``."""
+    for pid, parent in _parents().items():
+        cmdline = _read(pid, "cmdline") if parent == os.getpid() else None
+        if cmdline is not None and fragment in cmdline.replace("\0", " "):
+            return pid
+    return None
