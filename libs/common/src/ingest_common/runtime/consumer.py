@@ -431,8 +431,7 @@ class Consumer(Generic[M]):
             refused = await self.aws.change_visibility(self.queue, handles, 0)
         except (BotoCoreError, ClientError) as exc:
             # They reappear when their current timeout ends: later, not lost.
-            for _ in deliveries:
-                log.warning("consumer.visibility_failed", error=str(exc))
+            log.warning("consumer.visibility_failed", error=str(exc), messages=len(deliveries))
             return
         for _, error in refused:
             log.warning("consumer.visibility_failed", error=error)
