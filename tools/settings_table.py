@@ -26,14 +26,6 @@ COMMAND_SETTINGS: dict[str, tuple[type[IngestSettings], type[IngestSettings]]] =
 }
 
 
-def env_names(name: str, field: FieldInfo) -> list[str]:
-    alias = field.validation_alias
-    choices = getattr(alias, "choices", None)
-    if choices:
-        return [str(c) for c in choices]
-    return [f"INGEST_{name.upper()}"]
-
-
 def _default(field: FieldInfo) -> str:
     if field.default_factory is not None:
         return "CPUs available"
@@ -45,9 +37,10 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`" if value not in (None, "") else "unset"
 
 
-def _row(name: str, field: FieldInfo, where: str, default: str | None = None) -> str:
+def _row(cls: type[IngestSettings], name: str, where: str, default: str | None = None) -> str:
     """One table row; `default` replaces the field's own default when given."""
-    names = " / ".join(f"`{n}`" for n in env_names(name, field))
+    field = cls.model_fields[name]
+    names = " / ".join(f"`{n}`" for n in cls.environment_names(name))
     shown = _default(field) if default is None else default
     return f"| {names} | {shown} | {where} | {field.description or ''} |"
 
@@ -65,15 +58,13 @@ def settings_table() -> str:
             if cls.model_fields[name].default != field.default
         ]
         default = _default(field) + (f" ({', '.join(overrides)})" if overrides else "")
-        lines.append(_row(name, field, "all", default))
+        lines.append(_row(IngestSettings, name, "all", default))
     for service, cls in SERVICE_SETTINGS.items():
-        for name, field in cls.model_fields.items():
-            if name not in common:
-                lines.append(_row(name, field, service))
+        lines.extend(_row(cls, name, service) for name in cls.model_fields if name not in common)
     for command, (cls, base) in COMMAND_SETTINGS.items():
-        for name, field in cls.model_fields.items():
-            if name not in base.model_fields:
-                lines.append(_row(name, field, command))
+        lines.extend(
+            _row(cls, name, command) for name in cls.model_fields if name not in base.model_fields
+        )
     return "\n".join(lines)
 
 

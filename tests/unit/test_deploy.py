@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from ingest_common.settings import IngestSettings
-from pydantic import AliasChoices
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -261,17 +260,7 @@ def settings_class(package: str) -> type[IngestSettings]:
 
 def environment_names(cls: type[IngestSettings]) -> set[str]:
     """Every environment variable the settings class reads (upper case)."""
-    prefix = cls.model_config.get("env_prefix", "")
-    names: set[str] = set()
-    for name, info in cls.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {choice for choice in alias.choices if isinstance(choice, str)}
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(prefix + name)
-    return {name.upper() for name in names}
+    return {name.upper() for field in cls.model_fields for name in cls.environment_names(field)}
 
 
 def use_environment(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:

@@ -19,6 +19,16 @@ class IngestSettings(BaseSettings):
 
     service_name: str = Field("ingest", description="service.name in logs, traces and metrics")
 
+    @classmethod
+    def environment_names(cls, field: str) -> list[str]:
+        """The environment variables that set ``field``, in the order they are looked up."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            return [choice for choice in alias.choices if isinstance(choice, str)]
+        if isinstance(alias, str):
+            return [alias]
+        return [f"{cls.model_config.get('env_prefix', '')}{field}".upper()]
+
     # --- where things are -------------------------------------------------------------
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/test",
