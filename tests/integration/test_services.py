@@ -10,9 +10,13 @@ import pytest
 import pyvips
 from ingest_common import ids
 from ingest_common.aws import Aws
+from ingest_common.db.completion import ProductState, finish_image
+from ingest_common.db.pool import Connection
+from ingest_common.notify import notify_product_ready
 from ingest_common.schemas.messages import IndexProduct, PreviewFamily, RenderImage
 from ingest_common.search import PostgresSearch
 from ingest_common.topology import dead_letter_queue
+from ingest_processor import handler as processor_handler
 
 from tests.conftest import SAMPLE
 from tests.integration.pipeline import (
@@ -158,6 +162,52 @@ async def test_redelivered_render_message_does_not_count_twice(aws: Aws, db: asy
     row = await fetch_row(db, "SELECT * FROM products WHERE id = $1", product)
     assert (row["images_ready"], row["images_failed"]) == (24, 0)
     assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
+
+
+async def test_only_the_image_that_completes_its_product_sends_product_ready(
+    aws: Aws, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = svgs(2)
+    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    pipeline = Pipeline(aws, db)
+    await pipeline.drain("batch")
+    first, second = await db.fetch(
+        "SELECT id, product_id, original_key FROM images ORDER BY position"
+    )
+    # Only the first image goes through the processor; the second is finished by "another
+    # handler" right after the first's finish, completing the product, as happens when two
+    # images of a set finish at once. That handler then sends product-ready itself.
+    await aws.sqs.purge_queue(QueueUrl=await aws.queue_url(aws.settings.render_queue))
+    await aws.send(
+        aws.settings.render_queue,
+        [
+            RenderImage(
+                upload_id=(await fetch_row(db, "SELECT id FROM uploads"))["id"],
+                product_id=first["product_id"],
+                image_id=first["id"],
+                original_key=first["original_key"],
+            )
+        ],
+    )
+    completed_by_the_other: list[ProductState | None] = []
+
+    async def then_the_other_image_completes(
+        connection: Connection, image_id: uuid.UUID, **outcome: object
+    ) -> ProductState | None:
+        state = await finish_image(connection, image_id, **outcome)  # type: ignore[arg-type]
+        if image_id == first["id"]:
+            other = await finish_image(connection, second["id"], failure_reason="elsewhere")
+            completed_by_the_other.append(other)
+        return state
+
+    monkeypatch.setattr(processor_handler, "finish_image", then_the_other_image_completes)
+    await pipeline.drain("render")
+    (other,) = completed_by_the_other
+    assert other is not None
+    assert other.complete
+    await notify_product_ready(aws, db, other)  # what the other image's handler does next
+
+    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1  # product-ready once
 
 
 async def test_unrenderable_svg_fails_with_a_reason_and_still_completes(

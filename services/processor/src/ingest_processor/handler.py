@@ -14,7 +14,7 @@ from typing import Self
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common.aws import ObjectTooLarge
-from ingest_common.db.completion import finish_image, product_state
+from ingest_common.db.completion import ProductState, finish_image, product_state
 from ingest_common.errors import PermanentError, RetryableError
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
@@ -81,14 +81,20 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         if status is None:
             raise PermanentError(f"image {message.image_id} does not exist")
         if status == "pending":
-            await self._render(message)
-        # Also on a redelivery: if product-ready was never sent, send it now.
-        async with self.db.acquire() as connection:
-            state = await product_state(connection, message.product_id)
+            # The state our own finish saw: only the image that completed the product sends
+            # product-ready. Reading the product afresh here would let the handler of an image
+            # finished a moment earlier send it too, once a concurrent image completes it.
+            state = await self._render(message)
+        else:
+            # A redelivery: if product-ready was never sent (a crash after the last image
+            # finished), send it now.
+            async with self.db.acquire() as connection:
+                state = await product_state(connection, message.product_id)
         if state is not None:
             await notify_product_ready(self.aws, self.db, state)
 
-    async def _render(self, message: RenderImage) -> None:
+    async def _render(self, message: RenderImage) -> ProductState | None:
+        """Render, store and finish the image; the product's state after that finish."""
         try:
             svg = await self.aws.get_bytes(
                 self.settings.uploads_bucket,
@@ -97,11 +103,11 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             )
             result = await self._render_in_pool(svg)
         except ObjectTooLarge as exc:
-            await self._fail(message, f"is {exc.size:,} bytes, over the limit of {exc.limit:,}")
-            return
+            return await self._fail(
+                message, f"is {exc.size:,} bytes, over the limit of {exc.limit:,}"
+            )
         except RenderRejected as exc:
-            await self._fail(message, exc.reason)
-            return
+            return await self._fail(message, exc.reason)
         except (BotoCoreError, ClientError) as exc:
             raise RetryableError(f"could not read the original: {exc}") from exc
         renditions = await store_renditions(
@@ -120,6 +126,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             renditions=len(renditions),
             completed=bool(state and state.complete),
         )
+        return state
 
     async def _render_in_pool(self, svg: bytes) -> RenderResult:
         """`render svg` (in a worker) with a child span per rendition, timed by the worker."""
@@ -151,7 +158,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                 first_of_width.add(rendition.width)
         return result
 
-    async def _fail(self, message: RenderImage, reason: str) -> None:
+    async def _fail(self, message: RenderImage, reason: str) -> ProductState | None:
         log.warning("processor.image_failed", reason=reason)
         async with self.db.acquire() as connection:
-            await finish_image(connection, message.image_id, failure_reason=reason)
+            return await finish_image(connection, message.image_id, failure_reason=reason)
