@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = (
-    "backfill_runs, search_documents, family_previews, images, products, uploads, families,"
-    " contributors"
+    "object_garbage, maintenance_runs, backfill_runs, search_documents, family_previews, images,"
+    " products, uploads, families, contributors"
 )
 
 

@@ -1,4 +1,5 @@
-# One private bucket per entry of topology.json's "buckets", and its S3 → SQS notifications.
+# One private bucket per entry of topology.json's "buckets", its lifecycle rules and its
+# S3 → SQS notifications.
 #
 # Public access is blocked on every bucket. Serving previews to browsers (CloudFront with an
 # origin access control on the previews bucket) is out of scope here: add the distribution
@@ -52,20 +53,68 @@ resource "aws_s3_bucket_versioning" "bucket" {
   }
 }
 
+# Per bucket, the lifecycle rules of topology.json (expire rejected uploads, abort stale
+# multipart uploads) plus, when versioned, the expiry of noncurrent versions. S3 keeps one
+# lifecycle configuration per bucket, so every rule of a bucket goes into one resource.
+locals {
+  bucket_lifecycle = {
+    for role, rules in local.lifecycle_rules : role => concat(rules, [
+      for versioned in [contains(var.versioned_buckets, role)] : {
+        id                              = "expire-noncurrent-versions"
+        prefix                          = ""
+        tags                            = {}
+        expiration_days                 = null
+        abort_incomplete_multipart_days = null
+        noncurrent_days                 = var.noncurrent_version_days
+      } if versioned
+    ])
+  }
+}
+
 resource "aws_s3_bucket_lifecycle_configuration" "bucket" {
-  for_each = { for role, b in local.buckets : role => b if contains(var.versioned_buckets, role) }
+  for_each = { for role, rules in local.bucket_lifecycle : role => rules if length(rules) > 0 }
 
   bucket = aws_s3_bucket.bucket[each.key].id
 
-  rule {
-    id     = "expire-noncurrent-versions"
-    status = "Enabled"
-    filter {}
-    noncurrent_version_expiration {
-      noncurrent_days = var.noncurrent_version_days
-    }
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
+  dynamic "rule" {
+    for_each = each.value
+    content {
+      id     = rule.value.id
+      status = "Enabled"
+
+      # S3's filter: a prefix alone (none: the whole bucket), or a prefix and tags under `and`.
+      filter {
+        prefix = length(rule.value.tags) == 0 && rule.value.prefix != "" ? rule.value.prefix : null
+
+        dynamic "and" {
+          for_each = length(rule.value.tags) > 0 ? [rule.value] : []
+          content {
+            prefix = and.value.prefix
+            tags   = and.value.tags
+          }
+        }
+      }
+
+      dynamic "expiration" {
+        for_each = rule.value.expiration_days == null ? [] : [rule.value.expiration_days]
+        content {
+          days = expiration.value
+        }
+      }
+
+      dynamic "abort_incomplete_multipart_upload" {
+        for_each = rule.value.abort_incomplete_multipart_days == null ? [] : [rule.value.abort_incomplete_multipart_days]
+        content {
+          days_after_initiation = abort_incomplete_multipart_upload.value
+        }
+      }
+
+      dynamic "noncurrent_version_expiration" {
+        for_each = rule.value.noncurrent_days == null ? [] : [rule.value.noncurrent_days]
+        content {
+          noncurrent_days = noncurrent_version_expiration.value
+        }
+      }
     }
   }
 

@@ -1,27 +1,43 @@
 # What each service consumes, sends and touches in S3: the least privilege of its task role
 # and the environment of its container. Pure data; the resources are in iam.tf and ecs.tf.
 #
-#   batcher    q.batch   → read uploads/ ; write originals/ ; send render + preview (safety net)
-#   processor  q.render  → read originals/ ; write previews bucket ; send preview + index
-#   previewer  q.preview → read+write previews bucket ; send index, and preview (re-delay)
+#   batcher    q.batch   → read uploads/ ; tag uploads/ (a rejected ZIP expires, see
+#                          topology.json) ; write + delete originals/ ; delete previews'
+#                          renditions/ and previews/families/ (the garbage sweep) ; list
+#                          both buckets ; send render, preview (safety net), index (a new
+#                          version that needs no render)
+#   processor  q.render  → read originals/ ; list uploads ; write previews bucket ;
+#                          send preview + index
+#   previewer  q.preview → read+write previews bucket ; queue depth of q.render ; send index
 #   indexer    q.index   → no S3 ; no sends (search backend: PostgreSQL full text by default)
 #
-# Every consumer may also send to its own DLQ: the consumer runtime moves invalid messages
-# and permanent failures there itself (queue name + "-dlq"), besides SQS's redrive.
+# Every consumer may also send to its own queue (a message handed back during an outage,
+# the batcher's reconciliation re-announcing a lost upload event, the previewer's re-delay)
+# and to its own DLQ: the consumer runtime moves invalid messages and permanent failures
+# there itself (queue name + "-dlq"), besides SQS's redrive.
+#
+# `lists`: s3:ListBucket on the whole bucket, to list prefixes, and so that a missing
+# object answers 404 rather than 403. `reads`: sqs:GetQueueAttributes on other queues.
 
 locals {
   services = {
     batcher = {
       queue = "batch"
-      sends = ["render", "preview"]
+      sends = ["render", "preview", "index"]
+      reads = []
+      lists = ["uploads", "previews"]
       s3 = [
-        { bucket = "uploads", keys = "uploads/*", actions = ["s3:GetObject"] },
-        { bucket = "uploads", keys = "originals/*", actions = ["s3:PutObject"] },
+        { bucket = "uploads", keys = "uploads/*", actions = ["s3:GetObject", "s3:PutObjectTagging", "s3:PutObjectVersionTagging"] },
+        { bucket = "uploads", keys = "originals/*", actions = ["s3:PutObject", "s3:DeleteObject"] },
+        { bucket = "previews", keys = "renditions/*", actions = ["s3:DeleteObject"] },
+        { bucket = "previews", keys = "previews/families/*", actions = ["s3:DeleteObject"] },
       ]
     }
     processor = {
       queue = "render"
       sends = ["preview", "index"]
+      reads = []
+      lists = ["uploads"]
       s3 = [
         { bucket = "uploads", keys = "originals/*", actions = ["s3:GetObject"] },
         { bucket = "previews", keys = "*", actions = ["s3:PutObject"] },
@@ -29,7 +45,9 @@ locals {
     }
     previewer = {
       queue = "preview"
-      sends = ["preview", "index"]
+      sends = ["index"]
+      reads = ["render"]
+      lists = []
       s3 = [
         { bucket = "previews", keys = "*", actions = ["s3:GetObject", "s3:PutObject"] },
       ]
@@ -37,6 +55,8 @@ locals {
     indexer = {
       queue = "index"
       sends = []
+      reads = []
+      lists = []
       s3    = []
     }
   }
@@ -62,11 +82,30 @@ locals {
             Resource = [local.queue_arns[svc.queue]]
           },
           {
-            Sid      = "Send"
-            Effect   = "Allow"
-            Action   = local.send_actions
-            Resource = concat([local.dead_letter_arns[svc.queue]], [for q in svc.sends : local.queue_arns[q]])
+            Sid    = "Send"
+            Effect = "Allow"
+            Action = local.send_actions
+            Resource = distinct(concat(
+              [local.queue_arns[svc.queue], local.dead_letter_arns[svc.queue]],
+              [for q in svc.sends : local.queue_arns[q]],
+            ))
           },
+        ],
+        [
+          for q in [svc.reads] : {
+            Sid      = "QueueAttributes"
+            Effect   = "Allow"
+            Action   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+            Resource = [for role in q : local.queue_arns[role]]
+          } if length(q) > 0
+        ],
+        [
+          for b in [svc.lists] : {
+            Sid      = "List"
+            Effect   = "Allow"
+            Action   = ["s3:ListBucket"]
+            Resource = [for role in b : local.bucket_arns[role]]
+          } if length(b) > 0
         ],
         [
           for i, grant in svc.s3 : {

@@ -1,4 +1,5 @@
-# The queue, bucket and notification topology, read from the one file that declares it.
+# The queue, bucket, lifecycle and notification topology, read from the one file that
+# declares it.
 # `ingest bootstrap` applies the same file to moto/LocalStack; nothing here repeats a number
 # from it. Names come from the variables, which mirror the settings (INGEST_*_QUEUE,
 # INGEST_*_BUCKET) that the file refers to by field name ("setting").
@@ -37,6 +38,21 @@ locals {
       setting = b.setting
       name    = local.names[b.setting]
     }
+  }
+
+  # role → the file's lifecycle rules, every field present (null when the file omits it),
+  # so that s3.tf can add its own rules of the same shape.
+  lifecycle_rules = {
+    for role, b in local.topology.buckets : role => [
+      for r in try(b.lifecycle, []) : {
+        id                              = r.id
+        prefix                          = try(r.prefix, "")
+        tags                            = try(tomap(r.tags), {})
+        expiration_days                 = try(r.expiration_days, null)
+        abort_incomplete_multipart_days = try(r.abort_incomplete_multipart_days, null)
+        noncurrent_days                 = null
+      }
+    ]
   }
 
   # Every S3 → SQS notification; the id is the one `ingest bootstrap` gives it.

@@ -20,8 +20,9 @@ from ingest_cli.status import UploadStatus, load_status
 from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
 from ingest_common.runtime.consumer import Consumer
+from ingest_common.runtime.dependencies import Dependencies, sqs_probe
 from ingest_common.runtime.health import Health
-from ingest_common.runtime.service import Handler, Resources
+from ingest_common.runtime.service import Handler, Resources, service_dependencies
 from ingest_common.settings import IngestSettings
 from ingest_indexer.handler import IndexHandler
 from ingest_indexer.settings import IndexerSettings
@@ -113,11 +114,28 @@ class Pipeline:
     def _consumer(
         self, settings: IngestSettings, queue: str, handler: Handler[Any], health: Health
     ) -> Consumer[Any]:
-        return Consumer(settings, self.aws, queue, handler.parse, handler.handle, health)
+        dependencies = service_dependencies(
+            settings, self.aws, self.db, queue, uses_s3=handler.uses_s3
+        )
+        return Consumer(
+            settings,
+            self.aws,
+            queue,
+            handler.parse,
+            handler.handle,
+            health,
+            dependencies,
+            gave_up=handler.gave_up,
+        )
 
     async def run_all(self, timeout: float = 60) -> None:
         for role in ("batch", "render", "preview", "index", "preview", "index"):
             await self.drain(role, timeout)
+
+
+def sqs_only(aws: Aws, queue: str) -> Dependencies:
+    """The dependencies of a consumer that touches nothing but its queue (runtime tests)."""
+    return Dependencies(aws.settings, {"sqs": sqs_probe(aws, queue)})
 
 
 async def fetch_row(db: asyncpg.Pool, query: str, *args: object) -> asyncpg.Record:

@@ -8,13 +8,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import structlog.testing
 from ingest_common.aws import Aws
+from ingest_common.dead_letters import dead_letter_reason, original_attributes
 from ingest_common.errors import PermanentError, RetryableError
 from ingest_common.runtime.consumer import Consumer, Delivery
 from ingest_common.runtime.health import Health
 from ingest_common.schemas.messages import Message
 from pydantic import ConfigDict
+
+from tests.integration.pipeline import sqs_only
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
@@ -31,7 +33,15 @@ def make_consumer(
     aws: Aws, handle: Callable[[Ping, Delivery], Awaitable[None]], **overrides: object
 ) -> Consumer[Ping]:
     settings = aws.settings.model_copy(update=overrides)
-    return Consumer(settings, aws, QUEUE, Ping.model_validate_json, handle, Health(QUEUE, 60))
+    return Consumer(
+        settings,
+        aws,
+        QUEUE,
+        Ping.model_validate_json,
+        handle,
+        Health(QUEUE, 60),
+        sqs_only(aws, QUEUE),
+    )
 
 
 async def run_until(
@@ -127,27 +137,28 @@ async def test_invalid_message_goes_to_the_dead_letter_queue_with_its_reason(aws
     assert await queue_depth(aws, QUEUE) == (0, 0)
 
 
-async def test_a_dead_letter_with_no_room_for_its_reason_is_left_to_the_redrive(
+async def test_a_poison_message_with_ten_attributes_is_dead_lettered_with_its_reason(
     aws: Aws,
 ) -> None:
-    # Ten attributes from the sender leave no room for ingest-error and ingest-source-queue.
+    # Ten attributes from the sender leave no room for ingest-error and ingest-source-queue:
+    # the originals are packed into one attribute, and unpacked again by the redrive.
     url = await aws.queue_url(QUEUE)
     attributes: dict[str, Any] = {
-        f"a{i}": {"DataType": "String", "StringValue": "x"} for i in range(10)
+        f"a{i}": {"DataType": "String", "StringValue": f"x{i}"} for i in range(9)
     }
+    attributes["blob"] = {"DataType": "Binary", "BinaryValue": b"\x00\x01"}
     await aws.sqs.send_message(QueueUrl=url, MessageBody="{}", MessageAttributes=attributes)
 
     async def handle(message: Ping, delivery: Delivery) -> None:
         raise AssertionError("an invalid message is never handled")
 
     consumer = make_consumer(aws, handle)
-    with structlog.testing.capture_logs() as logs:
-        await run_until(consumer, lambda: consumer.health.invalid == 1)
-    events = [entry["event"] for entry in logs]
-    assert "consumer.dead_letter_failed" in events
-    assert "consumer.task_crashed" not in events
-    assert await dead_letters(aws, QUEUE) == []
-    assert await queue_depth(aws, QUEUE) == (0, 1)  # not deleted: SQS's redrive takes it
+    await run_until(consumer, lambda: consumer.health.invalid == 1)
+    [dead] = await dead_letters(aws, QUEUE)
+    assert dead_letter_reason(dead["MessageAttributes"]) is not None
+    assert dead_letter_reason(dead["MessageAttributes"]).startswith("invalid message")  # type: ignore[union-attr]
+    assert original_attributes(dead["MessageAttributes"]) == attributes
+    assert await queue_depth(aws, QUEUE) == (0, 0)  # moved, not left to SQS's redrive
 
 
 async def test_permanent_error_stops_retrying(aws: Aws) -> None:

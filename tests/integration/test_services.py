@@ -196,7 +196,12 @@ async def test_only_the_image_that_completes_its_product_sends_product_ready(
     ) -> ProductState | None:
         state = await finish_image(connection, image_id, **outcome)  # type: ignore[arg-type]
         if image_id == first["id"]:
-            other = await finish_image(connection, second["id"], failure_reason="elsewhere")
+            other = await finish_image(
+                connection,
+                second["id"],
+                renditions_bucket=aws.settings.previews_bucket,
+                failure_reason="elsewhere",
+            )
             completed_by_the_other.append(other)
         return state
 
@@ -253,7 +258,7 @@ async def test_mosaic_draws_from_every_set_of_the_family(aws: Aws, db: asyncpg.P
     await assert_mosaic_decodes(aws, preview)
 
 
-async def test_a_mosaic_is_rebuilt_only_when_a_set_completed_since_it_was_sampled(
+async def test_a_mosaic_is_rebuilt_only_when_the_family_changed_since_it_was_sampled(
     aws: Aws, db: asyncpg.Pool
 ) -> None:
     files = list(svgs(9).items())
@@ -270,7 +275,7 @@ async def test_a_mosaic_is_rebuilt_only_when_a_set_completed_since_it_was_sample
     await pipeline.drain("render")  # both sets complete before the previewer runs: a burst
     await pipeline.drain("preview")
     built = await fetch_row(db, "SELECT * FROM family_previews")
-    assert built["complete_products"] == 2
+    assert built["revision"] == await db.fetchval("SELECT revision FROM families")
     assert len(built["image_ids"]) == 6  # the one build drew from both sets
 
     # A redelivered product-ready (or the second set's own) finds the mosaic current.
@@ -293,7 +298,7 @@ async def test_a_mosaic_is_rebuilt_only_when_a_set_completed_since_it_was_sample
     await upload(2)
     await pipeline.run_all()
     rebuilt = await fetch_row(db, "SELECT * FROM family_previews")
-    assert rebuilt["complete_products"] == 3
+    assert rebuilt["revision"] > built["revision"]
     assert len(rebuilt["image_ids"]) == 9
     assert rebuilt["updated_at"] > built["updated_at"]
     await assert_mosaic_decodes(aws, rebuilt)
@@ -310,14 +315,14 @@ async def test_safety_net_fails_stragglers_and_completes_the_product(
     url = await aws.queue_url(aws.settings.render_queue)
     await aws.sqs.purge_queue(QueueUrl=url)
     upload = await upload_row(db, key)
-    await db.execute("UPDATE products SET created_at = now() - interval '1 hour'")
+    await db.execute("UPDATE products SET progressed_at = now() - interval '1 hour'")
     await pipeline.drain("preview")
 
     product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", upload["id"])
     assert product["status"] == "failed"
     assert product["images_failed"] == 3
     reasons = await db.fetch("SELECT failure_reason FROM images")
-    assert all("did not finish" in r["failure_reason"] for r in reasons)
+    assert all("rendering stopped" in r["failure_reason"] for r in reasons)
     # product-ready reached the indexer, and so did the previewer's index request after it
     assert (await queue_counts(aws, aws.settings.index_queue))[0] == 2
 

@@ -42,7 +42,7 @@ FAST = {
     "heartbeat_interval": "4",
     "retry_base_delay": "0.5",
     "retry_max_delay": "5",
-    "drain_timeout": "20",
+    "drain_timeout": "10",
     "safety_net_delay": "60",
     "render_workers": "1",
     "log_format": "json",
@@ -245,7 +245,10 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
     listing = _cli(aws, "dlq", "list", aws.settings.render_queue)
     assert str(victim["id"]) in listing.stdout
     assert "invalid message" in listing.stdout
-    assert "after repeated failed deliveries" in listing.stdout  # SQS's redrive policy
+    assert "failed 5 times; the last time: could not read the original" in listing.stdout
+    # Meanwhile the image is failed, for a reason that says it will be retried.
+    failed = await fetch_row(db, "SELECT * FROM images WHERE id = $1", victim["id"])
+    assert (failed["status"], failed["failure_retryable"]) == ("failed", True)
 
     # Fix the cause, throw the invalid message away, replay the rest.
     await aws.put_bytes(
@@ -253,7 +256,7 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
     )
     await _discard_invalid(aws)
     replay = _cli(aws, "dlq", "redrive", aws.settings.render_queue)
-    assert "redrove 1 message" in replay.stdout
+    assert "moved 1 message(s)" in replay.stdout
     await pipeline.run_all(timeout=120)
     await finish_and_check(aws, database_url, uploads, data_lost)
 

@@ -14,6 +14,8 @@ from ingest_common.schemas.messages import IndexProduct
 from ingest_common.telemetry import metrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.pipeline import sqs_only
+
 QUEUE = "ingest-index"
 
 
@@ -49,7 +51,15 @@ async def test_metrics_endpoint_counts_a_handled_message(aws: Aws) -> None:
     async def handle(message: IndexProduct, delivery: Delivery) -> None:
         handled.set()
 
-    consumer = Consumer(aws.settings, aws, QUEUE, IndexProduct.model_validate_json, handle, health)
+    consumer = Consumer(
+        aws.settings,
+        aws,
+        QUEUE,
+        IndexProduct.model_validate_json,
+        handle,
+        health,
+        sqs_only(aws, QUEUE),
+    )
     try:
         before = samples(await scrape(port)).get(("ingest_messages_total", ok), 0.0)
         task = asyncio.create_task(consumer.run())

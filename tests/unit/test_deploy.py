@@ -560,3 +560,91 @@ def test_dockerfile_copies_only_what_the_build_context_holds() -> None:
     assert not problems, "Dockerfile COPY sources missing from the build context:\n" + "\n".join(
         problems
     )
+
+
+# --- 6. the task roles name what the topology declares and the code does -----------------
+
+
+def hcl_block(text: str, opening: str) -> str:
+    """The text between `opening`'s `{` and its matching `}` (no braces in strings here)."""
+    start = text.index(opening) + len(opening)
+    depth = 1
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return text[start:end]
+    raise AssertionError(f"unbalanced braces after {opening!r}")
+
+
+def hcl_strings(text: str) -> list[str]:
+    return [json.loads(s) for s in re.findall(r"\"(?:[^\"\\]|\\.)*\"", text)]
+
+
+def terraform_services() -> dict[str, dict[str, Any]]:
+    """services.tf's `services`: per service its queue, the role lists (sends, reads,
+    lists) and its S3 grants as (bucket, keys, actions)."""
+    block = hcl_block(terraform_text("services.tf"), "services = {")
+    services: dict[str, dict[str, Any]] = {}
+    for name in re.findall(r"^    (\w+) = \{", block, re.M):
+        body = hcl_block(block, f"    {name} = {{")
+        queue = re.search(r'queue\s*=\s*"(\w+)"', body)
+        assert queue, f"services.tf: {name} consumes no queue"
+        entry: dict[str, Any] = {"queue": queue[1]}
+        for field_name in ("sends", "reads", "lists"):
+            found = re.search(rf"\b{field_name}\s*=\s*\[([^\]]*)\]", body)
+            assert found, f"services.tf: {name} has no {field_name} list"
+            entry[field_name] = hcl_strings(found[1])
+        entry["s3"] = [
+            (bucket, keys, hcl_strings(actions))
+            for bucket, keys, actions in re.findall(
+                r'\{\s*bucket\s*=\s*"(\w+)",\s*keys\s*=\s*"([^"]*)",\s*actions\s*=\s*\[([^\]]*)\]',
+                body,
+            )
+        ]
+        services[name] = entry
+    return services
+
+
+def test_task_roles_name_only_declared_queues_and_buckets() -> None:
+    topology = json.loads(
+        (ROOT / "libs" / "common" / "src" / "ingest_common" / "topology.json").read_text()
+    )
+    queues, buckets = set(topology["queues"]), set(topology["buckets"])
+    services = terraform_services()
+    assert set(services) == set(SERVICES), f"services.tf grants {sorted(services)}"
+    for name, svc in services.items():
+        assert svc["queue"] in queues, f"services.tf: {name} consumes unknown {svc['queue']}"
+        for field_name in ("sends", "reads"):
+            unknown = set(svc[field_name]) - queues
+            assert not unknown, f"services.tf: {name}.{field_name} names no queue: {unknown}"
+        unknown = set(svc["lists"]) - buckets
+        assert not unknown, f"services.tf: {name}.lists names no bucket: {unknown}"
+        for bucket, keys, actions in svc["s3"]:
+            assert bucket in buckets, f"services.tf: {name} grants on unknown bucket {bucket}"
+            assert keys, f"services.tf: {name}: an object grant needs keys (ListBucket: lists)"
+            assert all(a.startswith("s3:") and a != "s3:ListBucket" for a in actions), actions
+
+
+def test_every_consumer_may_send_to_its_own_queue_and_dead_letter_queue() -> None:
+    """An outage hands a message back by sending it again; invalid ones go to the DLQ."""
+    policies = hcl_block(terraform_text("services.tf"), "task_policies = {")
+    statement = re.search(r'Sid\s*=\s*"Send"(.*?)\}\s*,', policies, re.S)
+    assert statement, "services.tf: no Send statement"
+    assert "local.queue_arns[svc.queue]" in statement[1], "services.tf: consumers cannot re-send"
+    assert "local.dead_letter_arns[svc.queue]" in statement[1], "services.tf: no send to the DLQ"
+
+
+def test_the_batcher_may_delete_what_the_garbage_sweep_deletes() -> None:
+    """The batcher hosts the sweep (ingest_common.garbage): what it deletes and lists."""
+    from ingest_common.garbage import RENDITIONS_ROOT
+
+    batcher = terraform_services()["batcher"]
+    deletes = {(b, k) for b, k, actions in batcher["s3"] if "s3:DeleteObject" in actions}
+    assert deletes == {
+        ("previews", RENDITIONS_ROOT + "*"),
+        ("previews", "previews/families/*"),
+        ("uploads", "originals/*"),
+    }
+    assert set(batcher["lists"]) == {"uploads", "previews"}
+    tagging = {k for b, k, actions in batcher["s3"] if "s3:PutObjectTagging" in actions}
+    assert tagging == {"uploads/*"}

@@ -7,8 +7,10 @@ import re
 from importlib import resources
 from pathlib import Path
 
+import pytest
+from ingest_common.garbage import REJECTED_TAG_KEY, REJECTED_TAG_VALUE
 from ingest_common.settings import IngestSettings
-from ingest_common.topology import dead_letter_queue, load_topology
+from ingest_common.topology import LifecycleRule, dead_letter_queue, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "deploy" / "terraform"
@@ -51,3 +53,35 @@ def test_every_service_queue_has_a_topology_entry() -> None:
         settings.preview_queue,
         settings.index_queue,
     }
+
+
+def test_lifecycle_rules_expire_rejected_uploads_and_abort_stale_multipart_uploads() -> None:
+    settings = IngestSettings()
+    buckets = {b.role: b for b in load_topology(settings).buckets}
+    rules = {role: {r.id: r for r in b.lifecycle} for role, b in buckets.items()}
+
+    rejected = rules["uploads"]["expire-rejected-uploads"]
+    assert (rejected.prefix, rejected.expiration_days) == ("uploads/", 30)
+    # The tag the rule expires is the one the batcher puts on a rejected ZIP.
+    assert rejected.tags == ((REJECTED_TAG_KEY, REJECTED_TAG_VALUE),)
+    for role in ("uploads", "previews"):
+        abort = rules[role]["abort-incomplete-multipart-uploads"]
+        assert (abort.prefix, abort.tags, abort.abort_incomplete_multipart_days) == ("", (), 7)
+
+
+def test_a_lifecycle_rule_s3_would_refuse_fails_on_loading() -> None:
+    with pytest.raises(ValueError, match="no action"):
+        LifecycleRule("r", "", (), None, None)
+    with pytest.raises(ValueError, match="prefix only"):
+        LifecycleRule("r", "", (("k", "v"),), None, 7)
+
+
+def test_terraform_takes_the_lifecycle_rules_from_the_file() -> None:
+    """topology.tf reads each bucket's "lifecycle"; s3.tf repeats no number of it."""
+    topology = (TERRAFORM / "topology.tf").read_text()
+    assert re.search(r"\bb\.lifecycle\b", topology), "topology.tf must read the lifecycle rules"
+    s3 = (TERRAFORM / "s3.tf").read_text()
+    literal_days = re.findall(r"\b(?:days|days_after_initiation)\s*=\s*\d+", s3)
+    assert not literal_days, f"s3.tf hard-codes {literal_days}: declare it in topology.json"
+    # One lifecycle configuration per bucket: S3 keeps only one, the last put wins.
+    assert len(re.findall(r'resource\s+"aws_s3_bucket_lifecycle_configuration"', s3)) == 1

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
 SQS_BATCH = 10  # SQS's limit for ReceiveMessage and every *Batch call
+S3_READ_TIMEOUT = 15  # seconds without a byte from S3 before a call is retried
 
 
 class Aws:
@@ -47,19 +48,26 @@ class Aws:
 
     async def __aenter__(self) -> Self:
         session = get_session()
-        config = AioConfig(
-            max_pool_connections=max(self.settings.s3_concurrency, self.settings.concurrency) + 4,
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=self.settings.receive_wait_seconds + 10,
-        )
         common: dict[str, Any] = {
             "region_name": self.settings.aws_region,
             "endpoint_url": self.settings.aws_endpoint_url,
-            "config": config,
         }
-        self.s3 = await self._stack.enter_async_context(session.create_client("s3", **common))
-        self.sqs = await self._stack.enter_async_context(session.create_client("sqs", **common))
+        config: dict[str, Any] = {
+            "max_pool_connections": max(self.settings.s3_concurrency, self.settings.concurrency)
+            + 4,
+            "retries": {"max_attempts": 5, "mode": "standard"},
+            "connect_timeout": 5,
+        }
+        # The read timeout is per socket read, not per call: S3 answers within seconds
+        # even mid-download, while an SQS long poll legitimately waits its full 20 s.
+        s3_config = AioConfig(**config, read_timeout=S3_READ_TIMEOUT)
+        sqs_config = AioConfig(**config, read_timeout=self.settings.receive_wait_seconds + 10)
+        self.s3 = await self._stack.enter_async_context(
+            session.create_client("s3", config=s3_config, **common)
+        )
+        self.sqs = await self._stack.enter_async_context(
+            session.create_client("sqs", config=sqs_config, **common)
+        )
         instrument_client(self.s3)
         instrument_client(self.sqs)
         return self
@@ -83,15 +91,27 @@ class Aws:
     ) -> None:
         """Send messages in batches of 10, each carrying the current trace context.
 
-        Each batch is one PRODUCER span `send <queue>`, whose context every message of the
-        batch carries (its creation context, in `traceparent`/`tracestate`).
+        `send_bodies` with each message serialised: batching, spans and errors are there.
+        """
+        await self.send_bodies(
+            queue, [message.model_dump_json() for message in messages], delay_seconds=delay_seconds
+        )
+
+    async def send_bodies(
+        self, queue: str, bodies: Sequence[str], *, delay_seconds: int = 0
+    ) -> None:
+        """Send message bodies, already serialised, in batches of 10 with the trace context.
+
+        For bodies that are not our messages, such as an S3 event re-announced by the
+        reconciliation. Each batch is one PRODUCER span `send <queue>`, whose context every
+        message of the batch carries (its creation context, in `traceparent`/`tracestate`).
 
         Raises RetryableError if any entry of a batch is refused, so the caller's own
         message is redelivered and the (idempotent) sends are repeated.
         """
         url = await self.queue_url(queue)
-        for start in range(0, len(messages), SQS_BATCH):
-            chunk = messages[start : start + SQS_BATCH]
+        for start in range(0, len(bodies), SQS_BATCH):
+            chunk = bodies[start : start + SQS_BATCH]
             with tracer().start_as_current_span(
                 f"send {queue}",
                 kind=SpanKind.PRODUCER,
@@ -107,11 +127,11 @@ class Aws:
                 entries: list[Any] = [
                     {
                         "Id": str(i),
-                        "MessageBody": message.model_dump_json(),
+                        "MessageBody": body,
                         "MessageAttributes": attributes,
                         "DelaySeconds": delay_seconds,
                     }
-                    for i, message in enumerate(chunk)
+                    for i, body in enumerate(chunk)
                 ]
                 try:
                     response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
@@ -120,8 +140,11 @@ class Aws:
                 if failed := response.get("Failed"):
                     raise RetryableError(f"{len(failed)} messages refused by {queue}: {failed[0]}")
 
-    async def send_raw(self, queue: str, body: str, attributes: dict[str, Any]) -> None:
-        """Send one message as is (a dead letter keeps its original trace attributes)."""
+    async def send_raw(
+        self, queue: str, body: str, attributes: dict[str, Any], *, delay_seconds: int = 0
+    ) -> None:
+        """Send one message as is: a dead letter, or a message handed back during an outage,
+        keeps its original attributes (and so its trace context)."""
         if len(attributes) > SQS_MAX_ATTRIBUTES:
             raise ValueError(f"{len(attributes)} message attributes, SQS allows 10")
         url = await self.queue_url(queue)
@@ -131,7 +154,10 @@ class Aws:
             attributes=messaging_attributes(queue, "send", "SendMessage"),
         ):
             await self.sqs.send_message(
-                QueueUrl=url, MessageBody=body, MessageAttributes=attributes
+                QueueUrl=url,
+                MessageBody=body,
+                MessageAttributes=attributes,
+                DelaySeconds=delay_seconds,
             )
 
     async def change_visibility(

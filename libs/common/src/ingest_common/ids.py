@@ -20,8 +20,10 @@ def product_id(upload: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"product:{upload}")
 
 
-def image_id(product: uuid.UUID, path: str) -> uuid.UUID:
-    return uuid.uuid5(_NAMESPACE, f"image:{product}/{path}")
+def image_id(product: uuid.UUID, upload: uuid.UUID, content_hash: str) -> uuid.UUID:
+    """One image of a product, as the version `upload` added it (its content names it: a
+    later version that keeps the content keeps the image)."""
+    return uuid.uuid5(_NAMESPACE, f"image:{product}/{upload}/{content_hash}")
 
 
 def family_id(slug: str) -> uuid.UUID:

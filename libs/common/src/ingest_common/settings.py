@@ -8,8 +8,13 @@ same container runs against RDS/AWS or the local PostgreSQL/moto without wrapper
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import sys
+from typing import Self, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_VISIBILITY = 12 * 60 * 60  # SQS's ceiling for a visibility timeout, seconds
 
 
 class IngestSettings(BaseSettings):
@@ -56,6 +61,9 @@ class IngestSettings(BaseSettings):
     db_pool_min: int = Field(1, ge=0, description="connections kept open per process")
     db_pool_max: int = Field(10, ge=1, description="most connections per process")
     db_command_timeout: float = Field(30.0, gt=0, description="seconds per SQL statement")
+    db_connect_timeout: float = Field(
+        10.0, gt=0, description="seconds to open a PostgreSQL connection"
+    )
 
     # --- the consumer runtime (each service reads its own queue) --------------------------
     concurrency: int = Field(10, ge=1, description="messages handled at once per process")
@@ -75,6 +83,27 @@ class IngestSettings(BaseSettings):
     )
     s3_concurrency: int = Field(16, ge=1, description="S3 requests at once per process")
 
+    garbage_delay: float = Field(
+        3600.0,
+        ge=0,
+        description="seconds an object nothing refers to any more is kept before it is deleted"
+        " (pages and caches may still point at it)",
+    )
+
+    # --- riding out outages (see ingest_common.runtime.dependencies) ----------------------
+    dependency_check_interval: float = Field(
+        10.0, gt=0, description="seconds between checks that PostgreSQL and AWS answer"
+    )
+    outage_probe_interval: float = Field(
+        2.0, gt=0, description="seconds between checks while one of them does not"
+    )
+    probe_timeout: float = Field(
+        5.0, gt=0, description="seconds a check may take before its dependency counts as down"
+    )
+    outage_requeue_delay: int = Field(
+        5, ge=0, le=900, description="seconds a message handed back during an outage stays hidden"
+    )
+
     # --- health ---------------------------------------------------------------------------
     health_host: str = Field("0.0.0.0", description="address of /healthz and /readyz")
     health_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
@@ -84,3 +113,80 @@ class IngestSettings(BaseSettings):
         "console", pattern="^(json|console)$", description="json: one event per line"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    # --- settings that only work together -------------------------------------------------
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if problems := self.conflicts():
+            raise ValueError("\n".join(problems))
+        return self
+
+    def conflicts(self) -> list[str]:
+        """Combinations that cannot work, in words naming the variables; subclasses add theirs."""
+        problems = []
+        if self.heartbeat_interval * 2 > self.visibility_timeout:
+            problems.append(
+                f"{self.env('heartbeat_interval')} ({self.heartbeat_interval:g} s) must be at most"
+                f" half of {self.env('visibility_timeout')} ({self.visibility_timeout} s), so a"
+                " message in work is extended well before it would reappear"
+            )
+        if self.drain_timeout >= self.visibility_timeout:
+            problems.append(
+                f"{self.env('drain_timeout')} ({self.drain_timeout:g} s) must be shorter than"
+                f" {self.env('visibility_timeout')} ({self.visibility_timeout} s)"
+            )
+        if self.retry_base_delay > self.retry_max_delay:
+            problems.append(
+                f"{self.env('retry_base_delay')} ({self.retry_base_delay:g} s) must not exceed"
+                f" {self.env('retry_max_delay')} ({self.retry_max_delay:g} s)"
+            )
+        if self.retry_max_delay > MAX_VISIBILITY:
+            problems.append(
+                f"{self.env('retry_max_delay')} ({self.retry_max_delay:g} s) is longer than SQS"
+                f" can hide a message ({MAX_VISIBILITY} s)"
+            )
+        if self.db_pool_min > self.db_pool_max:
+            problems.append(
+                f"{self.env('db_pool_min')} ({self.db_pool_min}) must not exceed"
+                f" {self.env('db_pool_max')} ({self.db_pool_max})"
+            )
+        if self.probe_timeout >= self.dependency_check_interval:
+            problems.append(
+                f"{self.env('probe_timeout')} ({self.probe_timeout:g} s) must be shorter than"
+                f" {self.env('dependency_check_interval')} ({self.dependency_check_interval:g} s)"
+            )
+        return problems
+
+    @classmethod
+    def env(cls, field: str) -> str:
+        """The variable a person sets for ``field`` (the first one looked up)."""
+        return cls.environment_names(field)[0]
+
+
+SettingsT = TypeVar("SettingsT", bound=IngestSettings)
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """The settings from the environment; settings that cannot work end the process at once
+    with exit code 2 and one line per problem, naming the variables, never a traceback."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        service = settings_class.model_fields["service_name"].default
+        print(f"{service}: the settings cannot work:", file=sys.stderr)
+        for line in settings_problems(settings_class, exc):
+            print(f"  - {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings_problems(settings_class: type[IngestSettings], exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"] and isinstance(error["loc"][0], str):
+            field = error["loc"][0]
+            name = settings_class.env(field) if field in settings_class.model_fields else field
+            lines.append(f"{name}={error.get('input')!r}: {message}")
+        else:
+            lines.extend(message.splitlines())
+    return lines

@@ -1,4 +1,5 @@
-"""The AWS topology (buckets, queues with DLQs, S3 → SQS notifications) as data.
+"""The AWS topology (buckets with lifecycle rules, queues with DLQs, S3 → SQS notifications)
+as data.
 
 `topology.json` beside this file is the single declaration; `apply` creates it against
 any AWS-protocol endpoint (idempotently), and deploy/terraform reads the same file.
@@ -41,10 +42,29 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class LifecycleRule:
+    """One S3 lifecycle rule: objects under `prefix` carrying every tag in `tags`."""
+
+    id: str
+    prefix: str
+    tags: tuple[tuple[str, str], ...]
+    expiration_days: int | None
+    abort_incomplete_multipart_days: int | None
+
+    def __post_init__(self) -> None:
+        # What S3 would refuse only when the rule is put: fail on loading the file instead.
+        if self.expiration_days is None and self.abort_incomplete_multipart_days is None:
+            raise ValueError(f"lifecycle rule {self.id!r} has no action")
+        if self.tags and self.abort_incomplete_multipart_days is not None:
+            raise ValueError(f"lifecycle rule {self.id!r}: S3 aborts uploads by prefix only")
+
+
+@dataclass(frozen=True)
 class BucketSpec:
     role: str
     name: str
     notifications: tuple[Notification, ...]
+    lifecycle: tuple[LifecycleRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,10 +112,21 @@ def load_topology(settings: IngestSettings) -> Topology:
                 Notification(n["queue"], tuple(n["events"]), n["prefix"], n.get("suffix", ""))
                 for n in spec["notifications"]
             ),
+            lifecycle=tuple(_lifecycle_rule(r) for r in spec.get("lifecycle", [])),
         )
         for role, spec in raw["buckets"].items()
     )
     return Topology(buckets, queues, raw["dead_letter"]["message_retention"])
+
+
+def _lifecycle_rule(raw: dict[str, Any]) -> LifecycleRule:
+    return LifecycleRule(
+        id=raw["id"],
+        prefix=raw.get("prefix", ""),
+        tags=tuple(sorted(raw.get("tags", {}).items())),
+        expiration_days=raw.get("expiration_days"),
+        abort_incomplete_multipart_days=raw.get("abort_incomplete_multipart_days"),
+    )
 
 
 async def apply_topology(aws: Aws, topology: Topology) -> None:
@@ -104,6 +135,7 @@ async def apply_topology(aws: Aws, topology: Topology) -> None:
         arns[queue.role] = await _ensure_queue(aws, queue, topology.dead_letter_retention)
     for bucket in topology.buckets:
         await _ensure_bucket(aws, bucket.name)
+        await _apply_lifecycle(aws, bucket)
         if bucket.notifications:
             await _allow_s3_to_send(aws, bucket, topology, arns)
             await _notify(aws, bucket, arns)
@@ -150,6 +182,35 @@ async def _ensure_bucket(aws: Aws, name: str) -> None:
     except ClientError as exc:
         if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
+
+
+async def _apply_lifecycle(aws: Aws, bucket: BucketSpec) -> None:
+    """Make the bucket's lifecycle configuration exactly the declared rules (S3 keeps one
+    configuration per bucket: putting it replaces every rule)."""
+    if not bucket.lifecycle:
+        await aws.s3.delete_bucket_lifecycle(Bucket=bucket.name)
+        return
+    rules: list[Any] = []
+    for rule in bucket.lifecycle:
+        tags = [{"Key": key, "Value": value} for key, value in rule.tags]
+        entry: dict[str, Any] = {
+            "ID": rule.id,
+            "Status": "Enabled",
+            # S3's filter: a prefix alone, or a prefix and tags together under "And".
+            "Filter": {"And": {"Prefix": rule.prefix, "Tags": tags}}
+            if tags
+            else {"Prefix": rule.prefix},
+        }
+        if rule.expiration_days is not None:
+            entry["Expiration"] = {"Days": rule.expiration_days}
+        if rule.abort_incomplete_multipart_days is not None:
+            entry["AbortIncompleteMultipartUpload"] = {
+                "DaysAfterInitiation": rule.abort_incomplete_multipart_days
+            }
+        rules.append(entry)
+    await aws.s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket.name, LifecycleConfiguration={"Rules": rules}
+    )
 
 
 async def _allow_s3_to_send(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ingest_common.runtime.service import run_service
+from ingest_common.settings import load_settings
 
 from ingest_batcher.handler import BatchHandler
 from ingest_batcher.settings import BatcherSettings
 
 
 def run() -> None:
-    settings = BatcherSettings()
+    settings = load_settings(BatcherSettings)
     run_service(settings, settings.batch_queue, BatchHandler.open)

@@ -34,3 +34,14 @@ class BatcherSettings(IngestSettings):
     safety_net_delay: int = Field(
         300, ge=0, le=900, description="seconds before the previewer re-checks a set that stalls"
     )
+    # Reconciliation re-announces uploads whose S3 event was lost (ingest_batcher.reconcile).
+    reconcile_interval: float = Field(
+        900.0, ge=0, description="seconds between reconciliations of the uploads bucket; 0: never"
+    )
+    reconcile_grace: float = Field(
+        300.0, ge=0, description="seconds an upload's own S3 event has before it is re-announced"
+    )
+    # The sweeper deletes objects nothing refers to any more (ingest_common.garbage).
+    sweep_interval: float = Field(
+        300.0, ge=0, description="seconds between sweeps of objects nothing refers to; 0: never"
+    )

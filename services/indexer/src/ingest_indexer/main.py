@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ingest_common.runtime.service import run_service
+from ingest_common.settings import load_settings
 
 from ingest_indexer.handler import IndexHandler
 from ingest_indexer.settings import IndexerSettings
 
 
 def run() -> None:
-    settings = IndexerSettings()
+    settings = load_settings(IndexerSettings)
     run_service(settings, settings.index_queue, IndexHandler.open)

@@ -2,12 +2,17 @@
 
 `product_ready`: N random ready images across every set of the family → one mosaic,
 PNG and WebP, under a content-derived key → the family's preview row → q.index.
-The mosaic is rebuilt only if a product of the family completed since it was sampled
-(see migration 0003): a burst of sets in one family, or a redelivered message, reuses it.
+The mosaic is rebuilt only if the family's revision moved since it was sampled (see
+migration 0004): a burst of sets in one family, or a redelivered message, reuses it. The
+mosaic it replaces is discarded after `garbage_delay` (pages may still show it).
 
 `safety_net` (sent delayed by the batcher): if the set is complete, make sure product-
-ready went out; if it is still rendering, look again later; if it stalled past the
-stall timeout, fail the stragglers with a reason, which completes the product.
+ready went out; otherwise look again later, unless the set has made no progress for the
+stall timeout AND no render message is left that could still render its pending images
+(the render queue holds none, in flight or waiting): then its messages were lost or
+dead-lettered, and the stragglers fail with a retryable reason, which completes the
+product. A long queue is never a reason to fail an image; a render that lands later
+brings the image back (`ingest_common.db.completion`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 import structlog
 from ingest_common.db.completion import ProductState, finish_image, product_state
 from ingest_common.db.pool import Connection
+from ingest_common.garbage import discard
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import Resources, ServiceHandler
@@ -45,10 +52,8 @@ SELECT i.id,
 """
 
 
-_COMPLETE_PRODUCTS = """
-SELECT count(*) FROM products WHERE family_id = $1 AND completed_at IS NOT NULL
-"""
-_COVERED = "SELECT complete_products FROM family_previews WHERE family_id = $1"
+_REVISION = "SELECT revision FROM families WHERE id = $1"
+_CURRENT = "SELECT png_key, webp_key, revision FROM family_previews WHERE family_id = $1"
 _LOCK_FAMILY = "SELECT pg_advisory_xact_lock(hashtextextended('mosaic:' || $1::uuid::text, 0))"
 
 
@@ -83,13 +88,14 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         # the mosaic current. The lock lasts until the new mosaic's row commits.
         async with self.db.acquire() as connection, connection.transaction():
             await connection.execute(_LOCK_FAMILY, family)
-            # Counted before sampling: the sample may see more completions than the count
-            # (then a later message rebuilds once more), never fewer.
-            complete = await connection.fetchval(_COMPLETE_PRODUCTS, family)
-            if complete == await connection.fetchval(_COVERED, family):
-                log.info("previewer.mosaic_current", complete_products=complete)
+            # Read before sampling: the sample may see a later revision than this (then a
+            # later message rebuilds once more), never an earlier one.
+            revision = await connection.fetchval(_REVISION, family)
+            current = await connection.fetchrow(_CURRENT, family)
+            if current is not None and current["revision"] == revision:
+                log.info("previewer.mosaic_current", revision=revision)
             else:
-                await self._rebuild(connection, family, complete)
+                await self._rebuild(connection, family, revision, current)
         async with self.db.acquire() as connection:
             await connection.execute(
                 "UPDATE products SET previewed_at = now() WHERE id = $1", message.product_id
@@ -99,13 +105,23 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             [IndexProduct(upload_id=message.upload_id, product_id=message.product_id)],
         )
 
-    async def _rebuild(self, connection: Connection, family: uuid.UUID, complete: int) -> None:
+    async def _rebuild(
+        self,
+        connection: Connection,
+        family: uuid.UUID,
+        revision: int,
+        current: asyncpg.Record | None,
+    ) -> None:
         rows = await connection.fetch(
             _PICK_TILES, family, self.settings.mosaic_images, self.spec.tile
         )
         rows = [row for row in rows if row["key"]]
         if not rows:
+            # Nothing ready in the family any more: no mosaic rather than a stale one.
             log.info("previewer.nothing_ready")
+            if current is not None:
+                await connection.execute("DELETE FROM family_previews WHERE family_id = $1", family)
+                await self._discard(connection, current, keep=())
             return
         tiles = await asyncio.gather(
             *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
@@ -114,7 +130,24 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             "compose mosaic", attributes={"ingest.tiles": len(tiles)}
         ):
             mosaic = await asyncio.to_thread(compose_mosaic, tiles, self.spec)
-        await self._store(connection, family, [row["id"] for row in rows], mosaic, complete)
+        keys = await self._store(connection, family, [row["id"] for row in rows], mosaic, revision)
+        if current is not None:
+            await self._discard(connection, current, keep=keys)
+
+    async def _discard(
+        self, connection: Connection, previous: asyncpg.Record, keep: tuple[str, ...]
+    ) -> None:
+        """The mosaic objects a new one replaced, deleted once pages have moved on."""
+        for key in (previous["png_key"], previous["webp_key"]):
+            if key not in keep:
+                await discard(
+                    connection,
+                    "mosaic",
+                    self.settings.previews_bucket,
+                    key,
+                    reason="superseded mosaic",
+                    delay=self.settings.garbage_delay,
+                )
 
     async def _store(
         self,
@@ -122,8 +155,8 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         family: uuid.UUID,
         images: list[uuid.UUID],
         mosaic: Mosaic,
-        complete_products: int,
-    ) -> None:
+        revision: int,
+    ) -> tuple[str, str]:
         # The key names its content, so CDNs may cache it forever.
         digest = hashlib.sha256(
             b"".join(i.bytes for i in images) + repr(self.spec).encode()
@@ -147,20 +180,21 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         )
         await connection.execute(
             """INSERT INTO family_previews
-                      (family_id, png_key, webp_key, width, height, image_ids, complete_products)
+                      (family_id, png_key, webp_key, width, height, image_ids, revision)
                VALUES ($1, $2, $3, $4, $5, $6, $7)
                ON CONFLICT (family_id) DO UPDATE
                SET png_key = $2, webp_key = $3, width = $4, height = $5, image_ids = $6,
-                   complete_products = $7, updated_at = now()""",
+                   revision = $7, updated_at = now()""",
             family,
             png_key,
             webp_key,
             mosaic.width,
             mosaic.height,
             images,
-            complete_products,
+            revision,
         )
         log.info("previewer.mosaic_stored", key=png_key, tiles=mosaic.tiles)
+        return png_key, webp_key
 
     async def _check_stalled(self, message: PreviewFamily) -> None:
         async with self.db.acquire() as connection:
@@ -168,32 +202,60 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             if state is None:
                 log.warning("previewer.safety_net_no_product")
                 return
-            if not state.complete:
-                created = await connection.fetchval(
-                    "SELECT created_at FROM products WHERE id = $1", message.product_id
-                )
-                waited = (datetime.now(UTC) - created).total_seconds()
-                if waited < self.settings.stall_timeout:
-                    await self._look_again_later(message)
-                    return
-                state = await self._fail_stragglers(message.product_id, waited) or state
+            progressed = await connection.fetchval(
+                "SELECT progressed_at FROM products WHERE id = $1", message.product_id
+            )
+        if not state.complete:
+            idle = (datetime.now(UTC) - progressed).total_seconds()
+            if idle < self.settings.stall_timeout:
+                await self._look_again_later(message, "rendering")
+                return
+            if queued := await self._render_messages_left():
+                # A backlog, or a processor that is down: its messages will still come.
+                await self._look_again_later(message, f"{queued} render messages queued")
+                return
+            state = await self._fail_stragglers(message.product_id, idle) or state
         await notify_product_ready(self.aws, self.db, state)
 
-    async def _look_again_later(self, message: PreviewFamily) -> None:
+    async def _render_messages_left(self) -> int:
+        """Render messages that could still arrive: waiting, in flight, or delayed."""
+        url = await self.aws.queue_url(self.settings.render_queue)
+        response = await self.aws.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )
+        return sum(int(value) for value in response.get("Attributes", {}).values())
+
+    async def _look_again_later(self, message: PreviewFamily, why: str) -> None:
         again = message.model_copy(update={"attempt": message.attempt + 1})
         await self.aws.send(
             self.settings.preview_queue, [again], delay_seconds=self.settings.safety_net_delay
         )
-        log.info("previewer.safety_net_wait", attempt=again.attempt)
+        log.info("previewer.safety_net_wait", attempt=again.attempt, why=why)
 
-    async def _fail_stragglers(self, product: uuid.UUID, waited: float) -> ProductState | None:
-        reason = f"rendering did not finish within {int(waited)} s; please upload it again"
+    async def _fail_stragglers(self, product: uuid.UUID, idle: float) -> ProductState | None:
+        reason = (
+            f"rendering stopped: nothing happened for {int(idle)} s and no render message was"
+            " left for it; it is kept for another try, or upload the set again"
+        )
         async with self.db.acquire() as connection:
             pending = await connection.fetch(
                 "SELECT id FROM images WHERE product_id = $1 AND status = 'pending'", product
             )
             last: ProductState | None = None
             for row in pending:
-                last = await finish_image(connection, row["id"], failure_reason=reason) or last
+                finished = await finish_image(
+                    connection,
+                    row["id"],
+                    renditions_bucket=self.settings.previews_bucket,
+                    failure_reason=reason,
+                    retryable=True,
+                    discard_delay=self.settings.garbage_delay,
+                )
+                last = finished or last
         log.warning("previewer.stragglers_failed", count=len(pending))
         return last

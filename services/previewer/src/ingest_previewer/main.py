@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ingest_common.runtime.service import run_service
+from ingest_common.settings import load_settings
 
 from ingest_previewer.handler import PreviewHandler
 from ingest_previewer.settings import PreviewerSettings
 
 
 def run() -> None:
-    settings = PreviewerSettings()
+    settings = load_settings(PreviewerSettings)
     run_service(settings, settings.preview_queue, PreviewHandler.open)

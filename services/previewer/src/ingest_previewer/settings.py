@@ -26,6 +26,9 @@ class PreviewerSettings(IngestSettings):
     )
 
     stall_timeout: int = Field(
-        900, ge=1, description="seconds after which a set's unrendered images are failed"
+        900,
+        ge=1,
+        description="seconds without progress after which a set's unrendered images are failed,"
+        " if no render message is left that could still render them",
     )
     safety_net_delay: int = Field(300, ge=0, le=900, description="seconds between re-checks")

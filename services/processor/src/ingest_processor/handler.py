@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common.aws import ObjectTooLarge
 from ingest_common.db.completion import ProductState, finish_image, product_state
 from ingest_common.errors import PermanentError, RetryableError
+from ingest_common.garbage import reclaim_renditions
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import Resources, ServiceHandler
@@ -75,21 +76,45 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             image_id=str(message.image_id),
         )
         async with self.db.acquire() as connection:
-            status = await connection.fetchval(
-                "SELECT status::text FROM images WHERE id = $1", message.image_id
+            image = await connection.fetchrow(
+                "SELECT status::text, failure_retryable FROM images WHERE id = $1",
+                message.image_id,
             )
-        if status is None:
+        if image is None:
             raise PermanentError(f"image {message.image_id} does not exist")
-        if status == "pending":
+        if image["status"] == "retired":
+            log.info("processor.image_retired")  # a newer version of its set dropped it
+            return
+        reviving = image["status"] == "failed" and image["failure_retryable"]
+        if reviving:
+            # Its failure discarded its renditions: withdraw that before storing new ones,
+            # so a sweep under way cannot delete what this render is about to put.
+            async with self.db.acquire() as connection:
+                await reclaim_renditions(
+                    connection, self.settings.previews_bucket, message.image_id
+                )
+        if image["status"] == "pending" or reviving:
             # The state our own finish saw: only the image that completed the product sends
             # product-ready. Reading the product afresh here would let the handler of an image
             # finished a moment earlier send it too, once a concurrent image completes it.
+            # A retryable failure (dead-lettered, lost) comes back to life here.
             state = await self._render(message)
         else:
             # A redelivery: if product-ready was never sent (a crash after the last image
             # finished), send it now.
             async with self.db.acquire() as connection:
                 state = await product_state(connection, message.product_id)
+        if state is not None:
+            await notify_product_ready(self.aws, self.db, state)
+
+    async def gave_up(self, message: RenderImage, reason: str) -> None:
+        """The message failed its last try and goes to the DLQ: the image fails, for now."""
+        state = await self._fail(
+            message,
+            f"could not be rendered ({reason}); it is kept for another try, no need to upload"
+            " it again",
+            retryable=True,
+        )
         if state is not None:
             await notify_product_ready(self.aws, self.db, state)
 
@@ -117,6 +142,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             state = await finish_image(
                 connection,
                 message.image_id,
+                renditions_bucket=self.settings.previews_bucket,
                 width=result.source_width,
                 height=result.source_height,
                 renditions=renditions,
@@ -158,7 +184,16 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                 first_of_width.add(rendition.width)
         return result
 
-    async def _fail(self, message: RenderImage, reason: str) -> ProductState | None:
+    async def _fail(
+        self, message: RenderImage, reason: str, *, retryable: bool = False
+    ) -> ProductState | None:
         log.warning("processor.image_failed", reason=reason)
         async with self.db.acquire() as connection:
-            return await finish_image(connection, message.image_id, failure_reason=reason)
+            return await finish_image(
+                connection,
+                message.image_id,
+                renditions_bucket=self.settings.previews_bucket,
+                failure_reason=reason,
+                retryable=retryable,
+                discard_delay=self.settings.garbage_delay,
+            )

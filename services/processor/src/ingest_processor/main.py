@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ingest_common.runtime.service import run_service
+from ingest_common.settings import load_settings
 
 from ingest_processor.handler import RenderHandler
 from ingest_processor.settings import ProcessorSettings
 
 
 def run() -> None:
-    settings = ProcessorSettings()
+    settings = load_settings(ProcessorSettings)
     run_service(settings, settings.render_queue, RenderHandler.open)

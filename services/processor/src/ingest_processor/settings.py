@@ -61,3 +61,13 @@ class ProcessorSettings(IngestSettings):
     cache_control: str = Field(
         "public, max-age=31536000, immutable", description="Cache-Control of renditions"
     )
+
+    def conflicts(self) -> list[str]:
+        problems = super().conflicts()
+        if self.render_timeout >= self.handler_timeout:
+            problems.append(
+                f"{self.env('render_timeout')} ({self.render_timeout:g} s) must be shorter than"
+                f" {self.env('handler_timeout')} ({self.handler_timeout:g} s), which also covers"
+                " reading the original and storing the renditions"
+            )
+        return problems

@@ -87,14 +87,33 @@ async def cmd_search(args: argparse.Namespace, settings: CliSettings) -> int:
 
 
 async def cmd_dlq(args: argparse.Namespace, settings: CliSettings) -> int:
-    from ingest_cli.dlq import format_dead_letter, list_dead_letters, queue_pair, redrive
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    async with Aws(settings) as aws:
-        if args.action == "redrive":
-            moved = await redrive(aws, args.queue, args.limit)
-            print(f"redrove {moved} message(s) to {queue_pair(args.queue)[0]}")
-            return 0
-        letters = await list_dead_letters(aws, args.queue, args.limit)
+    from ingest_cli.dlq import (
+        UnknownQueue,
+        describe_error,
+        format_dead_letter,
+        list_dead_letters,
+        redrive,
+    )
+
+    if args.limit is not None and args.limit < 0:
+        print(f"--limit must be 0 or more, not {args.limit}", file=sys.stderr)
+        return 2
+    try:
+        async with Aws(settings) as aws:
+            if args.action == "redrive":
+                report = await redrive(aws, args.queue, args.limit)
+                print(report)
+                # 0 when everything that was there moved: what came later is the next run's.
+                return 0 if report.complete else 1
+            letters = await list_dead_letters(aws, args.queue, args.limit)
+    except UnknownQueue as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (BotoCoreError, ClientError) as exc:
+        print(f"ingest dlq {args.action} {args.queue}: {describe_error(exc)}", file=sys.stderr)
+        return 1
     for letter in letters:
         print(format_dead_letter(letter))
     print(f"{len(letters)} message(s) in the dead-letter queue of {args.queue}", file=sys.stderr)
@@ -148,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = commands.add_parser("dlq", help="list or replay a queue's dead letters")
     dlq.add_argument("action", choices=["list", "redrive"])
     dlq.add_argument("queue", help="a queue (ingest-render) or its DLQ (ingest-render-dlq)")
-    dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument("--limit", type=int, default=None, help="most to list or move (default all)")
     dlq.set_defaults(run=cmd_dlq)
     trace = commands.add_parser("trace", help="an upload's span tree, from collected spans")
     trace.add_argument("upload_id", help="an upload id (or a trace id)")
@@ -157,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--depth", type=int, default=None, help="levels to show (default all)")
     trace.set_defaults(run=cmd_trace)
     from ingest_cli.backfill import add_backfill_command
+    from ingest_cli.reconcile import add_reconcile_command
 
     add_backfill_command(commands)
+    add_reconcile_command(commands)
     demo = commands.add_parser("demo", help="run the whole pipeline locally on a sample set")
     demo.add_argument("--set", default=str(default_sample()), help="the set folder to upload")
     demo.add_argument("--output", default="demo-output", help="where to save the mosaic and logs")

@@ -18,13 +18,17 @@ class UploadStatus:
 
     @property
     def finished(self) -> bool:
-        if self.upload["status"] in ("rejected", "failed"):
+        if self.upload["status"] in ("rejected", "failed", "superseded"):
             return True
-        if not self.product:
+        if not self.product or not self.product["completed_at"]:
             return False
-        indexed, previewed = self.product["indexed_at"], self.product["previewed_at"]
-        # Done when the index holds the product as it is after its mosaic was built.
-        return bool(indexed and previewed and indexed >= previewed)
+        product = self.product
+        indexed, previewed = product["indexed_at"], product["previewed_at"]
+        # Done when the mosaic was built after the last change to its images, and the
+        # index holds the product as it is after that.
+        return bool(
+            indexed and previewed and previewed >= product["progressed_at"] and indexed >= previewed
+        )
 
 
 async def load_status(connection: Connection, upload: uuid.UUID) -> UploadStatus | None:
@@ -36,8 +40,8 @@ async def load_status(connection: Connection, upload: uuid.UUID) -> UploadStatus
     product = await connection.fetchrow(
         """SELECT p.*, p.status::text AS status, p.product_type::text AS product_type,
                   f.slug AS family, f.name AS family_name
-             FROM products p JOIN families f ON f.id = p.family_id WHERE p.upload_id = $1""",
-        upload,
+             FROM products p JOIN families f ON f.id = p.family_id WHERE p.id = $1""",
+        row["product_id"],
     )
     images = []
     if product is not None:
@@ -46,7 +50,8 @@ async def load_status(connection: Connection, upload: uuid.UUID) -> UploadStatus
             for r in await connection.fetch(
                 """SELECT id, path, title, status::text AS status, failure_reason, width, height,
                           renditions, finished_at
-                     FROM images WHERE product_id = $1 ORDER BY position""",
+                     FROM images WHERE product_id = $1 AND status <> 'retired'
+                    ORDER BY position""",
                 product["id"],
             )
         ]
@@ -62,6 +67,14 @@ def format_status(status: UploadStatus) -> str:
     ]
     if upload["error"]:
         lines.append(f"refused  {upload['error']}")
+    if upload["duplicate_of"]:
+        lines.append(
+            f"repeat   the same archive as upload {upload['duplicate_of']}: nothing new to do"
+        )
+    if upload["replaced_by"]:
+        lines.append(f"replaced by the newer version in upload {upload['replaced_by']}")
+    elif upload["status"] == "superseded":
+        lines.append("replaced by a newer upload to the same key before it was processed")
     if product:
         lines.append(
             f"product  {product['id']}  {product['title']!r} ({product['product_type']}, "

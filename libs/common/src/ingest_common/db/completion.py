@@ -1,8 +1,16 @@
 """How an image's outcome is recorded and a product's completion detected.
 
-Each image is finished at most once (a conditional update from `pending`), and the
+An image moves from `pending` to `ready` or `failed` once (a conditional update), and its
 product's counters move in the same transaction, so exactly one caller sees the product
 complete, duplicates change nothing, and nobody has to poll or wait a fixed time.
+
+A failure that is not about the file (`retryable`: its message was dead-lettered or lost)
+is not final: a render that completes later — a redriven message, a late delivery, the
+set sent again — brings the image back, and its product's counters, state, mosaic and
+index follow. Whenever a complete product's ready images change, its family's revision
+moves (the previewer rebuilds the mosaic) and it is owed a new product-ready
+(`ready_notified_at` is cleared). A render that lands on an image retired meanwhile (a
+newer version of the set dropped it) changes nothing, and its objects are discarded.
 """
 
 from __future__ import annotations
@@ -14,73 +22,121 @@ from typing import Any
 import asyncpg
 
 from ingest_common.db.pool import Connection
+from ingest_common.garbage import discard_renditions
 
 
 @dataclass(frozen=True)
 class ProductState:
     product_id: uuid.UUID
-    upload_id: uuid.UUID
+    upload_id: uuid.UUID  # the version being shown: its trace and logs carry on
     family_id: uuid.UUID
     complete: bool
     notified: bool
 
 
+# Pending images, and failed ones whose failure was not about the file, may (still) finish.
 _FINISH_IMAGE = """
-UPDATE images
-   SET status = $2, failure_reason = $3, width = $4, height = $5, renditions = $6,
+WITH target AS (
+    SELECT id, status AS was FROM images
+     WHERE id = $1 AND (status = 'pending' OR (status = 'failed' AND failure_retryable))
+       FOR UPDATE
+)
+UPDATE images i
+   SET status = $2, failure_reason = $3, failure_retryable = $4,
+       width = coalesce($5, i.width), height = coalesce($6, i.height), renditions = $7,
        finished_at = now()
- WHERE id = $1 AND status = 'pending'
-RETURNING product_id
+  FROM target
+ WHERE i.id = target.id
+RETURNING i.product_id, target.was::text AS was
 """
 
 _COUNT = """
 UPDATE products
    SET images_ready = images_ready + $2,
        images_failed = images_failed + $3,
-       completed_at = CASE WHEN images_ready + images_failed + 1 = image_count
-                           THEN now() ELSE completed_at END,
-       status = CASE WHEN images_ready + images_failed + 1 < image_count THEN status
-                     WHEN images_ready + $2 > 0 THEN 'ready'::product_status
-                     ELSE 'failed'::product_status END
+       progressed_at = now(),
+       completed_at = CASE WHEN images_ready + $2 + images_failed + $3 = image_count
+                           THEN coalesce(completed_at, now()) END,
+       status = CASE WHEN images_ready + $2 + images_failed + $3 < image_count THEN 'processing'
+                     WHEN images_ready + $2 > 0 THEN 'ready'
+                     ELSE 'failed' END::product_status,
+       ready_notified_at = NULL
  WHERE id = $1
-RETURNING id, upload_id, family_id, status, completed_at IS NOT NULL AS complete,
-          ready_notified_at IS NOT NULL AS notified
+RETURNING id, current_upload_id, family_id, status::text AS status,
+          completed_at IS NOT NULL AS complete, false AS notified
 """
 
 _UPLOAD_DONE = """
 UPDATE uploads SET status = $2::text::upload_status, updated_at = now() WHERE id = $1
 """
+_FAMILY_CHANGED = "UPDATE families SET revision = revision + 1 WHERE id = $1"
 
 
 async def finish_image(
     connection: Connection,
     image_id: uuid.UUID,
     *,
+    renditions_bucket: str,
     failure_reason: str | None = None,
+    retryable: bool = False,
     width: int | None = None,
     height: int | None = None,
     renditions: list[dict[str, Any]] | None = None,
+    discard_delay: float = 0.0,
 ) -> ProductState | None:
-    """Mark one pending image ready (no reason) or failed; None if it was not pending."""
+    """Record one image's outcome: ready (no reason) or failed; None if it cannot change.
+
+    A failure discards whatever renditions an earlier attempt may have stored (kept if the
+    image is ready again when the sweeper comes); so does a render for a retired image.
+    """
     status = "failed" if failure_reason else "ready"
     async with connection.transaction():
-        product = await connection.fetchval(
-            _FINISH_IMAGE, image_id, status, failure_reason, width, height, renditions or []
-        )
-        if product is None:
-            return None
         row = await connection.fetchrow(
-            _COUNT, product, int(status == "ready"), int(status == "failed")
+            _FINISH_IMAGE,
+            image_id,
+            status,
+            failure_reason,
+            retryable and status == "failed",
+            width,
+            height,
+            renditions or [],
         )
-        assert row is not None, "an image always has its product"
-        if row["complete"]:
-            await connection.execute(_UPLOAD_DONE, row["upload_id"], row["status"])
-        return _state(row)
+        if row is None:
+            if renditions and await _retired(connection, image_id):
+                await discard_renditions(
+                    connection,
+                    renditions_bucket,
+                    image_id,
+                    reason="rendered after its set's new version retired it",
+                )
+            return None
+        if status == "failed":
+            await discard_renditions(
+                connection,
+                renditions_bucket,
+                image_id,
+                reason=f"image failed: {failure_reason}",
+                delay=discard_delay,
+            )
+        was = row["was"]
+        ready_delta = int(status == "ready") - int(was == "ready")
+        failed_delta = int(status == "failed") - int(was == "failed")
+        product = await connection.fetchrow(_COUNT, row["product_id"], ready_delta, failed_delta)
+        assert product is not None, "an image always has its product"
+        if product["complete"]:
+            await connection.execute(_UPLOAD_DONE, product["current_upload_id"], product["status"])
+            await connection.execute(_FAMILY_CHANGED, product["family_id"])
+        return _state(product)
+
+
+async def _retired(connection: Connection, image_id: uuid.UUID) -> bool:
+    status = await connection.fetchval("SELECT status::text FROM images WHERE id = $1", image_id)
+    return bool(status == "retired")
 
 
 async def product_state(connection: Connection, product: uuid.UUID) -> ProductState | None:
     row = await connection.fetchrow(
-        """SELECT id, upload_id, family_id, completed_at IS NOT NULL AS complete,
+        """SELECT id, current_upload_id, family_id, completed_at IS NOT NULL AS complete,
                   ready_notified_at IS NOT NULL AS notified
              FROM products WHERE id = $1""",
         product,
@@ -98,7 +154,7 @@ async def mark_notified(connection: Connection, product: uuid.UUID) -> None:
 def _state(row: asyncpg.Record) -> ProductState:
     return ProductState(
         product_id=row["id"],
-        upload_id=row["upload_id"],
+        upload_id=row["current_upload_id"],
         family_id=row["family_id"],
         complete=row["complete"],
         notified=row["notified"],

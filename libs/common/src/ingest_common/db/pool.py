@@ -24,6 +24,7 @@ async def create_pool(settings: IngestSettings) -> asyncpg.Pool:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
+        timeout=settings.db_connect_timeout,
         init=init_connection,
     )
     assert pool is not None

@@ -5,11 +5,18 @@
   invisible while they work, so slow work is not delivered twice.
 - Success: the message is deleted, in batches of up to 10. Nothing else deletes a
   message, except moving a poison pill or a permanent failure to the dead-letter queue.
-- RetryableError or any unexpected error: the message stays and comes back after an
-  exponential backoff (its visibility timeout is set to the delay); after the queue's
-  maxReceiveCount SQS itself moves it to the DLQ.
-- SIGTERM: stop receiving, let in-flight handlers finish up to `drain_timeout`, cancel the
-  rest and make their messages visible again at once, flush the deletes, return.
+- RetryableError or any unexpected error: first, is it an outage? If a dependency check
+  (`ingest_common.runtime.dependencies`) confirms that PostgreSQL, SQS or S3 is down, the
+  message is handed back as a fresh copy, delayed a few seconds, so the outage costs it
+  none of its tries, and the consumer stops receiving until every dependency answers.
+  Otherwise the message stays and comes back after an exponential backoff (its visibility
+  timeout is set to the delay). On its last try (the queue's maxReceiveCount) it is moved
+  to the DLQ here, with the reason, after the handler's `gave_up` has recorded it.
+- SIGTERM: stop receiving (a long poll in progress is cut short after a second), let
+  in-flight handlers finish up to `drain_timeout`, cancel the rest and make their messages
+  visible again at once, flush the deletes, return.
+- Liveness: the event loop ticks every second and the consumer's own loops must stay
+  alive; one that dies stops the consumer, which then raises `ConsumerCrashed`.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from ingest_common.aws import SQS_BATCH, Aws
+from ingest_common.dead_letters import dead_letter_attributes, original_attributes
 from ingest_common.errors import InvalidMessage, PermanentError, RetryableError
+from ingest_common.runtime.dependencies import Dependencies
 from ingest_common.runtime.health import Health
-from ingest_common.settings import IngestSettings
+from ingest_common.settings import MAX_VISIBILITY, IngestSettings
 from ingest_common.telemetry import metrics
 from ingest_common.telemetry.tracing import (
     carrier_from_sqs,
@@ -40,12 +49,13 @@ from ingest_common.telemetry.tracing import (
     messaging_attributes,
     tracer,
 )
-from ingest_common.topology import dead_letter_queue
+from ingest_common.topology import dead_letter_queue, load_topology
 
 M = TypeVar("M")
 log = structlog.get_logger("ingest.consumer")
 
-MAX_VISIBILITY = 12 * 60 * 60  # SQS's ceiling for a visibility timeout
+STOP_POLL_GRACE = 1.0  # seconds a long poll in progress may still return after SIGTERM
+SHUTDOWN_DELETE_WAIT = 10.0  # seconds to flush deletes on the way out
 
 
 @dataclass
@@ -76,6 +86,11 @@ class Delivery:
 
 Parse = Callable[[str], M]
 Handle = Callable[[M, Delivery], Awaitable[None]]
+GaveUp = Callable[[M, str], Awaitable[None]]  # the message failed its last try: record why
+
+
+class ConsumerCrashed(RuntimeError):
+    """One of the consumer's own loops died: the process should exit and be restarted."""
 
 
 def backoff_delay(receive_count: int, base: float, ceiling: float) -> int:
@@ -93,6 +108,9 @@ class Consumer(Generic[M]):
         parse: Parse[M],
         handle: Handle[M],
         health: Health,
+        dependencies: Dependencies,
+        *,
+        gave_up: GaveUp[M] | None = None,
     ) -> None:
         self.settings = settings
         self.aws = aws
@@ -100,6 +118,10 @@ class Consumer(Generic[M]):
         self.parse = parse
         self.handle = handle
         self.health = health
+        self.dependencies = dependencies
+        self.gave_up = gave_up
+        self.max_receive_count = _max_receive_count(settings, queue)
+        health.dependencies = dependencies.snapshot
         self._free = settings.concurrency
         self._room = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
@@ -121,37 +143,78 @@ class Consumer(Generic[M]):
             self._room.set()
 
     async def run(self) -> None:
-        self._url = await self.aws.queue_url(self.queue)
+        self._url = await self._queue_url()
+        if self._stopping.is_set():
+            return
         self.health.ready = True
         metrics.watch_queue_age(self.queue, self.oldest_message_age)
         log.info("consumer.started", queue=self.queue, concurrency=self.settings.concurrency)
-        deleter = asyncio.create_task(self._delete_loop(), name="deleter")
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
-        poller = asyncio.create_task(self._poll_loop(), name="poller")
+        loops = {
+            "poller": asyncio.create_task(self._poll_loop(), name="poller"),
+            "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            "deleter": asyncio.create_task(self._delete_loop(), name="deleter"),
+            "dependency checks": asyncio.create_task(self.dependencies.run(), name="checks"),
+            "ticker": asyncio.create_task(self._tick_loop(), name="ticker"),
+        }
+        self.health.loops = loops
+        stop = asyncio.create_task(self._stopping.wait())
+        dead: list[str] = []
         try:
-            await self._stopping.wait()
-            # Let a long poll in progress return rather than cancel it: SQS would hand the
-            # messages of a cancelled poll to nobody until their visibility timeout ends.
-            await asyncio.wait([poller], timeout=self.settings.receive_wait_seconds + 10)
+            await asyncio.wait([stop, *loops.values()], return_when=asyncio.FIRST_COMPLETED)
+            # The poller returns by itself once told to stop; any other end is a death.
+            dead = [
+                name
+                for name, task in loops.items()
+                if task.done() and (_failed(task) or not self._stopping.is_set())
+            ]
+            for name in dead:
+                error = None if loops[name].cancelled() else loops[name].exception()
+                log.error("consumer.loop_died", loop=name, error=repr(error))
+            self.stop()
+            # A long poll in progress may return what it got; after a second it is cut
+            # short (its messages, if any, reappear after their visibility timeout).
+            await asyncio.wait([loops["poller"]], timeout=STOP_POLL_GRACE)
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            stop.cancel()
+            await _cancel(loops["poller"])
             await self._drain()
-            heartbeat.cancel()
-            await self._deletes.join()
-            deleter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(heartbeat, deleter)
+            await _cancel(loops["heartbeat"])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_DELETE_WAIT):
+                    await self._deletes.join()
+            for name in ("deleter", "dependency checks", "ticker"):
+                await _cancel(loops[name])
             self.health.ready = False
             metrics.unwatch_queue_age(self.queue)
             log.info("consumer.stopped", queue=self.queue)
+        if dead:
+            raise ConsumerCrashed(f"the consumer's {', '.join(dead)} loop died")
+
+    async def _queue_url(self) -> str:
+        """The queue's URL; SQS may not answer yet when the service starts: wait for it."""
+        while True:
+            try:
+                return await self.aws.queue_url(self.queue)
+            except (BotoCoreError, ClientError) as exc:
+                log.warning("consumer.queue_unavailable", queue=self.queue, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.outage_probe_interval):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return ""
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self.health.tick()
+            await asyncio.sleep(1.0)
 
     # --- receiving --------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
         while not self._stopping.is_set():
-            self.health.beat()
+            if not self.dependencies.up:
+                await self._pause()
+                continue
             room = await self._wait_for_room()
             if self._stopping.is_set():
                 break
@@ -168,6 +231,18 @@ class Consumer(Generic[M]):
                 self._in_flight[task] = delivery
                 task.add_done_callback(self._finished)
             self.health.in_flight = len(self._in_flight)
+
+    async def _pause(self) -> None:
+        """Receive nothing while a dependency is down; resume by itself when all answer."""
+        self.health.paused = True
+        started = time.monotonic()
+        log.warning("consumer.paused", queue=self.queue, down=self.dependencies.down())
+        await self.dependencies.wait_up(self._stopping)
+        self.health.paused = False
+        if not self._stopping.is_set():
+            log.warning(
+                "consumer.resumed", queue=self.queue, paused_s=round(time.monotonic() - started, 1)
+            )
 
     async def _wait_for_room(self) -> int:
         """Wait for a free handler slot; never ask SQS for more than we can start."""
@@ -195,10 +270,12 @@ class Consumer(Generic[M]):
                 MessageAttributeNames=["All"],
             )
         except (BotoCoreError, ClientError) as exc:
-            # The endpoint is down or throttling: keep the service alive and try again.
+            # Down (then the poll loop pauses) or throttling: keep the service alive.
             log.warning("consumer.receive_failed", queue=self.queue, error=str(exc))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+            if not await self.dependencies.confirm_outage():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._stopping.wait()
             return []
         messages: list[dict[str, Any]] = [dict(m) for m in response.get("Messages", [])]
         self.health.received += len(messages)
@@ -249,6 +326,7 @@ class Consumer(Generic[M]):
             )
 
     async def _run_handler(self, delivery: Delivery, span: trace.Span) -> str:
+        message: M | None = None
         try:
             message = self._parse(delivery)
             async with asyncio.timeout(self.settings.handler_timeout):
@@ -266,26 +344,52 @@ class Consumer(Generic[M]):
             await asyncio.shield(self._to_dead_letter(delivery, exc.reason))
             return "failed"
         except Exception as exc:
-            self.health.retried += 1
             self._record(span, exc)
-            delay = exc.delay if isinstance(exc, RetryableError) else None
-            if delay is None:
-                delay = backoff_delay(
-                    delivery.receive_count,
-                    self.settings.retry_base_delay,
-                    self.settings.retry_max_delay,
-                )
-            log.warning(
-                "message.retry",
-                error=str(exc) or repr(exc),
-                retry_in=int(delay),
-                exc_info=not isinstance(exc, RetryableError),
-            )
-            await asyncio.shield(self._set_visibility(delivery, int(delay)))
-            return "retry"
+            return await asyncio.shield(self._after_failure(delivery, message, exc))
         self.health.succeeded += 1
         self._deletes.put_nowait(delivery)
         return "ok"
+
+    async def _after_failure(self, delivery: Delivery, message: M | None, exc: Exception) -> str:
+        """An outage hands the message back; its last try dead-letters it; else a backoff."""
+        error = str(exc) or repr(exc)
+        if await self.dependencies.confirm_outage():
+            self.health.handed_back += 1
+            log.warning("message.outage", error=error, down=self.dependencies.down())
+            await self._hand_back(delivery)
+            return "outage"
+        if delivery.receive_count >= self.max_receive_count:
+            self.health.failed += 1
+            reason = f"failed {delivery.receive_count} times; the last time: {error}"
+            log.error(
+                "message.gave_up", reason=reason, exc_info=not isinstance(exc, RetryableError)
+            )
+            if message is not None and self.gave_up is not None:
+                try:
+                    await self.gave_up(message, reason)
+                except Exception as hook_error:
+                    if await self.dependencies.confirm_outage():
+                        await self._hand_back(delivery)
+                        return "outage"
+                    log.exception("message.gave_up_failed", error=str(hook_error))
+            await self._to_dead_letter(delivery, reason)
+            return "failed"
+        self.health.retried += 1
+        delay = exc.delay if isinstance(exc, RetryableError) else None
+        if delay is None:
+            delay = backoff_delay(
+                delivery.receive_count,
+                self.settings.retry_base_delay,
+                self.settings.retry_max_delay,
+            )
+        log.warning(
+            "message.retry",
+            error=error,
+            retry_in=int(delay),
+            exc_info=not isinstance(exc, RetryableError),
+        )
+        await self._set_visibility(delivery, int(delay))
+        return "retry"
 
     def _parse(self, delivery: Delivery) -> M:
         try:
@@ -314,15 +418,33 @@ class Consumer(Generic[M]):
             log.warning("consumer.visibility_failed", error=str(exc))
 
     async def _to_dead_letter(self, delivery: Delivery, reason: str) -> None:
-        attributes = dict(delivery.attributes)
-        attributes["ingest-error"] = {"DataType": "String", "StringValue": reason[:1000]}
-        attributes["ingest-source-queue"] = {"DataType": "String", "StringValue": self.queue}
+        attributes = dead_letter_attributes(delivery.attributes, reason, self.queue)
         try:
             await self.aws.send_raw(dead_letter_queue(self.queue), delivery.body, attributes)
-        except (BotoCoreError, ClientError, ValueError) as exc:
+        except (BotoCoreError, ClientError) as exc:
             # Not deleted: it comes back, and SQS's redrive moves it after maxReceiveCount.
-            # ValueError: the sender used 9 or 10 attributes, no room for our two.
             log.error("consumer.dead_letter_failed", error=str(exc))
+            return
+        self._deletes.put_nowait(delivery)
+
+    async def _hand_back(self, delivery: Delivery) -> None:
+        """During an outage: a fresh copy, delayed, in place of this delivery.
+
+        A copy starts with no receives, so however long the outage, the message keeps every
+        try it had (only SQS itself can reset ApproximateReceiveCount, by a new message).
+        The copy is sent before the original is deleted: at worst there are two, and
+        handlers are idempotent. If SQS is the one that is down, the send fails and the
+        message simply reappears when its visibility timeout ends.
+        """
+        try:
+            await self.aws.send_raw(
+                self.queue,
+                delivery.body,
+                original_attributes(delivery.attributes),
+                delay_seconds=self.settings.outage_requeue_delay,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("consumer.hand_back_failed", error=str(exc))
             return
         self._deletes.put_nowait(delivery)
 
@@ -362,20 +484,28 @@ class Consumer(Generic[M]):
             await self._delete_entries(entries, len(batch))
 
     async def _delete_entries(self, entries: list[Any], count: int) -> None:
-        for attempt in range(5):
+        # A receipt handle is worth retrying until the message would reappear anyway.
+        deadline = time.monotonic() + self.settings.visibility_timeout
+        attempt = 0
+        while True:
             try:
                 response = await self.aws.sqs.delete_message_batch(
                     QueueUrl=self._url, Entries=entries
                 )
             except (BotoCoreError, ClientError) as exc:
-                log.warning("consumer.delete_failed", error=str(exc), attempt=attempt + 1)
-                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+                attempt += 1
+                log.warning("consumer.delete_failed", error=str(exc), attempt=attempt)
+                pause = min(5.0, 0.5 * 2**attempt)
+                if time.monotonic() + pause > deadline:
+                    # Redelivered later: handlers are idempotent, nothing is lost.
+                    log.error("consumer.delete_gave_up", count=count)
+                    return
+                await asyncio.sleep(pause)
                 continue
             if failed := response.get("Failed"):
                 # A failed delete means a redelivery later; handlers are idempotent.
                 log.warning("consumer.delete_partial", failed=failed)
             return
-        log.error("consumer.delete_gave_up", count=count)
 
     # --- keeping slow work invisible ------------------------------------------------
 
@@ -435,3 +565,21 @@ class Consumer(Generic[M]):
             return
         for _, error in refused:
             log.warning("consumer.visibility_failed", error=error)
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is not None
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    # A loop that died was reported (consumer.loop_died); this only collects its end.
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _max_receive_count(settings: IngestSettings, queue: str) -> int:
+    """The queue's maxReceiveCount, from the topology every queue is created from."""
+    for spec in load_topology(settings).queues:
+        if queue in (spec.name, spec.dead_letter_name):
+            return spec.max_receive_count
+    raise ValueError(f"{queue!r} is not a queue of the topology")

@@ -1,49 +1,86 @@
-"""Health and readiness over HTTP, read from counters the consumer keeps up to date.
+"""Health and readiness over HTTP, read from state the consumer keeps up to date.
 
-`/healthz` answers 200 while the poll loop has shown a sign of life within its TTL (a
-stuck event loop or a dead poller turns it 503, so the orchestrator restarts the task);
-`/readyz` answers 200 once the service is connected and not draining. `/metrics` answers
-the OpenTelemetry metrics of the process in Prometheus text format (see
+`/healthz` (liveness: restart me?) answers 503 only for a stuck process: its event loop
+has not ticked within `liveness_ttl` seconds (a blocked loop does not answer at all, which
+a probe with a timeout also reads as unhealthy), or one of the consumer's own loops
+(poller, heartbeat, deleter, dependency checks) has died. Busy handler slots, a long
+backlog and an outage are not failures of the process: restarting it would not help.
+
+`/readyz` (readiness: should I get work?) answers 200 once the service is connected, while
+it is not draining and not paused, i.e. every dependency answers its checks. It turns 503
+within one check interval of PostgreSQL or AWS going away, and back to 200 by itself.
+
+`/metrics` answers the OpenTelemetry metrics of the process in Prometheus text format (see
 `ingest_common.telemetry.metrics`), 404 when metrics are not configured.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ingest_common.telemetry.metrics import prometheus_text
 
+LIVENESS_TTL = 30.0  # seconds without an event-loop tick that mean the process is stuck
+
 
 @dataclass
 class Health:
     queue: str
-    liveness_ttl: float
+    liveness_ttl: float = LIVENESS_TTL
     ready: bool = False
     draining: bool = False
-    last_beat: float = field(default_factory=time.monotonic)
+    paused: bool = False  # an outage: not receiving until every dependency answers
+    last_tick: float = field(default_factory=time.monotonic)
     received: int = 0
     succeeded: int = 0
     retried: int = 0
     failed: int = 0
     invalid: int = 0
+    handed_back: int = 0  # during outages, at no cost to their tries
     in_flight: int = 0
+    # What else the answers show: the dependencies' states, the loops that must stay alive.
+    dependencies: Callable[[], dict[str, dict[str, object]]] = field(default=dict, repr=False)
+    loops: dict[str, asyncio.Task[None]] = field(default_factory=dict, repr=False)
 
-    def beat(self) -> None:
-        self.last_beat = time.monotonic()
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def dead_loops(self) -> list[str]:
+        return [name for name, task in self.loops.items() if task.done()]
 
     @property
     def alive(self) -> bool:
-        return time.monotonic() - self.last_beat < self.liveness_ttl
+        return time.monotonic() - self.last_tick < self.liveness_ttl and not self.dead_loops()
+
+    @property
+    def accepting(self) -> bool:
+        """Ready for work: connected, not draining, not paused by an outage, and alive."""
+        return self.ready and not self.draining and not self.paused and self.alive
 
     def snapshot(self) -> dict[str, object]:
-        data = asdict(self)
-        data["alive"] = self.alive
-        data["seconds_since_beat"] = round(time.monotonic() - self.last_beat, 3)
-        return data
+        return {
+            "queue": self.queue,
+            "alive": self.alive,
+            "ready": self.accepting,
+            "draining": self.draining,
+            "paused": self.paused,
+            "seconds_since_tick": round(time.monotonic() - self.last_tick, 3),
+            "dead_loops": self.dead_loops(),
+            "dependencies": self.dependencies(),
+            "in_flight": self.in_flight,
+            "received": self.received,
+            "succeeded": self.succeeded,
+            "retried": self.retried,
+            "failed": self.failed,
+            "invalid": self.invalid,
+            "handed_back": self.handed_back,
+        }
 
 
 def health_app(health: Health) -> web.Application:
@@ -51,8 +88,7 @@ def health_app(health: Health) -> web.Application:
         return web.json_response(health.snapshot(), status=200 if health.alive else 503)
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = health.ready and not health.draining and health.alive
-        return web.json_response(health.snapshot(), status=200 if ok else 503)
+        return web.json_response(health.snapshot(), status=200 if health.accepting else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         text = prometheus_text()

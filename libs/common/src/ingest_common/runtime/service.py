@@ -20,7 +20,15 @@ from pydantic import BaseModel
 from ingest_common.aws import Aws
 from ingest_common.db.pool import create_pool
 from ingest_common.runtime.consumer import Consumer, Delivery
+from ingest_common.runtime.dependencies import (
+    Dependencies,
+    PostgresProbe,
+    Probe,
+    s3_probe,
+    sqs_probe,
+)
 from ingest_common.runtime.health import Health, bound_port, start_health_server
+from ingest_common.runtime.periodic import Periodic, run_periodic
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry import configure_telemetry
 
@@ -38,9 +46,15 @@ class Resources:
 
 
 class Handler(Protocol[M]):
+    uses_s3: ClassVar[bool]
+
     def parse(self, body: str) -> M: ...
 
     async def handle(self, message: M, delivery: Delivery) -> None: ...
+
+    async def gave_up(self, message: M, reason: str) -> None: ...
+
+    def periodic(self) -> list[Periodic]: ...
 
 
 HandlerFactory = Callable[[Resources], AbstractAsyncContextManager[Handler[Any]]]
@@ -53,11 +67,14 @@ class ServiceHandler(Generic[ModelT, SettingsT]):
     """What every service's handler shares: its resources, its settings, parsing its model.
 
     A service names its message model and settings class and writes `handle`; it
-    overrides `open` only to hold resources of its own (the processor's render pool).
+    overrides `open` only to hold resources of its own (the processor's render pool),
+    `gave_up` to record a message that failed its last try before it goes to the DLQ, and
+    `periodic` to host maintenance beside its consumer.
     """
 
     message_model: ClassVar[type[BaseModel]]
     settings_class: ClassVar[type[IngestSettings]]
+    uses_s3: ClassVar[bool] = True  # S3 is one of the dependencies its consumer checks
 
     def __init__(self, resources: Resources) -> None:
         if not isinstance(resources.settings, self.settings_class):
@@ -74,6 +91,30 @@ class ServiceHandler(Generic[ModelT, SettingsT]):
     def parse(self, body: str) -> ModelT:
         return cast(ModelT, self.message_model.model_validate_json(body))
 
+    async def gave_up(self, message: ModelT, reason: str) -> None:
+        """Nothing to record by default: the DLQ holds the message and its reason."""
+
+    def periodic(self) -> list[Periodic]:
+        return []
+
+
+def service_dependencies(
+    settings: IngestSettings, aws: Aws, db: asyncpg.Pool, queue: str, *, uses_s3: bool
+) -> Dependencies:
+    """What a consumer of `queue` checks: PostgreSQL, SQS, and S3 if its handler uses it."""
+    postgres = PostgresProbe(settings)
+    probes: dict[str, Probe] = {"postgres": postgres, "sqs": sqs_probe(aws, queue)}
+    if uses_s3:
+        probes["s3"] = s3_probe(aws, settings.uploads_bucket)
+
+    async def recovered(name: str) -> None:
+        if name == "postgres":
+            # Connections opened before the outage may be half-open (a failover moved the
+            # server): replace them all as they come back to the pool.
+            await db.expire_connections()
+
+    return Dependencies(settings, probes, on_recovered=recovered)
+
 
 def run_service(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
     """The entry point of every service process."""
@@ -87,32 +128,82 @@ def run_service(settings: IngestSettings, queue: str, build: HandlerFactory) -> 
 
 
 async def serve(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
-    health = Health(queue=queue, liveness_ttl=settings.receive_wait_seconds + 60)
+    health = Health(queue=queue)
+    stopping = asyncio.Event()
+    consumer: Consumer[Any] | None = None
+
+    def stop() -> None:
+        stopping.set()
+        if consumer is not None:
+            consumer.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
     runner = await start_health_server(health, settings.health_host, settings.health_port)
     log.info("service.starting", queue=queue, health_port=bound_port(runner))
+    ticker = asyncio.create_task(_tick(health))
     try:
-        db = await _connect_with_retry(settings)
+        db = await _connect_until_up(settings, stopping)
+        if db is None:
+            return
         try:
             async with Aws(settings) as aws, build(Resources(settings, aws, db)) as handler:
-                consumer = Consumer(settings, aws, queue, handler.parse, handler.handle, health)
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, consumer.stop)
-                await consumer.run()
+                dependencies = service_dependencies(
+                    settings, aws, db, queue, uses_s3=handler.uses_s3
+                )
+                consumer = Consumer(
+                    settings,
+                    aws,
+                    queue,
+                    handler.parse,
+                    handler.handle,
+                    health,
+                    dependencies,
+                    gave_up=handler.gave_up,
+                )
+                ticker.cancel()  # the consumer ticks from here on
+                if stopping.is_set():
+                    return
+                maintenance = [
+                    asyncio.create_task(run_periodic(task, db, dependencies), name=task.name)
+                    for task in handler.periodic()
+                ]
+                try:
+                    await consumer.run()
+                finally:
+                    for task in maintenance:
+                        task.cancel()
+                    await asyncio.gather(*maintenance, return_exceptions=True)
         finally:
             await db.close()
     finally:
+        ticker.cancel()
         await runner.cleanup()
 
 
-async def _connect_with_retry(settings: IngestSettings, attempts: int = 10) -> asyncpg.Pool:
-    """Containers start in any order: wait for the database rather than crash-looping."""
-    for attempt in range(1, attempts + 1):
+async def _tick(health: Health) -> None:
+    """Liveness while the service waits for its dependencies at start-up."""
+    while True:
+        health.tick()
+        await asyncio.sleep(1.0)
+
+
+async def _connect_until_up(
+    settings: IngestSettings, stopping: asyncio.Event
+) -> asyncpg.Pool | None:
+    """Containers start in any order, and a database may be failing over: wait for it
+    (not ready meanwhile) rather than crash-loop. None if told to stop first."""
+    attempt = 0
+    while not stopping.is_set():
+        attempt += 1
         try:
             return await create_pool(settings)
-        except (OSError, asyncpg.PostgresError) as exc:
-            if attempt == attempts:
-                raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("service.db_unavailable", attempt=attempt, error=str(exc))
-            await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
-    raise AssertionError("unreachable")
+        try:
+            async with asyncio.timeout(min(10.0, 0.5 * 2**attempt)):
+                await stopping.wait()
+        except TimeoutError:
+            pass
+    return None
