@@ -41,6 +41,7 @@ TABLES = (
 # --- the reliability summary: cases tried, passed, data lost ---------------------------
 
 _RELIABILITY: list[tuple[str, str, bool, int]] = []
+_FIGURES: list[tuple[str, str, float]] = []  # (case, what, value)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -50,6 +51,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         lost = _data_lost(report)
         module, _, case = report.nodeid.partition("::")
         _RELIABILITY.append((Path(module).stem.removeprefix("test_"), case, report.passed, lost))
+        _FIGURES.extend(
+            (case, str(value[0]), float(value[1]))
+            for key, value in report.user_properties
+            if key == "figure" and isinstance(value, (tuple, list))
+        )
 
 
 def _data_lost(report: pytest.TestReport) -> int:
@@ -77,6 +83,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for group, case, passed, lost in _RELIABILITY:
         if not passed or lost:
             write(f"  FAILED {group}::{case}  (data lost: {lost})")
+    if _FIGURES:
+        write("figures (seconds unless said otherwise):")
+        for case in dict.fromkeys(case for case, _, _ in _FIGURES):
+            shown = ", ".join(f"{what} {value:.1f}" for c, what, value in _FIGURES if c == case)
+            write(f"  {case}: {shown}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs `-n 4 --dist loadgroup`), the outage cases spread
+    over the workers while everything else runs in one: those cases spend minutes waiting
+    out a dependency, the rest is CPU-bound and timed against itself."""
+    for item in items:
+        if item.get_closest_marker("outage") is None:
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 @pytest.fixture
@@ -85,6 +105,16 @@ def data_lost(request: pytest.FixtureRequest) -> Callable[[int], None]:
 
     def record(count: int) -> None:
         request.node.user_properties.append(("data_lost", count))
+
+    return record
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str, float], None]:
+    """Record a measured figure of a reliability case (a recovery time), for the summary."""
+
+    def record(what: str, value: float) -> None:
+        request.node.user_properties.append(("figure", (what, value)))
 
     return record
 
@@ -133,6 +163,7 @@ def settings(database_url: str, moto_endpoint: str) -> IngestSettings:
         retry_max_delay=1,
         heartbeat_interval=1,
         drain_timeout=10,
+        garbage_delay=0,
     )
 
 

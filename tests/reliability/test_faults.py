@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,68 +22,25 @@ from urllib.parse import urlparse
 
 import asyncpg
 import pytest
-from ingest_cli.local import ServiceProcesses, local_env
-from ingest_cli.upload import Uploaded, upload_set
+from ingest_cli.local import local_env
 from ingest_common.aws import Aws
+from ingest_common.dead_letters import dead_letter_reason, original_attributes
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.schemas.messages import Message
+from ingest_common.topology import load_topology
 
-from tests.conftest import SAMPLE
 from tests.integration.pipeline import SERVICES, Pipeline, fetch_row, queue_counts
-from tests.reliability.faults import Link, assert_complete, count_ready, end_state, wait_finished
-
-SETS = (SAMPLE / "mdi-essentials", SAMPLE / "openmoji-sampler")
-IMAGES = 24 + 12
-
-# Short timeouts so that a crashed consumer's messages come back within the test.
-FAST = {
-    "receive_wait_seconds": "2",
-    "visibility_timeout": "15",
-    "heartbeat_interval": "4",
-    "retry_base_delay": "0.5",
-    "retry_max_delay": "5",
-    "drain_timeout": "10",
-    "safety_net_delay": "60",
-    "render_workers": "1",
-    "log_format": "json",
-}
-
-
-@asynccontextmanager
-async def stack(env: dict[str, str], logs: Path) -> AsyncIterator[ServiceProcesses]:
-    """The four services as processes; waiting happens off the event loop, which may be
-    serving a proxy the services talk through."""
-    logs.mkdir(parents=True, exist_ok=True)
-    running = ServiceProcesses(env, logs)
-    try:
-        for name in ("batcher", "processor", "previewer", "indexer"):
-            running.start(name)
-        await asyncio.to_thread(running.wait_ready)
-        yield running
-    finally:
-        await asyncio.to_thread(running.stop)
-
-
-async def upload_sets(aws: Aws) -> list[Uploaded]:
-    return [await upload_set(aws, folder, "acme") for folder in SETS]
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.1)
-
-
-async def finish_and_check(
-    aws: Aws, dsn: str, uploads: list[Uploaded], data_lost: Callable[[int], None]
-) -> None:
-    statuses = await wait_finished(dsn, uploads)
-    state = await end_state(aws, dsn, len(uploads), IMAGES)
-    data_lost(state.lost)
-    assert len(statuses) == len(uploads)
-    assert all(s.finished for s in statuses), [s.upload["status"] for s in statuses]
-    assert_complete(state, len(uploads))
+from tests.reliability.faults import (
+    FAST,
+    IMAGES,
+    count_ready,
+    finish_and_check,
+    stack,
+    until,
+    upload_sets,
+    wait_finished,
+)
+from tests.reliability.proxy import FaultProxy
 
 
 async def test_every_message_delivered_twice(
@@ -209,20 +166,17 @@ async def test_database_connections_killed_mid_run(
 async def test_aws_endpoint_unreachable_for_ten_seconds(
     aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
 ) -> None:
-    endpoint = aws.settings.aws_endpoint_url
-    assert endpoint is not None, "the tests always run against a local AWS endpoint"
-    target = urlparse(endpoint)
-    link = Link(target.hostname or "127.0.0.1", target.port or 80)
-    await link.open()
-    env = local_env(link.endpoint, database_url, **FAST)
-    async with stack(env, tmp_path / "logs") as running:
-        uploads = await upload_sets(aws)  # straight to S3: the services go through the link
-        await until(lambda: _ready_at_least(database_url, 2))
-        await link.cut()
-        await asyncio.sleep(10)
-        await link.open()
-        assert all(p.poll() is None for p in running.processes.values()), "a service died"
-        await finish_and_check(aws, database_url, uploads, data_lost)
+    endpoint = urlparse(aws.settings.aws_endpoint_url or "")
+    with FaultProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as link:
+        env = local_env(link.endpoint, database_url, **FAST)
+        async with stack(env, tmp_path / "logs") as running:
+            uploads = await upload_sets(aws)  # straight to S3: the services go through the link
+            await until(lambda: _ready_at_least(database_url, 2))
+            link.refuse()
+            await asyncio.sleep(10)
+            link.up()
+            assert all(p.poll() is None for p in running.processes.values()), "a service died"
+            await finish_and_check(aws, database_url, uploads, data_lost)
 
 
 async def test_poison_message_lands_in_the_dlq_and_redrives(
@@ -259,6 +213,84 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
     assert "moved 1 message(s)" in replay.stdout
     await pipeline.run_all(timeout=120)
     await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def test_redrive_after_a_failure_revives_the_image(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    """An image whose render fails on every try (its original is gone) is failed for now
+    and dead-lettered with the reason; once the cause is fixed, a redrive brings it back and
+    the product, mosaic and index follow."""
+    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
+    async with stack(env, tmp_path / "logs") as running:
+        running.processes["processor"].terminate()
+        await asyncio.to_thread(running.processes["processor"].wait, 30)
+        uploads = await upload_sets(aws)
+        await until(lambda: _dispatched(database_url, len(uploads)))
+        victim = await fetch_row(db, "SELECT id, original_key FROM images ORDER BY path LIMIT 1")
+        bucket = aws.settings.uploads_bucket
+        original = await aws.get_bytes(bucket, victim["original_key"])
+        await aws.s3.delete_object(Bucket=bucket, Key=victim["original_key"])
+        running.start("processor")
+        await asyncio.to_thread(running.wait_ready)
+        dlq = aws.settings.render_queue + "-dlq"
+        await until(lambda: _in_queue(aws, dlq, 1), timeout=120)
+        failed = await fetch_row(db, "SELECT * FROM images WHERE id = $1", victim["id"])
+        assert (failed["status"], failed["failure_retryable"]) == ("failed", True)
+        assert "could not be rendered" in failed["failure_reason"]
+
+        await aws.put_bytes(bucket, victim["original_key"], original, content_type="image/svg+xml")
+        replay = _cli(aws, "dlq", "redrive", aws.settings.render_queue)
+        assert "moved 1 message(s)" in replay.stdout
+        await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def test_poison_with_ten_attributes_is_dead_lettered_with_its_reason(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    """A message with SQS's maximum of 10 attributes, on every queue, while sets flow: each
+    lands in its DLQ with its reason and its 10 attributes intact; nothing else is touched."""
+    attributes: dict[str, Any] = {
+        f"x-{i}": {"DataType": "String", "StringValue": f"value {i}"} for i in range(10)
+    }
+    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
+    async with stack(env, tmp_path / "logs"):
+        uploads = await upload_sets(aws)
+        queues = [q.name for q in load_topology(aws.settings).queues]
+        for queue in queues:
+            await aws.sqs.send_message(
+                QueueUrl=await aws.queue_url(queue),
+                MessageBody='{"not": "a message of this queue"}',
+                MessageAttributes=attributes,
+            )
+        for queue in queues:
+            await until(lambda queue=queue: _in_queue(aws, queue + "-dlq", 1))  # type: ignore[misc]
+        await wait_finished(database_url, uploads)
+    for queue in queues:
+        url = await aws.queue_url(queue + "-dlq")
+        response = await aws.sqs.receive_message(
+            QueueUrl=url, MessageAttributeNames=["All"], WaitTimeSeconds=1
+        )
+        [dead] = response["Messages"]
+        assert (dead_letter_reason(dead["MessageAttributes"]) or "").startswith("invalid message")
+        assert original_attributes(dead["MessageAttributes"]) == attributes
+        await aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=dead["ReceiptHandle"])
+    await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def _dispatched(dsn: str, count: int) -> bool:
+    connection = await asyncpg.connect(dsn)
+    try:
+        done = await connection.fetchval(
+            "SELECT count(*) FROM uploads WHERE dispatched_at IS NOT NULL"
+        )
+    finally:
+        await connection.close()
+    return bool(done >= count)
+
+
+async def _in_queue(aws: Aws, queue: str, count: int) -> bool:
+    return sum(await queue_counts(aws, queue)) >= count
 
 
 async def _discard_invalid(aws: Aws) -> None:

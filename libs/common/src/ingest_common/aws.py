@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.handlers import add_expect_header
 from opentelemetry.trace import SpanKind
 
 from ingest_common.errors import RetryableError
@@ -55,7 +56,9 @@ class Aws:
         config: dict[str, Any] = {
             "max_pool_connections": max(self.settings.s3_concurrency, self.settings.concurrency)
             + 4,
-            "retries": {"max_attempts": 5, "mode": "standard"},
+            # SQS redelivery is the retry that matters; during an outage each extra attempt
+            # only holds a handler slot longer (a black-holed call waits a read timeout).
+            "retries": {"max_attempts": 3, "mode": "standard"},
             "connect_timeout": 5,
         }
         # The read timeout is per socket read, not per call: S3 answers within seconds
@@ -68,6 +71,9 @@ class Aws:
         self.sqs = await self._stack.enter_async_context(
             session.create_client("sqs", config=sqs_config, **common)
         )
+        # botocore sends PUTs with "Expect: 100-continue", and aiohttp starts its read timer
+        # only after the body: with no answer (a partition) a put would wait forever.
+        self.s3.meta.events.unregister("before-call.s3", add_expect_header)
         instrument_client(self.s3)
         instrument_client(self.sqs)
         return self

@@ -21,6 +21,7 @@ log = structlog.get_logger("ingest.indexer")
 class IndexHandler(ServiceHandler[IndexProduct, IndexerSettings]):
     message_model = IndexProduct
     settings_class = IndexerSettings
+    uses_s3 = False  # the search backend is PostgreSQL
 
     async def handle(self, message: IndexProduct, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(

@@ -54,6 +54,7 @@ SELECT i.id,
 
 _REVISION = "SELECT revision FROM families WHERE id = $1"
 _CURRENT = "SELECT png_key, webp_key, revision FROM family_previews WHERE family_id = $1"
+BUILD_SLACK = 60.0  # seconds past the handler timeout before a build's objects are judged
 _LOCK_FAMILY = "SELECT pg_advisory_xact_lock(hashtextextended('mosaic:' || $1::uuid::text, 0))"
 
 
@@ -163,6 +164,20 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         ).hexdigest()[:20]
         base = f"previews/families/{family}/{digest}"
         png_key, webp_key = f"{base}.png", f"{base}.webp"
+        # Recorded before the objects exist, and committed at once, on a connection of its
+        # own: should this build fail after the PUTs, its objects are not left behind. The
+        # sweeper keeps them once the row below points at them; it looks only after the
+        # longest a build may take.
+        async with self.db.acquire() as other:
+            for key in (png_key, webp_key):
+                await discard(
+                    other,
+                    "mosaic",
+                    self.settings.previews_bucket,
+                    key,
+                    reason="a mosaic being built (kept if it becomes the family's)",
+                    delay=self.settings.handler_timeout + BUILD_SLACK,
+                )
         await asyncio.gather(
             *(
                 self.aws.put_bytes(

@@ -143,8 +143,12 @@ class Consumer(Generic[M]):
             self._room.set()
 
     async def run(self) -> None:
+        # Alive from the start, also while waiting for SQS to answer.
+        ticker = asyncio.create_task(self._tick_loop(), name="ticker")
+        self.health.loops = {"ticker": ticker}
         self._url = await self._queue_url()
         if self._stopping.is_set():
+            await _cancel(ticker)
             return
         self.health.ready = True
         metrics.watch_queue_age(self.queue, self.oldest_message_age)
@@ -154,7 +158,7 @@ class Consumer(Generic[M]):
             "heartbeat": asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             "deleter": asyncio.create_task(self._delete_loop(), name="deleter"),
             "dependency checks": asyncio.create_task(self.dependencies.run(), name="checks"),
-            "ticker": asyncio.create_task(self._tick_loop(), name="ticker"),
+            "ticker": ticker,
         }
         self.health.loops = loops
         stop = asyncio.create_task(self._stopping.wait())
@@ -191,10 +195,18 @@ class Consumer(Generic[M]):
             raise ConsumerCrashed(f"the consumer's {', '.join(dead)} loop died")
 
     async def _queue_url(self) -> str:
-        """The queue's URL; SQS may not answer yet when the service starts: wait for it."""
+        """The queue's URL; SQS may not answer yet when the service starts: wait for it
+        (or for SIGTERM, which cuts a call under way short)."""
         while True:
+            lookup = asyncio.ensure_future(self.aws.queue_url(self.queue))
+            stop = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait([lookup, stop], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if self._stopping.is_set():
+                await _cancel(lookup)
+                return ""
             try:
-                return await self.aws.queue_url(self.queue)
+                return lookup.result()
             except (BotoCoreError, ClientError) as exc:
                 log.warning("consumer.queue_unavailable", queue=self.queue, error=str(exc))
             with contextlib.suppress(TimeoutError):
@@ -521,9 +533,13 @@ class Consumer(Generic[M]):
     async def _extend(self, deliveries: list[Delivery], now: float) -> None:
         handles = [d.receipt_handle for d in deliveries]
         try:
-            await self.aws.change_visibility(self.queue, handles, self.settings.visibility_timeout)
-        except (BotoCoreError, ClientError) as exc:
-            log.warning("consumer.heartbeat_failed", error=str(exc))
+            # Bounded: a call that hangs (a partition) must not hold up the next beat.
+            async with asyncio.timeout(self.settings.heartbeat_interval):
+                await self.aws.change_visibility(
+                    self.queue, handles, self.settings.visibility_timeout
+                )
+        except (BotoCoreError, ClientError, TimeoutError) as exc:
+            log.warning("consumer.heartbeat_failed", error=str(exc) or repr(exc))
             return
         for delivery in deliveries:
             delivery.extended_at = now

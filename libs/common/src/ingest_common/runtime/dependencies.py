@@ -4,8 +4,8 @@ An outage must pause work, not burn it. So a failure counts as an outage only wh
 confirms it (a dependency did not answer within `probe_timeout`), and a check is what
 ends one: the consumer stops receiving while any dependency is down and starts again by
 itself once every check passes. Checks run every `dependency_check_interval` seconds while
-all is well, every `outage_probe_interval` seconds during an outage, and at once (at most
-once a second, shared by everyone who asks) when a handler fails.
+all is well, every `outage_probe_interval` seconds during an outage, and when a handler
+fails: a check that starts after the failure (failures that arrive together share one).
 
 What counts as "answers": PostgreSQL runs `SELECT 1` on a connection of the checker's own
 (a pooled connection may be half-open after a failover; a fresh one proves the path);
@@ -15,6 +15,7 @@ SQS and S3 answer any HTTP response below 500 — a 403 or 404 is an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ from ingest_common.settings import IngestSettings
 log = structlog.get_logger("ingest.dependencies")
 
 Probe = Callable[[], Awaitable[None]]  # returns if the dependency answers, raises if not
-CONFIRM_MAX_AGE = 1.0  # seconds a check's result answers "is it down?" for a failed handler
 
 
 @dataclass
@@ -62,9 +62,10 @@ class Dependencies:
         self.on_recovered = on_recovered
         now = time.monotonic()
         self.states = {name: DependencyState(name, changed_at=now) for name in probes}
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # for wait_up
+        self._wake = asyncio.Event()  # for run: a state changed, change pace
         self._checking: asyncio.Task[bool] | None = None
-        self._checked_at = float("-inf")
+        self._next: asyncio.Task[bool] | None = None
 
     @property
     def up(self) -> bool:
@@ -76,17 +77,28 @@ class Dependencies:
     def snapshot(self) -> dict[str, dict[str, object]]:
         return {name: state.snapshot() for name, state in self.states.items()}
 
-    async def check(self, max_age: float = 0.0) -> bool:
-        """Probe every dependency (or reuse a check under `max_age` s old); True if all answer."""
+    async def check(self) -> bool:
+        """Probe every dependency (or join the check under way); True if all answer."""
         if self._checking is None or self._checking.done():
-            if time.monotonic() - self._checked_at < max_age:
-                return self.up
             self._checking = asyncio.create_task(self._check_all(), name="dependency-check")
         return await asyncio.shield(self._checking)
 
     async def confirm_outage(self) -> bool:
-        """After a failure: is a dependency down (an outage), or did the work fail on its own?"""
-        return not await self.check(max_age=CONFIRM_MAX_AGE)
+        """After a failure: is a dependency down (an outage), or did the work fail on its own?
+
+        Only a check that starts after the failure can say: one under way may have probed
+        before it. So wait for the next check; failures that arrive together share it.
+        """
+        if self._next is None:
+            self._next = asyncio.create_task(self._check_next(), name="dependency-confirm")
+        return not await asyncio.shield(self._next)
+
+    async def _check_next(self) -> bool:
+        if self._checking is not None and not self._checking.done():
+            await asyncio.wait([self._checking])
+        # From here on, a failure needs a check that starts later than this one.
+        self._next = None
+        return await self.check()
 
     async def wait_up(self, stopping: asyncio.Event) -> None:
         """Return when every dependency answers again, or when `stopping` is set."""
@@ -100,20 +112,23 @@ class Dependencies:
                     waiter.cancel()
 
     async def run(self) -> None:
-        """Check forever: slowly while all is well, quickly during an outage."""
+        """Check forever: slowly while all is well, quickly during an outage (and switch
+        pace at once when a handler's failure reveals one)."""
         while True:
             await self.check()
+            self._wake.clear()
             interval = (
                 self.settings.dependency_check_interval
                 if self.up
                 else self.settings.outage_probe_interval
             )
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
 
     async def _check_all(self) -> bool:
         names = list(self.probes)
         results = await asyncio.gather(*(self._probe(name) for name in names))
-        self._checked_at = time.monotonic()
         for name, error in zip(names, results, strict=True):
             await self._record(name, error)
         return self.up
@@ -136,6 +151,7 @@ class Dependencies:
             return
         state.up, state.error, state.changed_at = error is None, error, time.monotonic()
         self._changed.set()
+        self._wake.set()
         if error is None:
             log.warning("dependency.recovered", dependency=name)
             if self.on_recovered is not None:

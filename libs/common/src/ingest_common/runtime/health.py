@@ -52,7 +52,14 @@ class Health:
         self.last_tick = time.monotonic()
 
     def dead_loops(self) -> list[str]:
-        return [name for name, task in self.loops.items() if task.done()]
+        """Loops that ended on their own. While draining they end as asked, unless they
+        raised."""
+        return [
+            name
+            for name, task in self.loops.items()
+            if task.done()
+            and (not self.draining or (not task.cancelled() and task.exception() is not None))
+        ]
 
     @property
     def alive(self) -> bool:
@@ -60,8 +67,12 @@ class Health:
 
     @property
     def accepting(self) -> bool:
-        """Ready for work: connected, not draining, not paused by an outage, and alive."""
-        return self.ready and not self.draining and not self.paused and self.alive
+        """Ready for work: connected, not draining, every dependency answering (the poller
+        pauses as soon as it looks; a receive under way may still hold it), and alive."""
+        dependencies_up = all(state["up"] for state in self.dependencies().values())
+        return (
+            self.ready and not self.draining and not self.paused and dependencies_up and self.alive
+        )
 
     def snapshot(self) -> dict[str, object]:
         return {

@@ -162,7 +162,7 @@ async def serve(settings: IngestSettings, queue: str, build: HandlerFactory) -> 
                     dependencies,
                     gave_up=handler.gave_up,
                 )
-                ticker.cancel()  # the consumer ticks from here on
+                ticker.cancel()  # the consumer ticks from its first line on
                 if stopping.is_set():
                     return
                 maintenance = [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Self
 from urllib.parse import unquote_plus
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Lenient(BaseModel):
@@ -45,6 +46,13 @@ class S3Event(_Lenient):
 
     records: list[S3EventRecord] = Field(default_factory=list, alias="Records")
     event: str | None = Field(None, alias="Event")
+
+    @model_validator(mode="after")
+    def _is_a_notification(self) -> Self:
+        # Lenient about fields, not about what it is: a body with neither is a poison pill.
+        if not self.records and self.event is None:
+            raise ValueError("not an S3 event notification: no Records and no Event")
+        return self
 
     @property
     def is_test_event(self) -> bool:
