@@ -304,15 +304,16 @@ async def test_a_mosaic_is_rebuilt_only_when_the_family_changed_since_it_was_sam
     await assert_mosaic_decodes(aws, rebuilt)
 
 
-async def test_safety_net_fails_stragglers_and_completes_the_product(
+async def test_safety_net_fails_lost_stragglers_and_a_late_render_brings_them_back(
     aws: Aws, db: asyncpg.Pool
 ) -> None:
     files = svgs(3)
     key = await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
     pipeline = Pipeline(aws, db, stall_timeout=1)
     await pipeline.drain("batch")
-    # The processor never runs: pretend one image rendered and the rest are stuck.
+    # The render messages are lost (kept aside here, to deliver late below).
     url = await aws.queue_url(aws.settings.render_queue)
+    lost = await aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
     await aws.sqs.purge_queue(QueueUrl=url)
     upload = await upload_row(db, key)
     await db.execute("UPDATE products SET progressed_at = now() - interval '1 hour'")
@@ -325,6 +326,22 @@ async def test_safety_net_fails_stragglers_and_completes_the_product(
     assert all("rendering stopped" in r["failure_reason"] for r in reasons)
     # product-ready reached the indexer, and so did the previewer's index request after it
     assert (await queue_counts(aws, aws.settings.index_queue))[0] == 2
+    assert await db.fetchval("SELECT count(*) FROM object_garbage WHERE kind = 'renditions'") == 3
+
+    # The messages turn up after all: their renders bring the images back, and the product,
+    # its mosaic and its search document follow.
+    for message in lost["Messages"]:
+        await aws.sqs.send_message(QueueUrl=url, MessageBody=message["Body"])
+    await pipeline.run_all()
+    product = await fetch_row(db, "SELECT * FROM products WHERE upload_id = $1", upload["id"])
+    assert (product["status"], product["images_ready"], product["images_failed"]) == ("ready", 3, 0)
+    assert (await upload_row(db, key))["status"] == "ready"
+    document = await db.fetchval("SELECT document FROM search_documents")
+    assert document["images_ready"] == 3
+    preview = await fetch_row(db, "SELECT * FROM family_previews")
+    assert len(preview["image_ids"]) == 3
+    # Their renders withdrew the deletions their failure had recorded.
+    assert await db.fetchval("SELECT count(*) FROM object_garbage WHERE kind = 'renditions'") == 0
 
 
 async def test_indexer_ranks_title_over_description(aws: Aws, db: asyncpg.Pool) -> None:

@@ -245,6 +245,28 @@ async def test_redrive_after_a_failure_revives_the_image(
         await finish_and_check(aws, database_url, uploads, data_lost)
 
 
+async def test_uploads_whose_events_never_arrive_are_ingested_by_the_reconciliation(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    """S3 never tells the batcher (the notification is gone): one batcher's periodic
+    reconciliation finds the uploads with no row and announces them; nothing is lost."""
+    await aws.s3.put_bucket_notification_configuration(
+        Bucket=aws.settings.uploads_bucket, NotificationConfiguration={}
+    )
+    await aws.sqs.purge_queue(QueueUrl=await aws.queue_url(aws.settings.batch_queue))
+    env = local_env(
+        aws.settings.aws_endpoint_url or "",
+        database_url,
+        **{**FAST, "reconcile_interval": "2", "reconcile_grace": "1"},
+    )
+    async with stack(env, tmp_path / "logs"):
+        uploads = await upload_sets(aws)
+        await finish_and_check(aws, database_url, uploads, data_lost, timeout=90)
+    runs = await db.fetchrow("SELECT * FROM maintenance_runs WHERE task = 'reconcile uploads'")
+    assert runs is not None
+    assert runs["finished_at"] is not None
+
+
 async def test_poison_with_ten_attributes_is_dead_lettered_with_its_reason(
     aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
 ) -> None:
