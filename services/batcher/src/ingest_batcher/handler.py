@@ -171,7 +171,11 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                         )
                         if sent_again and contributor is not None:
                             done = await start_again(
-                                connection, upload, record.event_time, carrier.get("traceparent")
+                                connection,
+                                upload,
+                                record.event_time,
+                                carrier.get("traceparent"),
+                                previews_bucket=self.settings.previews_bucket,
                             )
                             log.info("batcher.sent_again", outcome=done)
                             row = await upload_row(connection, upload)
@@ -272,7 +276,9 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                 else None
             )
             if repeat is not None:
-                retried = await mark_duplicate(connection, upload, *repeat)
+                retried = await mark_duplicate(
+                    connection, upload, *repeat, previews_bucket=self.settings.previews_bucket
+                )
                 log.info("batcher.repeat", of=str(repeat[0]), retried_images=retried)
                 return
         bucket, key = record.s3.bucket.name, record.s3.object.decoded_key

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from ingest_common import ids
 from ingest_common.db.pool import Connection
-from ingest_common.garbage import discard, discard_renditions, reclaim
+from ingest_common.garbage import discard, discard_renditions, reclaim, reclaim_renditions
 
 from ingest_batcher.archive import FileProblem
 from ingest_batcher.plan import UploadPlan
@@ -117,7 +117,12 @@ async def upload_row(connection: Connection, upload: uuid.UUID) -> UploadRow:
 
 
 async def start_again(
-    connection: Connection, upload: uuid.UUID, uploaded_at: datetime, traceparent: str | None
+    connection: Connection,
+    upload: uuid.UUID,
+    uploaded_at: datetime,
+    traceparent: str | None,
+    *,
+    previews_bucket: str,
 ) -> str:
     """The same bytes sent again to the same key: redo what did not succeed.
 
@@ -145,23 +150,31 @@ async def start_again(
         )
         if row["product_id"] is None:
             return "not processed yet: resumed"
-        retried = await retry_failed(connection, row["product_id"], upload)
+        retried = await retry_failed(
+            connection, row["product_id"], upload, previews_bucket=previews_bucket
+        )
         if not retried:
             return "a repeat: every image is ready already"
         return f"{retried} failed image(s) to render again"
 
 
-async def retry_failed(connection: Connection, product: uuid.UUID, upload: uuid.UUID) -> int:
+async def retry_failed(
+    connection: Connection, product: uuid.UUID, upload: uuid.UUID, *, previews_bucket: str
+) -> int:
     """Failed images of the product back to pending, to be rendered again by `upload`'s
     dispatch. Returns how many; 0 changes nothing."""
-    count = await connection.fetchval(
-        """WITH reset AS (
-               UPDATE images SET status = 'pending', failure_reason = NULL,
-                      failure_retryable = false, finished_at = NULL
-                WHERE product_id = $1 AND status = 'failed' RETURNING 1)
-           SELECT count(*) FROM reset""",
+    reset = await connection.fetch(
+        """UPDATE images SET status = 'pending', failure_reason = NULL,
+                  failure_retryable = false, finished_at = NULL
+            WHERE product_id = $1 AND status = 'failed' RETURNING id""",
         product,
     )
+    for image in reset:
+        # The failure discarded the image's renditions, and the sweeper's guard keeps them
+        # only once the image is ready: a sweep while it renders again would delete the new
+        # ones (same keys). Withdraw that in this transaction, before any render starts.
+        await reclaim_renditions(connection, previews_bucket, image["id"])
+    count = len(reset)
     if count:
         await recount(connection, product)
         await connection.execute(
@@ -172,7 +185,7 @@ async def retry_failed(connection: Connection, product: uuid.UUID, upload: uuid.
                 WHERE id = (SELECT current_upload_id FROM products WHERE id = $1)""",
             product,
         )
-    return int(count)
+    return count
 
 
 async def find_repeat(
@@ -192,7 +205,12 @@ async def find_repeat(
 
 
 async def mark_duplicate(
-    connection: Connection, upload: uuid.UUID, of: uuid.UUID, product: uuid.UUID
+    connection: Connection,
+    upload: uuid.UUID,
+    of: uuid.UUID,
+    product: uuid.UUID,
+    *,
+    previews_bucket: str,
 ) -> int:
     """This upload repeats `of`: point to its product, and render its failed images again
     (the contributor sent the set again because of them). Returns how many are retried."""
@@ -205,7 +223,7 @@ async def mark_duplicate(
             of,
             product,
         )
-        return await retry_failed(connection, product, upload)
+        return await retry_failed(connection, product, upload, previews_bucket=previews_bucket)
 
 
 async def set_archive_hash(connection: Connection, upload: uuid.UUID, digest: str) -> None:
@@ -384,13 +402,23 @@ async def _insert_images(
     originals_prefix: str,
     only: set[str] | None = None,
 ) -> frozenset[str]:
-    """Insert the plan's images (those whose content hash is in `only`, if given)."""
+    """Insert the plan's images (those whose content hash is in `only`, if given).
+
+    An image this very upload added before and a later version retired (the upload is a
+    revert, sent again) has this id already: it comes back as pending, to render again.
+    An active row with the id (a redelivery) is left as it is.
+    """
     images = [i for i in plan.images if only is None or i.content_hash in only]
     await connection.executemany(
         """INSERT INTO images (id, product_id, position, path, title, tags, content_hash,
                                byte_size, original_key)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-           ON CONFLICT (id) DO NOTHING""",
+           ON CONFLICT (id) DO UPDATE
+              SET status = 'pending', retired_at = NULL, failure_reason = NULL,
+                  failure_retryable = false, width = NULL, height = NULL, renditions = '[]',
+                  finished_at = NULL, position = excluded.position, path = excluded.path,
+                  title = excluded.title, tags = excluded.tags
+            WHERE images.retired_at IS NOT NULL""",
         [
             (
                 ids.image_id(product, upload, image.content_hash),
@@ -460,7 +488,27 @@ async def _new_version_images(
             if h in kept
         ],
     )
+    # A kept image that failed for a reason not about its file (its message was lost or
+    # dead-lettered) is rendered again with the new version, as a contributor expects.
+    retried = await connection.fetch(
+        """UPDATE images SET status = 'pending', failure_reason = NULL,
+                  failure_retryable = false, finished_at = NULL
+            WHERE id = ANY($1::uuid[]) AND status = 'failed' AND failure_retryable
+        RETURNING id""",
+        list(kept.values()),
+    )
+    for image in retried:
+        await reclaim_renditions(connection, previews_bucket, image["id"])
     new = set(wanted) - set(kept)
+    revived = await connection.fetch(
+        "SELECT id FROM images WHERE id = ANY($1::uuid[]) AND retired_at IS NOT NULL",
+        [ids.image_id(product, upload, content_hash) for content_hash in new],
+    )
+    for image in revived:
+        # A revert brings back images this upload added before (same ids, so the same
+        # rendition keys): their retirement discarded those keys, withdraw that before
+        # _insert_images revives them, or a sweep while they render deletes the new ones.
+        await reclaim_renditions(connection, previews_bucket, image["id"])
     for content_hash in new:
         # An earlier version may have dropped this very file: its original is due for
         # deletion. Withdraw that (waiting for a sweep under way) before it is stored again.
