@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from ingest_cli.local import SERVICES, ServiceProcesses, local_env
+from ingest_cli.local import SERVICES, ServiceProcesses, local_env, stop_process
 from ingest_common.aws import Aws
 
 from tests.reliability.proxy import FaultProxy
@@ -79,15 +78,9 @@ async def until_empty(aws: Aws, queue: str, timeout: float = 30) -> None:
 
 
 def seconds_to_exit(process: subprocess.Popen[bytes], timeout: float = 30) -> float:
-    """SIGTERM, then the seconds until the process has exited."""
+    """SIGTERM, then the seconds until the process has exited (killed after `timeout`)."""
     signalled = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
+    stop_process(process, timeout)
     return time.monotonic() - signalled
 
 

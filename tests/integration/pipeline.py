@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +25,7 @@ from ingest_common.aws import Aws
 from ingest_common.runtime.consumer import Consumer
 from ingest_common.runtime.dependencies import Dependencies, sqs_probe
 from ingest_common.runtime.health import Health
-from ingest_common.runtime.service import Handler, Resources, service_dependencies
+from ingest_common.runtime.service import Handler, Resources, consumer_for
 from ingest_common.settings import IngestSettings
 from ingest_indexer.handler import IndexHandler
 from ingest_indexer.settings import IndexerSettings
@@ -114,23 +117,33 @@ class Pipeline:
     def _consumer(
         self, settings: IngestSettings, queue: str, handler: Handler[Any], health: Health
     ) -> Consumer[Any]:
-        dependencies = service_dependencies(
-            settings, self.aws, self.db, queue, uses_s3=handler.uses_s3
-        )
-        return Consumer(
-            settings,
-            self.aws,
-            queue,
-            handler.parse,
-            handler.handle,
-            health,
-            dependencies,
-            gave_up=handler.gave_up,
-        )
+        return consumer_for(settings, self.aws, self.db, queue, handler, health)
 
     async def run_all(self, timeout: float = 60) -> None:
         for role in ("batch", "render", "preview", "index", "preview", "index"):
             await self.drain(role, timeout)
+
+
+def run_ingest(
+    settings: IngestSettings, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`ingest ARGS` as a person runs it, against this test's endpoint and database."""
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": settings.aws_endpoint_url or "",
+        "DATABASE_URL": settings.database_url,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 def sqs_only(aws: Aws, queue: str) -> Dependencies:

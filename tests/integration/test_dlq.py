@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from typing import Any
 
 from ingest_cli.dlq import AFTER_START, format_dead_letter, list_dead_letters, redrive
 from ingest_common.aws import Aws
 from ingest_common.dead_letters import dead_letter_attributes
+from ingest_common.settings import IngestSettings
+
+from tests.integration.pipeline import queue_counts, run_ingest
 
 SOURCE = "ingest-render"  # any queue of the real topology
 DLQ = "ingest-render-dlq"
@@ -27,16 +27,6 @@ async def dead_letter(aws: Aws, body: str, attributes: dict[str, Any] | None = N
     url = await aws.queue_url(DLQ)
     sent = dead_letter_attributes(TRACE if attributes is None else attributes, "boom", SOURCE)
     await aws.sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=sent)
-
-
-async def queue_counts(aws: Aws, queue: str) -> tuple[int, int]:
-    """(visible, in flight) messages of a queue."""
-    url = await aws.queue_url(queue)
-    names: Any = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    attributes = (await aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names))[
-        "Attributes"
-    ]
-    return int(attributes[names[0]]), int(attributes[names[1]])
 
 
 def as_sent(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +64,7 @@ async def test_each_dead_letter_moves_once_even_when_it_fails_again_at_once(aws:
     try:
         report = await redrive(aws, SOURCE)
         async with asyncio.timeout(10):
-            while await queue_counts(aws, SOURCE) != (0, 0):
+            while await queue_counts(aws, SOURCE) != (0, 0, 0):
                 await asyncio.sleep(0.1)
     finally:
         stop.set()
@@ -90,7 +80,7 @@ async def test_each_dead_letter_moves_once_even_when_it_fails_again_at_once(aws:
         " after this redrive started (run it again to move them)"
     )
     # The ones that failed again wait, visible, for the next run.
-    assert await queue_counts(aws, DLQ) == (5, 0)
+    assert await queue_counts(aws, DLQ) == (5, 0, 0)
     letters = await list_dead_letters(aws, SOURCE)
     assert sorted(letter.body for letter in letters) == bodies
     assert {letter.reason for letter in letters} == {"failed again"}
@@ -121,7 +111,7 @@ async def test_ten_attributes_come_back_exactly(aws: Aws) -> None:
     )
     [message] = response["Messages"]
     assert as_sent(message["MessageAttributes"]) == ten
-    assert await queue_counts(aws, DLQ) == (0, 0)
+    assert await queue_counts(aws, DLQ) == (0, 0, 0)
 
 
 async def test_a_limit_moves_that_many_and_says_how_many_are_left(aws: Aws) -> None:
@@ -130,8 +120,8 @@ async def test_a_limit_moves_that_many_and_says_how_many_are_left(aws: Aws) -> N
     report = await redrive(aws, SOURCE, limit=3)
     assert (report.moved, report.left, report.complete) == (3, {"over the limit of 3": 2}, False)
     assert str(report).endswith("; left 2: 2 over the limit of 3")
-    assert await queue_counts(aws, SOURCE) == (3, 0)
-    assert await queue_counts(aws, DLQ) == (2, 0)  # released at once, not in 10 minutes
+    assert await queue_counts(aws, SOURCE) == (3, 0, 0)
+    assert await queue_counts(aws, DLQ) == (2, 0, 0)  # released at once, not in 10 minutes
 
 
 async def test_what_the_source_queue_refuses_is_left_with_its_reason(aws: Aws) -> None:
@@ -146,23 +136,11 @@ async def test_what_the_source_queue_refuses_is_left_with_its_reason(aws: Aws) -
     assert why.startswith("refused by ingest-render: ")
     assert "shorter than 1024 bytes" in why
     assert "\n" not in str(report)
-    assert await queue_counts(aws, DLQ) == (1, 0)
+    assert await queue_counts(aws, DLQ) == (1, 0, 0)
 
 
-def cli(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
-    return subprocess.run(
-        [sys.executable, "-m", "ingest_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_an_unknown_queue_is_one_line_naming_the_known_ones(moto_endpoint: str) -> None:
-    result = cli(moto_endpoint, "dlq", "list", "render")
+def test_an_unknown_queue_is_one_line_naming_the_known_ones(settings: IngestSettings) -> None:
+    result = run_ingest(settings, "dlq", "list", "render", check=False)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == (
@@ -174,13 +152,12 @@ def test_an_unknown_queue_is_one_line_naming_the_known_ones(moto_endpoint: str) 
 async def test_the_command_prints_the_report_and_exits_1_for_what_it_left(aws: Aws) -> None:
     for i in range(2):
         await dead_letter(aws, f'{{"n": {i}}}')
-    endpoint = aws.settings.aws_endpoint_url or ""
-    limited = cli(endpoint, "dlq", "redrive", DLQ, "--limit", "1")
+    limited = run_ingest(aws.settings, "dlq", "redrive", DLQ, "--limit", "1", check=False)
     assert limited.returncode == 1, limited.stderr
     assert limited.stdout == (
         "moved 1 message(s) from ingest-render-dlq to ingest-render; left 1: 1 over the limit"
         " of 1\n"
     )
-    rest = cli(endpoint, "dlq", "redrive", SOURCE)
+    rest = run_ingest(aws.settings, "dlq", "redrive", SOURCE, check=False)
     assert rest.returncode == 0, rest.stderr
     assert rest.stdout == "moved 1 message(s) from ingest-render-dlq to ingest-render\n"

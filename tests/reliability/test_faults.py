@@ -11,8 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -29,7 +27,7 @@ from ingest_common.runtime.consumer import Delivery
 from ingest_common.schemas.messages import Message
 from ingest_common.topology import load_topology
 
-from tests.integration.pipeline import SERVICES, Pipeline, fetch_row, queue_counts
+from tests.integration.pipeline import SERVICES, Pipeline, fetch_row, queue_counts, run_ingest
 from tests.reliability.faults import (
     FAST,
     IMAGES,
@@ -196,7 +194,7 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
 
     dead = await queue_counts(aws, aws.settings.render_queue + "-dlq")
     assert dead[0] == 2, "the poison (after maxReceiveCount) and the invalid message"
-    listing = _cli(aws, "dlq", "list", aws.settings.render_queue)
+    listing = run_ingest(aws.settings, "dlq", "list", aws.settings.render_queue)
     assert str(victim["id"]) in listing.stdout
     assert "invalid message" in listing.stdout
     assert "failed 5 times; the last time: could not read the original" in listing.stdout
@@ -209,7 +207,7 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
         aws.settings.uploads_bucket, victim["original_key"], original, content_type="image/svg+xml"
     )
     await _discard_invalid(aws)
-    replay = _cli(aws, "dlq", "redrive", aws.settings.render_queue)
+    replay = run_ingest(aws.settings, "dlq", "redrive", aws.settings.render_queue)
     assert "moved 1 message(s)" in replay.stdout
     await pipeline.run_all(timeout=120)
     await finish_and_check(aws, database_url, uploads, data_lost)
@@ -240,7 +238,7 @@ async def test_redrive_after_a_failure_revives_the_image(
         assert "could not be rendered" in failed["failure_reason"]
 
         await aws.put_bytes(bucket, victim["original_key"], original, content_type="image/svg+xml")
-        replay = _cli(aws, "dlq", "redrive", aws.settings.render_queue)
+        replay = run_ingest(aws.settings, "dlq", "redrive", aws.settings.render_queue)
         assert "moved 1 message(s)" in replay.stdout
         await finish_and_check(aws, database_url, uploads, data_lost)
 
@@ -329,24 +327,6 @@ async def _discard_invalid(aws: Aws) -> None:
             await aws.sqs.change_message_visibility(
                 QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
             )
-
-
-def _cli(aws: Aws, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": aws.settings.aws_endpoint_url or "",
-        "DATABASE_URL": aws.settings.database_url,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "ingest_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 async def _ready_at_least(dsn: str, count: int) -> bool:

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -201,16 +202,36 @@ async def _ready_at_least(dsn: str, count: int) -> bool:
         return False
 
 
-# --- PostgreSQL ------------------------------------------------------------------------
+# --- PostgreSQL and the AWS endpoint ------------------------------------------------------
 
 
-async def test_postgres_refused_30_seconds(
+@dataclass(frozen=True)
+class Outage:
+    target: Target
+    fault: Fault
+    seconds: float
+    upload_during: bool = False
+
+
+OUTAGES = {
+    "postgres refused 30 s": Outage("postgres", "refuse", 30),
+    "postgres black-holed 120 s": Outage("postgres", "blackhole", 120),
+    "postgres refused 10 min at 1/8 scale": Outage("postgres", "refuse", 75),
+    "an upload during a database outage": Outage("postgres", "blackhole", 30, True),
+    "aws refused 120 s, an upload during it": Outage("aws", "refuse", 120, True),
+    "aws black-holed 120 s": Outage("aws", "blackhole", 120),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTAGES.values()), ids=list(OUTAGES))
+async def test_an_outage_ends_in_the_complete_state(
     aws: Aws,
     db: asyncpg.Pool,
     database_url: str,
     tmp_path: Path,
     data_lost: Callable[[int], None],
     figure: Callable[[str, float], None],
+    case: Outage,
 ) -> None:
     await outage(
         aws,
@@ -218,107 +239,10 @@ async def test_postgres_refused_30_seconds(
         tmp_path,
         data_lost,
         figure,
-        target="postgres",
-        fault="refuse",
-        seconds=30,
-    )
-
-
-async def test_postgres_blackholed_120_seconds(
-    aws: Aws,
-    db: asyncpg.Pool,
-    database_url: str,
-    tmp_path: Path,
-    data_lost: Callable[[int], None],
-    figure: Callable[[str, float], None],
-) -> None:
-    await outage(
-        aws,
-        database_url,
-        tmp_path,
-        data_lost,
-        figure,
-        target="postgres",
-        fault="blackhole",
-        seconds=120,
-    )
-
-
-async def test_postgres_refused_10_minutes_at_one_eighth_scale(
-    aws: Aws,
-    db: asyncpg.Pool,
-    database_url: str,
-    tmp_path: Path,
-    data_lost: Callable[[int], None],
-    figure: Callable[[str, float], None],
-) -> None:
-    await outage(
-        aws,
-        database_url,
-        tmp_path,
-        data_lost,
-        figure,
-        target="postgres",
-        fault="refuse",
-        seconds=75,
-    )
-
-
-async def test_upload_during_a_database_outage(
-    aws: Aws,
-    db: asyncpg.Pool,
-    database_url: str,
-    tmp_path: Path,
-    data_lost: Callable[[int], None],
-    figure: Callable[[str, float], None],
-) -> None:
-    await outage(
-        aws,
-        database_url,
-        tmp_path,
-        data_lost,
-        figure,
-        target="postgres",
-        fault="blackhole",
-        seconds=30,
-        upload_during=True,
-    )
-
-
-# --- the AWS endpoint ------------------------------------------------------------------
-
-
-async def test_aws_endpoint_refused_120_seconds(
-    aws: Aws,
-    db: asyncpg.Pool,
-    database_url: str,
-    tmp_path: Path,
-    data_lost: Callable[[int], None],
-    figure: Callable[[str, float], None],
-) -> None:
-    await outage(
-        aws,
-        database_url,
-        tmp_path,
-        data_lost,
-        figure,
-        target="aws",
-        fault="refuse",
-        seconds=120,
-        upload_during=True,
-    )
-
-
-async def test_aws_endpoint_blackholed_120_seconds(
-    aws: Aws,
-    db: asyncpg.Pool,
-    database_url: str,
-    tmp_path: Path,
-    data_lost: Callable[[int], None],
-    figure: Callable[[str, float], None],
-) -> None:
-    await outage(
-        aws, database_url, tmp_path, data_lost, figure, target="aws", fault="blackhole", seconds=120
+        target=case.target,
+        fault=case.fault,
+        seconds=case.seconds,
+        upload_during=case.upload_during,
     )
 
 

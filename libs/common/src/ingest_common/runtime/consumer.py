@@ -12,7 +12,7 @@
   Otherwise the message stays and comes back after an exponential backoff (its visibility
   timeout is set to the delay). On its last try (the queue's maxReceiveCount) it is moved
   to the DLQ here, with the reason, after the handler's `gave_up` has recorded it.
-- SIGTERM: stop receiving (a long poll in progress is cut short after a second), let
+- SIGTERM: stop receiving (a long poll in progress is cut short after STOP_POLL_GRACE), let
   in-flight handlers finish up to `drain_timeout`, cancel the rest and make their messages
   visible again at once, flush the deletes, return.
 - Liveness: the event loop ticks every second and the consumer's own loops must stay
@@ -54,7 +54,7 @@ from ingest_common.topology import dead_letter_queue, load_topology
 M = TypeVar("M")
 log = structlog.get_logger("ingest.consumer")
 
-STOP_POLL_GRACE = 1.0  # seconds a long poll in progress may still return after SIGTERM
+STOP_POLL_GRACE = 0.25  # seconds a long poll in progress may still return after SIGTERM
 SHUTDOWN_DELETE_WAIT = 10.0  # seconds to flush deletes on the way out
 
 
@@ -175,7 +175,7 @@ class Consumer(Generic[M]):
                 error = None if loops[name].cancelled() else loops[name].exception()
                 log.error("consumer.loop_died", loop=name, error=repr(error))
             self.stop()
-            # A long poll in progress may return what it got; after a second it is cut
+            # A long poll in progress may return what it got; then it is cut
             # short (its messages, if any, reappear after their visibility timeout).
             await asyncio.wait([loops["poller"]], timeout=STOP_POLL_GRACE)
         finally:

@@ -116,6 +116,28 @@ def service_dependencies(
     return Dependencies(settings, probes, on_recovered=recovered)
 
 
+def consumer_for(
+    settings: IngestSettings,
+    aws: Aws,
+    db: asyncpg.Pool,
+    queue: str,
+    handler: Handler[Any],
+    health: Health,
+) -> Consumer[Any]:
+    """The consumer of `queue` running `handler`, checking the dependencies it uses."""
+    dependencies = service_dependencies(settings, aws, db, queue, uses_s3=handler.uses_s3)
+    return Consumer(
+        settings,
+        aws,
+        queue,
+        handler.parse,
+        handler.handle,
+        health,
+        dependencies,
+        gave_up=handler.gave_up,
+    )
+
+
 def run_service(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
     """The entry point of every service process."""
     telemetry = configure_telemetry(
@@ -149,24 +171,14 @@ async def serve(settings: IngestSettings, queue: str, build: HandlerFactory) -> 
             return
         try:
             async with Aws(settings) as aws, build(Resources(settings, aws, db)) as handler:
-                dependencies = service_dependencies(
-                    settings, aws, db, queue, uses_s3=handler.uses_s3
-                )
-                consumer = Consumer(
-                    settings,
-                    aws,
-                    queue,
-                    handler.parse,
-                    handler.handle,
-                    health,
-                    dependencies,
-                    gave_up=handler.gave_up,
-                )
+                consumer = consumer_for(settings, aws, db, queue, handler, health)
                 ticker.cancel()  # the consumer ticks from its first line on
                 if stopping.is_set():
                     return
                 maintenance = [
-                    asyncio.create_task(run_periodic(task, db, dependencies), name=task.name)
+                    asyncio.create_task(
+                        run_periodic(task, db, consumer.dependencies), name=task.name
+                    )
                     for task in handler.periodic()
                 ]
                 try:
