@@ -75,3 +75,30 @@ async def test_manifest_naming_another_contributor_is_refused(
     assert '"acme"' in error
     assert '"mallory"' in error
     data_lost(0)
+
+
+async def test_any_key_under_the_prefix_reaches_the_batcher_which_decides_by_suffix(
+    aws: Aws, db: asyncpg.Pool, data_lost: Callable[[int], None]
+) -> None:
+    """The notification filters on the prefix only: `Set.ZIP` is a set like any other, a
+    `.tar.gz` is refused with a reason the contributor reads, a console's folder marker is
+    not an upload at all."""
+    files = svgs(2)
+    archive = make_zip({"manifest.json": manifest(list(files)), **files})
+    upper = await put_upload(aws, "acme", archive, "Icons.ZIP")
+    other = await put_upload(aws, "acme", archive, "icons.tar.gz")
+    await aws.put_bytes(
+        aws.settings.uploads_bucket, "uploads/acme/", b"", content_type="application/x-directory"
+    )
+    await Pipeline(aws, db).run_all()
+
+    accepted = await upload_row(db, upper)
+    assert accepted["status"] == "ready"
+    refused = await upload_row(db, other)
+    assert refused["status"] == "rejected"
+    assert refused["contributor_id"] == "acme"  # still listed among the contributor's uploads
+    assert refused["error"] == (
+        "'icons.tar.gz' was refused: a set is uploaded as a ZIP archive whose name ends in .zip"
+    )
+    assert await db.fetchval("SELECT count(*) FROM uploads") == 2, "the folder marker is no upload"
+    data_lost(0)

@@ -290,3 +290,13 @@ def test_normalize_relative_path_is_nfc() -> None:
     decomposed = "cafe\u0301.svg"  # how macOS spells "café.svg"
     assert normalize_relative_path(decomposed) == "caf\u00e9.svg"
     assert normalize_relative_path("./a/./b.svg") == "a/b.svg"
+
+
+def test_the_reader_sets_the_most_files_a_set_may_list() -> None:
+    """The batcher passes its archive's entry limit: the two limits agree."""
+    document = valid()
+    document["files"] = [{"path": f"{i}.svg", "title": "x"} for i in range(4)]
+    with pytest.raises(ManifestInvalid) as caught:
+        parse_manifest(json.dumps(document).encode(), max_files=3)
+    assert caught.value.problems == ["files: at most 3 files allowed (got 4)"]
+    assert len(parse_manifest(json.dumps(document).encode(), max_files=4).files) == 4

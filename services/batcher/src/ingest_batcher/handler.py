@@ -43,7 +43,7 @@ from ingest_common.telemetry.tracing import (
 from opentelemetry import trace
 
 from ingest_batcher.archive import ArchiveLimits, ArchiveRejected, extract_archive
-from ingest_batcher.keys import KEY_RULE, contributor_of
+from ingest_batcher.keys import KEY_RULE, contributor_of, is_folder_marker, key_problem
 from ingest_batcher.plan import UploadPlan, plan_upload
 from ingest_batcher.reconcile import reconcile
 from ingest_batcher.settings import BatcherSettings
@@ -137,12 +137,16 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         bucket, key = record.s3.bucket.name, record.s3.object.decoded_key
         etag = record.s3.object.etag.strip('"')
         upload = ids.upload_id(bucket, key, etag)
+        if is_folder_marker(key):
+            log.info("batcher.folder_marker_ignored", key=key)
+            return
         with structlog.contextvars.bound_contextvars(upload_id=str(upload), key=key):
             contributor = contributor_of(key)
+            problem = key_problem(key)
             # Only the object's headers are read here: its metadata names the upload's trace.
             # The body is read only if the upload still needs processing (below); on every
             # other path it is closed unread.
-            opened = await self._open(bucket, key, etag) if contributor else None
+            opened = await self._open(bucket, key, etag) if problem is None else None
             response = None if isinstance(opened, str) else opened
             metadata = dict(response.get("Metadata", {})) if response else {}
             carrier = {k: v for k, v in metadata.items() if k in TRACE_KEYS}
@@ -179,8 +183,8 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                             )
                             log.info("batcher.sent_again", outcome=done)
                             row = await upload_row(connection, upload)
-                    if contributor is None:
-                        await self._reject(upload, f"{key!r} was refused: {KEY_RULE}.", record)
+                    if problem is not None or contributor is None:
+                        await self._reject(upload, problem or KEY_RULE, record)
                     elif isinstance(opened, str):
                         await self._unreadable(row, opened)
                     elif (
@@ -349,7 +353,8 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             )
         spool.seek(0)
         archive = extract_archive(spool, self.limits)
-        manifest = parse_manifest(archive.manifest)
+        # manifest.json is one of the ZIP's entries: the rest is what a set may list.
+        manifest = parse_manifest(archive.manifest, max_files=self.limits.max_entries - 1)
         if manifest.contributor is not None and manifest.contributor != contributor:
             raise Rejected(
                 f'manifest.json names contributor "{manifest.contributor}", but this upload '

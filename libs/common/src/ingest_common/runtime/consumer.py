@@ -12,7 +12,8 @@
   Otherwise the message stays and comes back after an exponential backoff (its visibility
   timeout is set to the delay). On its last try (the queue's maxReceiveCount) it is moved
   to the DLQ here, with the reason, after the handler's `gave_up` has recorded it.
-- SIGTERM: stop receiving (a long poll in progress is cut short after STOP_POLL_GRACE), let
+- SIGTERM: stop receiving (a long poll in progress is awaited if it ends within
+  STOP_POLL_GRACE, else cut short: see `_poll_grace`), let
   in-flight handlers finish up to `drain_timeout`, cancel the rest and make their messages
   visible again at once, flush the deletes, return.
 - Liveness: the event loop ticks every second and the consumer's own loops must stay
@@ -54,7 +55,7 @@ from ingest_common.topology import dead_letter_queue, load_topology
 M = TypeVar("M")
 log = structlog.get_logger("ingest.consumer")
 
-STOP_POLL_GRACE = 0.25  # seconds a long poll in progress may still return after SIGTERM
+STOP_POLL_GRACE = 1.5  # seconds a long poll in progress may still take after SIGTERM
 SHUTDOWN_DELETE_WAIT = 10.0  # seconds to flush deletes on the way out
 
 
@@ -128,6 +129,7 @@ class Consumer(Generic[M]):
         self._deletes: asyncio.Queue[Delivery] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._url = ""
+        self._poll_started: float | None = None  # monotonic start of the poll under way
         self._ages = metrics.OldestAge()
 
     def oldest_message_age(self) -> float:
@@ -175,9 +177,7 @@ class Consumer(Generic[M]):
                 error = None if loops[name].cancelled() else loops[name].exception()
                 log.error("consumer.loop_died", loop=name, error=repr(error))
             self.stop()
-            # A long poll in progress may return what it got; then it is cut
-            # short (its messages, if any, reappear after their visibility timeout).
-            await asyncio.wait([loops["poller"]], timeout=STOP_POLL_GRACE)
+            await asyncio.wait([loops["poller"]], timeout=self._poll_grace())
         finally:
             stop.cancel()
             await _cancel(loops["poller"])
@@ -271,7 +271,23 @@ class Consumer(Generic[M]):
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("consumer.task_crashed", error=repr(exc))
 
+    def _poll_grace(self) -> float:
+        """How long to let a long poll in progress end by itself after SIGTERM.
+
+        SQS keeps a poll whose client went away open until its wait is over, and hands it
+        any message that arrives meanwhile: that message then reappears only after its
+        visibility timeout, one receive spent. So a poll that will end within the grace
+        (short polls: tests, a busy queue) is awaited; a long idle one is cut at once, to
+        exit within Docker's grace (the same as a SIGKILL would do).
+        """
+        if self._poll_started is None:
+            return 0.0
+        # The poll's own wait, plus a round trip, from when it was sent.
+        left = self.settings.receive_wait_seconds + 0.5 - (time.monotonic() - self._poll_started)
+        return max(0.0, left) if left <= STOP_POLL_GRACE else 0.0
+
     async def _receive(self, count: int) -> list[dict[str, Any]]:
+        self._poll_started = time.monotonic()
         try:
             response = await self.aws.sqs.receive_message(
                 QueueUrl=self._url,
@@ -289,6 +305,8 @@ class Consumer(Generic[M]):
                     async with asyncio.timeout(1.0):
                         await self._stopping.wait()
             return []
+        finally:
+            self._poll_started = None
         messages: list[dict[str, Any]] = [dict(m) for m in response.get("Messages", [])]
         self.health.received += len(messages)
         return messages

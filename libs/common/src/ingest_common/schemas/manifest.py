@@ -22,7 +22,10 @@ from typing import Annotated, Any, Literal, Union
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
+# The largest set a manifest may list, unless its reader says less: the batcher passes the
+# archive's entry limit (minus manifest.json), so the two limits never disagree.
 MAX_FILES = 5000
 MAX_TAGS = 50
 MAX_TAG_CHARS = 50
@@ -115,6 +118,19 @@ def _unique_paths(files: list[ManifestFile]) -> list[ManifestFile]:
     return files
 
 
+def _within_the_reader_s_limit(
+    files: list[ManifestFile], info: pydantic.ValidationInfo
+) -> list[ManifestFile]:
+    limit = (info.context or {}).get("max_files", MAX_FILES)
+    if len(files) > limit:
+        raise PydanticCustomError(
+            "too_long",
+            "too many files",
+            {"max_length": limit, "actual_length": len(files)},
+        )
+    return files
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -134,6 +150,7 @@ class Manifest(BaseModel):
         list[ManifestFile],
         Field(min_length=1, max_length=MAX_FILES),
         AfterValidator(_unique_paths),
+        AfterValidator(_within_the_reader_s_limit),
     ]
 
 
@@ -192,8 +209,11 @@ def _load_json(raw: bytes) -> object:
         raise ManifestInvalid([f"manifest.json cannot be read: {message}"]) from None
 
 
-def parse_manifest(raw: bytes) -> Manifest:
-    """Parse and validate manifest bytes; raise ManifestInvalid with readable problems."""
+def parse_manifest(raw: bytes, *, max_files: int = MAX_FILES) -> Manifest:
+    """Parse and validate manifest bytes; raise ManifestInvalid with readable problems.
+
+    `max_files`: the most files the set may list (the batcher passes its archive limit).
+    """
     data = _load_json(raw)
     if not isinstance(data, dict):
         raise ManifestInvalid(
@@ -203,7 +223,7 @@ def parse_manifest(raw: bytes) -> Manifest:
             ]
         )
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(data, context={"max_files": max_files})
     except pydantic.ValidationError as exc:
         problems = describe_validation_error(exc)
         if len(problems) > MAX_REPORTED_PROBLEMS:
