@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest_common.runtime.service import run_service
+from ingest_common.runtime.service import Consumes, run_service
 from ingest_common.settings import load_settings
 
 from ingest_batcher.handler import BatchHandler
@@ -11,4 +11,4 @@ from ingest_batcher.settings import BatcherSettings
 
 def run() -> None:
     settings = load_settings(BatcherSettings)
-    run_service(settings, settings.batch_queue, BatchHandler.open)
+    run_service(settings, Consumes(settings.batch_queue, BatchHandler.open))

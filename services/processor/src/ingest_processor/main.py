@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest_common.runtime.service import run_service
+from ingest_common.runtime.service import Consumes, run_service
 from ingest_common.settings import load_settings
 
 from ingest_processor.handler import RenderHandler
@@ -11,4 +11,4 @@ from ingest_processor.settings import ProcessorSettings
 
 def run() -> None:
     settings = load_settings(ProcessorSettings)
-    run_service(settings, settings.render_queue, RenderHandler.open)
+    run_service(settings, Consumes(settings.render_queue, RenderHandler.open))

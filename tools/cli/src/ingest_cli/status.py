@@ -49,7 +49,7 @@ async def load_status(connection: Connection, upload: uuid.UUID) -> UploadStatus
             dict(r)
             for r in await connection.fetch(
                 """SELECT id, path, title, status::text AS status, failure_reason, width, height,
-                          renditions, finished_at
+                          renditions, warnings, finished_at
                      FROM images WHERE product_id = $1 AND status <> 'retired'
                     ORDER BY position""",
                 product["id"],
@@ -86,6 +86,7 @@ def format_status(status: UploadStatus) -> str:
             f"{len(image['renditions'])} renditions" if image["status"] == "ready" else ""
         )
         lines.append(f"  {image['status']:<8} {image['path']}  {detail}")
+        lines.extend(f"  {'':<8} warning: {warning}" for warning in image["warnings"])
     for problem in upload["file_errors"]:
         lines.append(f"  {'refused':<8} {problem['path']}  {problem['reason']}")
     return "\n".join(lines)

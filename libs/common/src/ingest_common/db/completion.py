@@ -44,7 +44,7 @@ WITH target AS (
 UPDATE images i
    SET status = $2, failure_reason = $3, failure_retryable = $4,
        width = coalesce($5, i.width), height = coalesce($6, i.height), renditions = $7,
-       finished_at = now()
+       warnings = $8, finished_at = now()
   FROM target
  WHERE i.id = target.id
 RETURNING i.product_id, target.was::text AS was
@@ -82,6 +82,7 @@ async def finish_image(
     width: int | None = None,
     height: int | None = None,
     renditions: list[dict[str, Any]] | None = None,
+    warnings: list[str] | None = None,
     discard_delay: float = 0.0,
 ) -> ProductState | None:
     """Record one image's outcome: ready (no reason) or failed; None if it cannot change.
@@ -100,6 +101,7 @@ async def finish_image(
             width,
             height,
             renditions or [],
+            warnings or [],
         )
         if row is None:
             if renditions and await _retired(connection, image_id):

@@ -66,6 +66,8 @@ class Dependencies:
         self._wake = asyncio.Event()  # for run: a state changed, change pace
         self._checking: asyncio.Task[bool] | None = None
         self._next: asyncio.Task[bool] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._users = 0
 
     @property
     def up(self) -> bool:
@@ -113,7 +115,24 @@ class Dependencies:
 
     async def run(self) -> None:
         """Check forever: slowly while all is well, quickly during an outage (and switch
-        pace at once when a handler's failure reveals one)."""
+        pace at once when a handler's failure reveals one).
+
+        The consumers of one service share their dependencies: the first to call this
+        starts the checks, the others join them, and the last to be cancelled stops them.
+        """
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._check_forever(), name="dependency-checks")
+        runner = self._runner
+        self._users += 1
+        try:
+            await asyncio.shield(runner)
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    async def _check_forever(self) -> None:
         while True:
             await self.check()
             self._wake.clear()

@@ -94,7 +94,37 @@ class Health:
         }
 
 
-def health_app(health: Health) -> web.Application:
+@dataclass
+class ServiceHealth:
+    """A service's health over its consumers (the processor consumes two queues): alive if
+    all are, ready if all are."""
+
+    consumers: list[Health]
+
+    @property
+    def alive(self) -> bool:
+        return all(health.alive for health in self.consumers)
+
+    @property
+    def accepting(self) -> bool:
+        return all(health.accepting for health in self.consumers)
+
+    def tick(self) -> None:
+        for health in self.consumers:
+            health.tick()
+
+    def snapshot(self) -> dict[str, object]:
+        if len(self.consumers) == 1:
+            return self.consumers[0].snapshot()
+        return {
+            "alive": self.alive,
+            "ready": self.accepting,
+            "dependencies": self.consumers[0].dependencies(),
+            "consumers": {health.queue: health.snapshot() for health in self.consumers},
+        }
+
+
+def health_app(health: Health | ServiceHealth) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response(health.snapshot(), status=200 if health.alive else 503)
 
@@ -114,7 +144,9 @@ def health_app(health: Health) -> web.Application:
     return app
 
 
-async def start_health_server(health: Health, host: str, port: int) -> web.AppRunner:
+async def start_health_server(
+    health: Health | ServiceHealth, host: str, port: int
+) -> web.AppRunner:
     runner = web.AppRunner(health_app(health), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

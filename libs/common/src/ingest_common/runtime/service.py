@@ -1,7 +1,7 @@
 """Wiring shared by every service: logging, tracing, clients, pool, health, signals.
 
-A service's `main` is three lines: read its settings, name its queue, and pass the
-factory that builds its handler from the shared resources.
+A service's `main` is three lines: read its settings, and name each queue it consumes
+with the factory that builds its handler from the shared resources (`Consumes`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
@@ -27,7 +27,12 @@ from ingest_common.runtime.dependencies import (
     s3_probe,
     sqs_probe,
 )
-from ingest_common.runtime.health import Health, bound_port, start_health_server
+from ingest_common.runtime.health import (
+    Health,
+    ServiceHealth,
+    bound_port,
+    start_health_server,
+)
 from ingest_common.runtime.periodic import Periodic, run_periodic
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry import configure_telemetry
@@ -123,9 +128,12 @@ def consumer_for(
     queue: str,
     handler: Handler[Any],
     health: Health,
+    dependencies: Dependencies | None = None,
 ) -> Consumer[Any]:
-    """The consumer of `queue` running `handler`, checking the dependencies it uses."""
-    dependencies = service_dependencies(settings, aws, db, queue, uses_s3=handler.uses_s3)
+    """The consumer of `queue` running `handler`, checking the dependencies it uses (or
+    `dependencies`, shared by the consumers of one service)."""
+    if dependencies is None:
+        dependencies = service_dependencies(settings, aws, db, queue, uses_s3=handler.uses_s3)
     return Consumer(
         settings,
         aws,
@@ -138,51 +146,74 @@ def consumer_for(
     )
 
 
-def run_service(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
+@dataclass(frozen=True)
+class Consumes:
+    """A queue a service consumes and the factory of the handler that does its messages."""
+
+    queue: str
+    build: HandlerFactory
+
+
+def run_service(settings: IngestSettings, *consumes: Consumes) -> None:
     """The entry point of every service process."""
     telemetry = configure_telemetry(
         settings.service_name, log_format=settings.log_format, log_level=settings.log_level
     )
     try:
-        asyncio.run(serve(settings, queue, build))
+        asyncio.run(serve(settings, *consumes))
     finally:
         telemetry.shutdown()
 
 
-async def serve(settings: IngestSettings, queue: str, build: HandlerFactory) -> None:
-    health = Health(queue=queue)
+async def serve(settings: IngestSettings, *consumes: Consumes) -> None:
+    healths = [Health(queue=c.queue) for c in consumes]
+    health = ServiceHealth(healths)
     stopping = asyncio.Event()
-    consumer: Consumer[Any] | None = None
+    consumers: list[Consumer[Any]] = []
 
     def stop() -> None:
         stopping.set()
-        if consumer is not None:
+        for consumer in consumers:
             consumer.stop()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     runner = await start_health_server(health, settings.health_host, settings.health_port)
-    log.info("service.starting", queue=queue, health_port=bound_port(runner))
+    log.info("service.starting", queues=[c.queue for c in consumes], health_port=bound_port(runner))
     ticker = asyncio.create_task(_tick(health))
     try:
         db = await _connect_until_up(settings, stopping)
         if db is None:
             return
         try:
-            async with Aws(settings) as aws, build(Resources(settings, aws, db)) as handler:
-                consumer = consumer_for(settings, aws, db, queue, handler, health)
-                ticker.cancel()  # the consumer ticks from its first line on
+            async with Aws(settings) as aws, AsyncExitStack() as stack:
+                handlers = [
+                    await stack.enter_async_context(c.build(Resources(settings, aws, db)))
+                    for c in consumes
+                ]
+                # One set of checks for the whole process: its consumers share them.
+                dependencies = service_dependencies(
+                    settings,
+                    aws,
+                    db,
+                    consumes[0].queue,
+                    uses_s3=any(h.uses_s3 for h in handlers),
+                )
+                consumers.extend(
+                    consumer_for(settings, aws, db, c.queue, h, hc, dependencies)
+                    for c, h, hc in zip(consumes, handlers, healths, strict=True)
+                )
+                ticker.cancel()  # the consumers tick from their first line on
                 if stopping.is_set():
                     return
                 maintenance = [
-                    asyncio.create_task(
-                        run_periodic(task, db, consumer.dependencies), name=task.name
-                    )
-                    for task in handler.periodic()
+                    asyncio.create_task(run_periodic(task, db, dependencies), name=task.name)
+                    for h in handlers
+                    for task in h.periodic()
                 ]
                 try:
-                    await consumer.run()
+                    await _run_all(consumers)
                 finally:
                     for task in maintenance:
                         task.cancel()
@@ -194,7 +225,21 @@ async def serve(settings: IngestSettings, queue: str, build: HandlerFactory) -> 
         await runner.cleanup()
 
 
-async def _tick(health: Health) -> None:
+async def _run_all(consumers: list[Consumer[Any]]) -> None:
+    """Run every consumer; if one crashes, stop the others (they drain), then raise."""
+    tasks = [asyncio.create_task(c.run(), name=f"consume {c.queue}") for c in consumers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _tick(health: ServiceHealth) -> None:
     """Liveness while the service waits for its dependencies at start-up."""
     while True:
         health.tick()
