@@ -6,9 +6,11 @@
 #                          renditions/ and previews/families/ (the garbage sweep) ; list
 #                          both buckets ; send render, preview (safety net), index (a new
 #                          version that needs no render)
-#   processor  q.render  → read originals/ ; list uploads ; write previews bucket ;
-#                          send preview + index
-#   previewer  q.preview → read+write previews bucket ; queue depth of q.render ; send index
+#   processor  q.render, q.render-slow (its slow lane: renders that overran a few seconds)
+#                        → read originals/ ; list uploads ; write previews bucket ;
+#                          send preview + index, render-slow
+#   previewer  q.preview → read+write previews bucket ; queue depth of q.render and
+#                          q.render-slow (the safety net) ; send index
 #   indexer    q.index   → no S3 ; no sends (search backend: PostgreSQL full text by default)
 #
 # Every consumer may also send to its own queue (a message handed back during an outage,
@@ -16,16 +18,18 @@
 # and to its own DLQ: the consumer runtime moves invalid messages and permanent failures
 # there itself (queue name + "-dlq"), besides SQS's redrive.
 #
+# `also_consumes`: queues consumed beside `queue` (autoscaling follows `queue`).
 # `lists`: s3:ListBucket on the whole bucket, to list prefixes, and so that a missing
 # object answers 404 rather than 403. `reads`: sqs:GetQueueAttributes on other queues.
 
 locals {
   services = {
     batcher = {
-      queue = "batch"
-      sends = ["render", "preview", "index"]
-      reads = []
-      lists = ["uploads", "previews"]
+      queue         = "batch"
+      also_consumes = []
+      sends         = ["render", "preview", "index"]
+      reads         = []
+      lists         = ["uploads", "previews"]
       s3 = [
         { bucket = "uploads", keys = "uploads/*", actions = ["s3:GetObject", "s3:PutObjectTagging", "s3:PutObjectVersionTagging"] },
         { bucket = "uploads", keys = "originals/*", actions = ["s3:PutObject", "s3:DeleteObject"] },
@@ -34,30 +38,33 @@ locals {
       ]
     }
     processor = {
-      queue = "render"
-      sends = ["preview", "index"]
-      reads = []
-      lists = ["uploads"]
+      queue         = "render"
+      also_consumes = ["render_slow"]
+      sends         = ["preview", "index", "render_slow"]
+      reads         = []
+      lists         = ["uploads"]
       s3 = [
         { bucket = "uploads", keys = "originals/*", actions = ["s3:GetObject"] },
         { bucket = "previews", keys = "*", actions = ["s3:PutObject"] },
       ]
     }
     previewer = {
-      queue = "preview"
-      sends = ["index"]
-      reads = ["render"]
-      lists = []
+      queue         = "preview"
+      also_consumes = []
+      sends         = ["index"]
+      reads         = ["render", "render_slow"]
+      lists         = []
       s3 = [
         { bucket = "previews", keys = "*", actions = ["s3:GetObject", "s3:PutObject"] },
       ]
     }
     indexer = {
-      queue = "index"
-      sends = []
-      reads = []
-      lists = []
-      s3    = []
+      queue         = "index"
+      also_consumes = []
+      sends         = []
+      reads         = []
+      lists         = []
+      s3            = []
     }
   }
 
@@ -79,14 +86,15 @@ locals {
             Sid      = "Consume"
             Effect   = "Allow"
             Action   = local.consume_actions
-            Resource = [local.queue_arns[svc.queue]]
+            Resource = [for q in concat([svc.queue], svc.also_consumes) : local.queue_arns[q]]
           },
           {
             Sid    = "Send"
             Effect = "Allow"
             Action = local.send_actions
             Resource = distinct(concat(
-              [local.queue_arns[svc.queue], local.dead_letter_arns[svc.queue]],
+              [for q in concat([svc.queue], svc.also_consumes) : local.queue_arns[q]],
+              [for q in concat([svc.queue], svc.also_consumes) : local.dead_letter_arns[q]],
               [for q in svc.sends : local.queue_arns[q]],
             ))
           },

@@ -9,12 +9,13 @@ locals {
 
   # IngestSettings field → value, for every name the topology refers to.
   names = {
-    uploads_bucket  = var.uploads_bucket
-    previews_bucket = var.previews_bucket
-    batch_queue     = var.batch_queue
-    render_queue    = var.render_queue
-    preview_queue   = var.preview_queue
-    index_queue     = var.index_queue
+    uploads_bucket    = var.uploads_bucket
+    previews_bucket   = var.previews_bucket
+    batch_queue       = var.batch_queue
+    render_queue      = var.render_queue
+    render_slow_queue = var.render_slow_queue
+    preview_queue     = var.preview_queue
+    index_queue       = var.index_queue
   }
 
   dead_letter_suffix = local.topology.dead_letter.suffix

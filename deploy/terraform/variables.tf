@@ -45,6 +45,12 @@ variable "render_queue" {
   default     = "ingest-render"
 }
 
+variable "render_slow_queue" {
+  description = "INGEST_RENDER_SLOW_QUEUE: renders that overran the render queue's budget → the processor's slow lane."
+  type        = string
+  default     = "ingest-render-slow"
+}
+
 variable "preview_queue" {
   description = "INGEST_PREVIEW_QUEUE: product ready / safety net → previewer."
   type        = string

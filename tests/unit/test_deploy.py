@@ -590,7 +590,7 @@ def terraform_services() -> dict[str, dict[str, Any]]:
         queue = re.search(r'queue\s*=\s*"(\w+)"', body)
         assert queue, f"services.tf: {name} consumes no queue"
         entry: dict[str, Any] = {"queue": queue[1]}
-        for field_name in ("sends", "reads", "lists"):
+        for field_name in ("also_consumes", "sends", "reads", "lists"):
             found = re.search(rf"\b{field_name}\s*=\s*\[([^\]]*)\]", body)
             assert found, f"services.tf: {name} has no {field_name} list"
             entry[field_name] = hcl_strings(found[1])
@@ -614,7 +614,7 @@ def test_task_roles_name_only_declared_queues_and_buckets() -> None:
     assert set(services) == set(SERVICES), f"services.tf grants {sorted(services)}"
     for name, svc in services.items():
         assert svc["queue"] in queues, f"services.tf: {name} consumes unknown {svc['queue']}"
-        for field_name in ("sends", "reads"):
+        for field_name in ("also_consumes", "sends", "reads"):
             unknown = set(svc[field_name]) - queues
             assert not unknown, f"services.tf: {name}.{field_name} names no queue: {unknown}"
         unknown = set(svc["lists"]) - buckets
@@ -630,8 +630,9 @@ def test_every_consumer_may_send_to_its_own_queue_and_dead_letter_queue() -> Non
     policies = hcl_block(terraform_text("services.tf"), "task_policies = {")
     statement = re.search(r'Sid\s*=\s*"Send"(.*?)\}\s*,', policies, re.S)
     assert statement, "services.tf: no Send statement"
-    assert "local.queue_arns[svc.queue]" in statement[1], "services.tf: consumers cannot re-send"
-    assert "local.dead_letter_arns[svc.queue]" in statement[1], "services.tf: no send to the DLQ"
+    consumed = "for q in concat([svc.queue], svc.also_consumes) :"
+    assert f"[{consumed} local.queue_arns[q]]" in statement[1], "consumers cannot re-send"
+    assert f"[{consumed} local.dead_letter_arns[q]]" in statement[1], "no send to the DLQ"
 
 
 def test_the_batcher_may_delete_what_the_garbage_sweep_deletes() -> None:

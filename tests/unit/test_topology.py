@@ -50,6 +50,7 @@ def test_every_service_queue_has_a_topology_entry() -> None:
     assert names == {
         settings.batch_queue,
         settings.render_queue,
+        settings.render_slow_queue,
         settings.preview_queue,
         settings.index_queue,
     }

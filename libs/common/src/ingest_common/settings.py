@@ -54,6 +54,9 @@ class IngestSettings(BaseSettings):
     previews_bucket: str = Field("ingest-previews", description="renditions and mosaics")
     batch_queue: str = Field("ingest-batch", description="S3 upload events → batcher")
     render_queue: str = Field("ingest-render", description="one message per image → processor")
+    render_slow_queue: str = Field(
+        "ingest-render-slow", description="renders too slow for the render queue → slow lane"
+    )
     preview_queue: str = Field("ingest-preview", description="product ready → previewer")
     index_queue: str = Field("ingest-index", description="product changed → indexer")
 

@@ -233,17 +233,20 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         await notify_product_ready(self.aws, self.db, state)
 
     async def _render_messages_left(self) -> int:
-        """Render messages that could still arrive: waiting, in flight, or delayed."""
-        url = await self.aws.queue_url(self.settings.render_queue)
-        response = await self.aws.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )
-        return sum(int(value) for value in response.get("Attributes", {}).values())
+        """Render messages that could still arrive, in the render queue or its slow lane:
+        waiting, in flight, or delayed."""
+        left = 0
+        for queue in (self.settings.render_queue, self.settings.render_slow_queue):
+            response = await self.aws.sqs.get_queue_attributes(
+                QueueUrl=await self.aws.queue_url(queue),
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )
+            left += sum(int(value) for value in response.get("Attributes", {}).values())
+        return left
 
     async def _look_again_later(self, message: PreviewFamily, why: str) -> None:
         again = message.model_copy(update={"attempt": message.attempt + 1})
