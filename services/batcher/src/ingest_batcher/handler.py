@@ -42,7 +42,7 @@ from ingest_common.telemetry.tracing import (
 )
 from opentelemetry import trace
 
-from ingest_batcher.archive import ArchiveLimits, ArchiveRejected, extract_archive
+from ingest_batcher.archive import ArchiveRejected, extract_archive
 from ingest_batcher.keys import KEY_RULE, contributor_of, is_folder_marker, key_problem
 from ingest_batcher.plan import UploadPlan, plan_upload
 from ingest_batcher.reconcile import reconcile
@@ -92,15 +92,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
 
     def __init__(self, resources: Resources) -> None:
         super().__init__(resources)
-        settings = self.settings
-        self.limits = ArchiveLimits(
-            max_archive_bytes=settings.max_archive_bytes,
-            max_entries=settings.max_entries,
-            max_file_bytes=settings.max_file_bytes,
-            max_total_bytes=settings.max_total_bytes,
-            max_compression_ratio=settings.max_compression_ratio,
-            max_manifest_bytes=settings.max_manifest_bytes,
-        )
+        self.limits = self.settings.archive_limits()
 
     def periodic(self) -> list[Periodic]:
         """The batcher hosts the pipeline's housekeeping (one process at a time runs each)."""

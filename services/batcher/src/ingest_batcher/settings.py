@@ -45,3 +45,14 @@ class BatcherSettings(IngestSettings):
     sweep_interval: float = Field(
         300.0, ge=0, description="seconds between sweeps of objects nothing refers to; 0: never"
     )
+
+    def archive_limits(self) -> ArchiveLimits:
+        """The limits on untrusted archives these settings describe."""
+        return ArchiveLimits(
+            max_archive_bytes=self.max_archive_bytes,
+            max_entries=self.max_entries,
+            max_file_bytes=self.max_file_bytes,
+            max_total_bytes=self.max_total_bytes,
+            max_compression_ratio=self.max_compression_ratio,
+            max_manifest_bytes=self.max_manifest_bytes,
+        )

@@ -33,7 +33,7 @@ from ingest_common.runtime.service import Resources, ServiceHandler
 from ingest_common.schemas.messages import IndexProduct, PreviewFamily
 from ingest_common.telemetry.tracing import tracer
 
-from ingest_previewer.mosaic import Mosaic, MosaicSpec, compose_mosaic
+from ingest_previewer.mosaic import Mosaic, compose_mosaic
 from ingest_previewer.settings import PreviewerSettings
 
 log = structlog.get_logger("ingest.previewer")
@@ -64,13 +64,7 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
 
     def __init__(self, resources: Resources) -> None:
         super().__init__(resources)
-        settings = self.settings
-        self.spec = MosaicSpec(
-            tile=settings.mosaic_tile,
-            gap=settings.mosaic_gap,
-            padding=settings.mosaic_padding,
-            webp_quality=settings.mosaic_webp_quality,
-        )
+        self.spec = self.settings.mosaic_spec()
 
     async def handle(self, message: PreviewFamily, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ingest_common.settings import IngestSettings
 from pydantic import Field
 
-from ingest_previewer.mosaic import MosaicSpec
+from ingest_previewer.spec import MosaicSpec
 
 
 class PreviewerSettings(IngestSettings):
@@ -32,3 +32,12 @@ class PreviewerSettings(IngestSettings):
         " if no render message is left that could still render them",
     )
     safety_net_delay: int = Field(300, ge=0, le=900, description="seconds between re-checks")
+
+    def mosaic_spec(self) -> MosaicSpec:
+        """The mosaic these settings describe."""
+        return MosaicSpec(
+            tile=self.mosaic_tile,
+            gap=self.mosaic_gap,
+            padding=self.mosaic_padding,
+            webp_quality=self.mosaic_webp_quality,
+        )
