@@ -37,7 +37,7 @@ def problems_for(document: object) -> list[str]:
     raw = document if isinstance(document, bytes) else json.dumps(document).encode()
     with pytest.raises(ManifestInvalid) as caught:
         parse_manifest(raw)
-    assert str(caught.value) == "; ".join(caught.value.problems)
+    assert caught.value.reason == "manifest.json is not valid: " + "; ".join(caught.value.problems)
     return caught.value.problems
 
 

@@ -1,4 +1,4 @@
-"""The two kinds of failure a handler can report to the consumer runtime.
+"""The kinds of failure a handler can report to the consumer runtime.
 
 Anything else a handler raises is treated as retryable: an unknown failure must never
 delete a message, because deleting is the only way to lose work.
@@ -29,3 +29,12 @@ class PermanentError(Exception):
 
 class InvalidMessage(PermanentError):
     """The message body is not its queue's model: a poison pill, kept apart in the DLQ."""
+
+
+class Refused(PermanentError):
+    """A contributor's input that will not be processed; `reason` is the sentence they read.
+
+    The one family for every refusal: an archive, a manifest, a family, an SVG. Handlers
+    catch it to record the reason where the contributor sees it (the upload, the image);
+    one that escapes a handler is a permanent failure like any other.
+    """

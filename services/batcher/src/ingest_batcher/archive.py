@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
+from ingest_common.errors import Refused
 from ingest_common.schemas.manifest import normalize_relative_path
 
 MiB = 1024 * 1024
@@ -62,12 +63,8 @@ class ArchiveLimits:
     min_ratio_check_bytes: int = 64 * 1024
 
 
-class ArchiveRejected(Exception):
+class ArchiveRejected(Refused):
     """The whole set is rejected; `reason` is one sentence for the contributor."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

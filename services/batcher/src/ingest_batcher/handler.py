@@ -23,13 +23,13 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common import ids
 from ingest_common.db.completion import product_state
-from ingest_common.errors import RetryableError
+from ingest_common.errors import Refused, RetryableError
 from ingest_common.garbage import sweep, tag_rejected_upload
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.periodic import Periodic
 from ingest_common.runtime.service import Resources, ServiceHandler
-from ingest_common.schemas.manifest import ManifestInvalid, parse_manifest
+from ingest_common.schemas.manifest import parse_manifest
 from ingest_common.schemas.messages import PreviewFamily, RenderImage
 from ingest_common.schemas.s3_event import S3Event, S3EventRecord
 from ingest_common.telemetry import metrics
@@ -42,14 +42,12 @@ from ingest_common.telemetry.tracing import (
 )
 from opentelemetry import trace
 
-from ingest_batcher.archive import ArchiveRejected, extract_archive
+from ingest_batcher.archive import extract_archive
 from ingest_batcher.keys import KEY_RULE, contributor_of, is_folder_marker, key_problem
 from ingest_batcher.plan import UploadPlan, plan_upload
 from ingest_batcher.reconcile import reconcile
 from ingest_batcher.settings import BatcherSettings
 from ingest_batcher.store import (
-    FamilyMoved,
-    FamilyTaken,
     UploadRow,
     apply_plan,
     find_repeat,
@@ -76,14 +74,6 @@ PRIVATE_CACHE = "private, max-age=31536000, immutable"
 SWEEPS_PER_TURN = 10  # sweeps of up to 1000 rows each per turn of the periodic task
 # Upload states whose product may still need its render messages sent.
 _DISPATCHED_STATES = ("processing", "ready", "failed", "duplicate")
-
-
-class Rejected(Exception):
-    """The whole set is refused; the reason is stored on the upload for the contributor."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
@@ -293,31 +283,8 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                     previews_bucket=self.settings.previews_bucket,
                     discard_delay=self.settings.garbage_delay,
                 )
-        except ArchiveRejected as exc:
+        except Refused as exc:  # the archive, the manifest, the family: one effect
             await self._reject(upload, exc.reason, record)
-            return
-        except ManifestInvalid as exc:
-            await self._reject(
-                upload, "manifest.json is not valid: " + "; ".join(exc.problems), record
-            )
-            return
-        except Rejected as exc:
-            await self._reject(upload, exc.reason, record)
-            return
-        except FamilyTaken as exc:
-            await self._reject(
-                upload,
-                f'the family "{exc}" belongs to another contributor; choose another name',
-                record,
-            )
-            return
-        except FamilyMoved as exc:
-            await self._reject(
-                upload,
-                f'a new version cannot move the set out of its family "{exc.family}"; upload it'
-                " under a new name to start another set",
-                record,
-            )
             return
         log.info(
             "batcher.plan_applied", outcome=applied.outcome, product_id=str(applied.product_id)
@@ -339,7 +306,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         """CPU-bound and synchronous: runs in a thread, bounded by the archive limits."""
         spool.seek(0, 2)
         if spool.tell() == 0:
-            raise Rejected(
+            raise Refused(
                 "the ZIP could not be read: it was deleted before processing, or it is larger"
                 f" than the limit of {self.settings.max_archive_bytes // 2**20} MiB"
             )
@@ -348,7 +315,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         # manifest.json is one of the ZIP's entries: the rest is what a set may list.
         manifest = parse_manifest(archive.manifest, max_files=self.limits.max_entries - 1)
         if manifest.contributor is not None and manifest.contributor != contributor:
-            raise Rejected(
+            raise Refused(
                 f'manifest.json names contributor "{manifest.contributor}", but this upload '
                 f'belongs to "{contributor}"'
             )

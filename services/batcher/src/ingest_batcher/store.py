@@ -16,6 +16,7 @@ from datetime import datetime
 
 from ingest_common import ids
 from ingest_common.db.pool import Connection
+from ingest_common.errors import Refused
 from ingest_common.garbage import discard, discard_renditions, reclaim, reclaim_renditions
 
 from ingest_batcher.archive import FileProblem
@@ -46,16 +47,23 @@ class Applied:
     new_images: frozenset[str]  # content hashes of images this version added
 
 
-class FamilyTaken(Exception):
+class FamilyTaken(Refused):
     """The manifest names a family that another contributor owns."""
 
+    def __init__(self, family: str) -> None:
+        super().__init__(
+            f'the family "{family}" belongs to another contributor; choose another name'
+        )
 
-class FamilyMoved(Exception):
+
+class FamilyMoved(Refused):
     """A new version names another family than its product's."""
 
     def __init__(self, family: str) -> None:
-        super().__init__(family)
-        self.family = family
+        super().__init__(
+            f'a new version cannot move the set out of its family "{family}"; upload it'
+            " under a new name to start another set"
+        )
 
 
 _UPLOAD = """

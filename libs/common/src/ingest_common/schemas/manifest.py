@@ -24,6 +24,8 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
+from ingest_common.errors import Refused
+
 # The largest set a manifest may list, unless its reader says less: the batcher passes the
 # archive's entry limit (minus manifest.json), so the two limits never disagree.
 MAX_FILES = 5000
@@ -42,11 +44,11 @@ License = Literal[
 ProductType = Literal["icon_set", "illustration_set"]
 
 
-class ManifestInvalid(ValueError):
+class ManifestInvalid(Refused):
     """The manifest cannot be used; `problems` are sentences for the contributor."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
+        super().__init__("manifest.json is not valid: " + "; ".join(problems))
         self.problems = problems
 
 
