@@ -649,3 +649,42 @@ def test_the_batcher_may_delete_what_the_garbage_sweep_deletes() -> None:
     assert set(batcher["lists"]) == {"uploads", "previews"}
     tagging = {k for b, k, actions in batcher["s3"] if "s3:PutObjectTagging" in actions}
     assert tagging == {"uploads/*"}
+
+
+# --- 7. SVG text has fonts in the runtime image -----------------------------------------
+
+
+# The wheel's librsvg draws <text> with whatever its fontconfig finds; python:*-slim has no
+# fonts and no /etc/fonts. fontconfig-config brings fonts.conf and the generic-family aliases.
+RUNTIME_FONT_PACKAGES = {"fontconfig-config", "fonts-dejavu-core", "fonts-liberation2"}
+
+
+def apt_installs(command: str) -> list[set[str]]:
+    """The packages of each `apt-get install` in a RUN command (options and pins dropped)."""
+    installs = []
+    for part in re.split(r"&&|;|\|\|", command):
+        words = shlex.split(part)
+        if words[:2] == ["apt-get", "install"]:
+            installs.append({w.split("=")[0] for w in words[2:] if not w.startswith("-")})
+    return installs
+
+
+@pytest.mark.parametrize("target", ["service", "cli"])
+def test_runtime_image_installs_fonts_for_svg_text(target: str) -> None:
+    runtime = next(stage for stage in dockerfile_stages() if stage.name == "runtime")
+    assert runtime in stage_chain(target), f"target {target} is not built on the runtime stage"
+    runs = [args for keyword, args in runtime.instructions if keyword == "RUN"]
+    installed = set().union(*(p for run in runs for p in apt_installs(run)))
+    assert installed >= RUNTIME_FONT_PACKAGES, (
+        f"the runtime stage installs no {sorted(RUNTIME_FONT_PACKAGES - installed)}:"
+        " SVG <text> would be drawn as empty boxes"
+    )
+    for run in runs:
+        if not apt_installs(run):
+            continue
+        # One layer that updates, installs only what is named, and leaves no package lists.
+        assert "apt-get update" in run, f"RUN {run!r}: apt-get install without apt-get update"
+        assert "--no-install-recommends" in run, f"RUN {run!r}: installs recommended packages"
+        assert re.search(r"rm -rf /var/lib/apt/lists/\*\s*$", run), (
+            f"RUN {run!r}: does not end by removing /var/lib/apt/lists/*"
+        )

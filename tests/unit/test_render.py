@@ -145,7 +145,7 @@ def test_png_renamed_svg_is_rejected() -> None:
 
 
 @pytest.mark.parametrize("junk", [b"", b"hello", b"<svg", b"<html><body/></html>"])
-def test_non_svg_is_rejected_with_libvips_reason(junk: bytes) -> None:
+def test_non_svg_is_rejected_with_a_reason(junk: bytes) -> None:
     with pytest.raises(RenderRejected) as caught:
         render_svg(junk, SPEC)
 
@@ -284,7 +284,8 @@ def test_unknown_webp_mode_is_refused() -> None:
 def test_result_is_picklable_for_the_process_pool() -> None:
     import pickle
 
-    result = render_svg(MDI_FORWARD, RenderSpec(widths=(64,)))
+    result = render_svg(_image_svg("data:image/gif;base64,R0lGODlh"), RenderSpec(widths=(64,)))
+    assert result.warnings
     error = RenderRejected("is not an SVG image (libvips saw png)")
 
     assert pickle.loads(pickle.dumps(result)) == result
@@ -320,3 +321,227 @@ def test_configure_vips_blocks_every_loader_but_svg() -> None:
     )
 
     assert done.stdout.strip() == "blocked"
+
+
+# --- geometry: drawn as a browser draws <img width=W> ---------------------------------------
+
+
+def _alpha_row(data: bytes, y: int) -> list[float]:
+    image = _decode(data)
+    return [image(x, y)[3] for x in range(image.width)]
+
+
+def test_thin_strip_keeps_its_edge_columns() -> None:
+    # 20:1: 3.2 rows at 64 px. librsvg fits the artwork into the whole-pixel viewport libvips
+    # gives it, so a height rounded down used to shrink the strip (8 of 128 columns lost).
+    svg = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 10">'
+        b'<rect width="200" height="10" fill="#3a7"/></svg>'
+    )
+
+    for rendition in render_svg(svg, RenderSpec(formats=("png",))).renditions:
+        assert rendition.height == round(rendition.width / 20)
+        assert min(_alpha_row(rendition.data, 0)) == 255, rendition.width
+
+
+def test_height_follows_the_exact_ratio_not_the_rounded_size() -> None:
+    # 0.5×0.25 rounds to 1×1 (or 0×0); the ratio is still 2:1.
+    svg = _svg("0.5", "0.25", "0 0 0.5 0.25")
+
+    result = render_svg(svg, RenderSpec(widths=(64,), formats=("png",)))
+
+    assert [(r.width, r.height) for r in result.renditions] == [(64, 32)]
+    assert (result.source_width, result.source_height) == (1, 1)
+
+
+def test_no_viewbox_and_no_size_is_refused_with_what_to_add() -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><rect x="10" y="10" width="50" height="30"/></svg>'
+
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(svg, SPEC)
+
+    assert "no viewBox" in caught.value.reason
+    assert 'add a viewBox such as viewBox="0 0 24 24"' in caught.value.reason
+
+
+def test_size_limit_names_a_size_libvips_cannot_hold() -> None:
+    # librsvg's header of a 1e9×1e9 SVG overflows to 1×1 ("zero-sized image").
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(_svg("1e9", "1e9"), SPEC)
+
+    assert caught.value.reason.startswith("declares 1000000000×1000000000 pixels, a side longer")
+
+
+def test_size_limit_of_a_viewbox_only_svg_says_where_the_size_comes_from() -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 30000 300"/>'
+
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(svg, SPEC)
+
+    assert "30000×300 pixels" in caught.value.reason
+    assert "as it has no width and height: add them" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("prefix", "root"),
+    [
+        ("<!-- an <svg width='9'> in a comment -->\n", '<svg {ns} width="10" height="10">'),
+        (
+            '<?xml version="1.0"?>\n',
+            '<svg data-note="a > b" {ns} aria-label=\'say "hi"\' width="10"\n height="10" >',
+        ),
+        ("", '<s:svg xmlns:s="http://www.w3.org/2000/svg" width="10" height="10">'),
+        ("", '<svg {ns} width="10" height="10" style="fill: #00f">'),
+    ],
+)
+def test_root_tag_is_rewritten_wherever_and_however_it_is_written(prefix: str, root: str) -> None:
+    ns = 'xmlns="http://www.w3.org/2000/svg"'
+    tag = root.format(ns=ns).split()[0][1:]  # svg or s:svg
+    circle = "<s:circle" if tag == "s:svg" else "<circle"
+    svg = f'{prefix}{root.format(ns=ns)}{circle} cx="5" cy="5" r="4"/></{tag}>'.encode()
+
+    (rendition,) = render_svg(svg, RenderSpec(widths=(64,), formats=("png",))).renditions
+
+    image = _decode(rendition.data)
+    assert (image.width, image.height) == (64, 64)
+    centre = image(32, 32)
+    assert centre[3] == 255
+    assert centre[2] == (255 if "fill: #00f" in root else 0)  # the root's own style is kept
+
+
+def test_text_without_font_size_is_16_px_as_in_a_browser() -> None:
+    def cap_height(svg: bytes) -> int:
+        (rendition,) = render_svg(svg, RenderSpec(widths=(200,), formats=("png",))).renditions
+        image = _decode(rendition.data)
+        rows = [y for y in range(image.height) if image.crop(0, y, image.width, 1)[3].max() > 128]
+        return rows[-1] - rows[0] + 1
+
+    text = '<text x="0" y="80" font-family="DejaVu Sans"{}>H</text>'
+    default = _svg("200", "100", "0 0 200 100").replace(
+        b'<circle cx="5" cy="5" r="4" fill="#3a7"/>', text.format("").encode()
+    )
+    sized = default.replace(
+        b'font-family="DejaVu Sans"', b'font-family="DejaVu Sans" font-size="16"'
+    )
+
+    assert cap_height(default) == cap_height(sized) > 10  # DejaVu's H is 0.73 em: 12 px
+
+
+def test_physical_units_in_the_artwork_are_96_per_inch() -> None:
+    svg = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="192" height="96">'
+        b'<rect width="1in" height="1in" fill="#000"/></svg>'
+    )
+
+    (rendition,) = render_svg(svg, RenderSpec(widths=(192,), formats=("png",))).renditions
+
+    assert sum(a == 255 for a in _alpha_row(rendition.data, 10)) == 96
+
+
+# --- reasons and warnings ----------------------------------------------------------------------
+
+
+def _image_svg(href: str, identifier: str | None = None) -> bytes:
+    attribute = f' id="{identifier}"' if identifier else ""
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10">'
+        f'<image{attribute} width="10" height="10" href="{href}"/></svg>'
+    ).encode()
+
+
+def test_png_and_jpeg_images_are_drawn_without_warning() -> None:
+    import base64
+
+    png = base64.b64encode(pyvips.Image.black(2, 2, bands=3).pngsave_buffer()).decode()
+    jpeg = base64.b64encode(pyvips.Image.black(2, 2, bands=3).jpegsave_buffer()).decode()
+    for href in (f"data:image/png;base64,{png}", f"data:image/jpeg;base64,{jpeg}"):
+        result = render_svg(_image_svg(href), RenderSpec(widths=(64,), formats=("png",)))
+        assert result.warnings == ()
+        assert _decode(result.renditions[0].data)(32, 32)[3] == 255  # drawn
+
+
+@pytest.mark.parametrize(
+    ("href", "identifier", "words"),
+    [
+        (
+            "data:image/gif;base64,R0lGODlhAQABAAAAACw=",
+            "logo",
+            "embedded image 'logo' was not drawn: it is image/gif; only PNG and JPEG data: URLs are rendered",
+        ),
+        (
+            "data:image/webp;base64,UklGRhYAAABXRUJQ",
+            None,
+            "embedded image number 1 was not drawn: it is image/webp",
+        ),
+        (
+            "data:image/png;base64,/9j/4AAQSkZJRgABAQ",
+            "x",
+            "it is labelled image/png but its data is a JPEG",
+        ),
+        ("data:image/png;base64,%%%%", "x", "its data: URL is not valid base64"),
+        ("photo.png", "x", "it refers to a file outside the SVG"),
+    ],
+)
+def test_images_the_renderer_declines_are_warned_about(
+    href: str, identifier: str | None, words: str
+) -> None:
+    result = render_svg(_image_svg(href, identifier), RenderSpec(widths=(64,), formats=("png",)))
+
+    assert len(result.warnings) == 1
+    assert words in result.warnings[0]
+    assert [(r.width, r.height) for r in result.renditions] == [(64, 64)]
+
+
+def test_use_bomb_reason_says_so() -> None:
+    defs = '<rect id="l0" width="1" height="1"/>'
+    for level in range(1, 7):
+        defs += f'<g id="l{level}">' + f'<use href="#l{level - 1}"/>' * 10 + "</g>"
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><defs>{defs}</defs>'
+        '<use href="#l6"/></svg>'
+    ).encode()
+
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(svg, RenderSpec(widths=(64,), formats=("png",)))
+
+    assert caught.value.reason.startswith(
+        "could not be rendered: its <use> elements expand to more than 500,000 elements"
+    )
+
+
+def test_entities_are_refused_before_rendering() -> None:
+    svg = (
+        b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY w "10">]>'
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="&w;" height="10"/>'
+    )
+    with pytest.raises(RenderRejected, match="entities"):
+        render_svg(svg, SPEC)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data"),
+    [
+        ("ISO-8859-1", "caf\u00e9".encode("latin-1")),
+        ("UTF-16", None),
+    ],
+)
+def test_declared_encodings_are_read(encoding: str, data: bytes | None) -> None:
+    text = (
+        f'<?xml version="1.0" encoding="{encoding}"?><svg xmlns="http://www.w3.org/2000/svg"'
+        ' width="10" height="10"><title>caf\u00e9</title><circle cx="5" cy="5" r="4"/></svg>'
+    )
+    svg = text.encode("latin-1") if data else text.encode("utf-16")
+
+    result = render_svg(svg, RenderSpec(widths=(64,), formats=("png",)))
+
+    assert _decode(result.renditions[0].data)(32, 32)[3] == 255
+
+
+def test_unsupported_declared_encoding_is_refused() -> None:
+    svg = b'<?xml version="1.0" encoding="windows-1252"?>' + MDI_FORWARD
+    with pytest.raises(RenderRejected) as caught:
+        render_svg(svg, SPEC)
+
+    assert caught.value.reason == (
+        'declares the text encoding "windows-1252", which is not supported; save it as UTF-8'
+    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ingest_batcher.svgcheck import MAX_DEPTH, check_svg
+from ingest_batcher import svgcheck
+from ingest_batcher.svgcheck import MAX_DEPTH, MAX_USE_EXPANSION, check_svg
 
 from tests.svgs import BOOTSTRAP_CARET_UP_FILL, MDI_ALPHA_M
 
@@ -254,3 +255,115 @@ def test_very_deep_nesting_is_cheap() -> None:
     reason = check_svg(svg("<g>" * depth + "</g>" * depth), 10 * LIMIT)
     assert reason is not None
     assert "nested more than" in reason
+
+
+# --- declared encodings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["ISO-8859-1", "latin1", "US-ASCII"])
+def test_declared_single_byte_encodings_are_read(encoding: str) -> None:
+    text = "caf\u00e9" if encoding != "US-ASCII" else "cafe"
+    document = f'<?xml version="1.0" encoding="{encoding}"?>' + svg(f"<text>{text}</text>").decode()
+    assert check_svg(document.encode("latin-1"), LIMIT) is None
+
+
+def test_bytes_outside_the_declared_encoding() -> None:
+    document = '<?xml version="1.0" encoding="US-ASCII"?>' + svg("<text>\u00e9</text>").decode()
+    reason = check_svg(document.encode("latin-1"), LIMIT)
+    assert reason == 'it is not text in "US-ASCII", the encoding it declares; save it as UTF-8'
+
+
+def test_undeclared_single_byte_encoding_is_refused_naming_the_encoding() -> None:
+    data = b'<?xml version="1.0" encoding="windows-1252"?>' + svg("<text>\x80</text>")
+    assert (
+        check_svg(data, LIMIT) == 'it declares the text encoding "windows-1252"; save it as UTF-8'
+    )
+
+
+# --- size: something to scale the artwork from ----------------------------------------------
+
+NS = 'xmlns="http://www.w3.org/2000/svg"'
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        'viewBox="0 0 24 24"',
+        'width="24" height="24"',
+        'width="2.5em" height="10mm"',
+        'width="100%" viewBox="0,0,24,24"',
+        'style="width: 24px; height: 24px"',
+        'width="10" viewBox="0 0 24 24"',
+    ],
+)
+def test_a_size_or_a_viewbox_is_enough(attributes: str) -> None:
+    assert check_svg(f"<svg {NS} {attributes}><rect/></svg>".encode(), LIMIT) is None
+
+
+@pytest.mark.parametrize(
+    ("attributes", "words"),
+    [
+        ("", "it has no viewBox and no width and height, so its artwork has no size"),
+        ('width="24"', "it has no viewBox and not both a width and a height"),
+        ('width="100%" height="100%"', "it has no viewBox and no width and height"),
+        ('width="24" height="auto"', "not both a width and a height"),
+        ('viewBox="0 0 24"', 'its viewBox ("0 0 24") is not four numbers'),
+        ('viewBox="0 0 24 0"', "its viewBox has a zero or negative width or height"),
+        ('viewBox="0 0 1e999 24"', "has numbers too large to draw"),
+        ('width="0" height="24" viewBox="0 0 24 24"', "its width or height is 0"),
+    ],
+)
+def test_no_size_to_scale_from_is_refused(attributes: str, words: str) -> None:
+    reason = check_svg(f"<svg {NS} {attributes}><rect/></svg>".encode(), LIMIT)
+    assert reason is not None
+    assert words in reason
+
+
+def test_no_size_reason_says_what_to_add() -> None:
+    reason = check_svg(f"<svg {NS}><rect/></svg>".encode(), LIMIT)
+    assert reason is not None
+    assert reason.endswith('add a viewBox such as viewBox="0 0 24 24" that frames the artwork')
+
+
+# --- <use> bombs and element counts -----------------------------------------------------------
+
+
+def nested_uses(levels: int, fan_out: int = 10, element: str = "use") -> bytes:
+    defs = '<rect id="l0" width="1" height="1"/>'
+    for level in range(1, levels + 1):
+        copies = f'<{element} href="#l{level - 1}"/>' * fan_out
+        defs += f'<g id="l{level}">{copies}</g>'
+    return svg(f'<defs>{defs}</defs><use xlink:href="#l{levels}"/>')
+
+
+def test_use_bomb_is_refused() -> None:
+    reason = check_svg(nested_uses(6), LIMIT)  # a million rects
+    assert reason is not None
+    assert reason.startswith(
+        f"its <use> elements expand to more than {MAX_USE_EXPANSION:,} elements (copies of"
+    )
+
+
+def test_fe_image_copies_count_like_uses() -> None:
+    assert check_svg(nested_uses(6, element="feImage"), LIMIT) is not None
+
+
+def test_ordinary_reuse_passes() -> None:
+    assert check_svg(nested_uses(4), LIMIT) is None  # 10,000 rects: a patterned background
+
+
+def test_a_use_that_refers_to_its_own_ancestor_is_not_a_bomb() -> None:
+    # Renderers and browsers skip the circular copy and draw the rest.
+    loop = svg('<g id="a"><rect width="5" height="5"/><use href="#a"/></g><use href="#b"/>')
+    assert check_svg(loop, LIMIT) is None
+
+
+def test_repeated_ids_count_the_first() -> None:
+    repeated = svg('<rect id="a"/><g id="a"><use href="#a"/></g><use href="#a"/>')
+    assert check_svg(repeated, LIMIT) is None
+
+
+def test_more_elements_than_the_renderer_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(svgcheck, "MAX_ELEMENTS", 100)
+    reason = check_svg(svg("<g/>" * 100), LIMIT)
+    assert reason == "it has more than 100 elements, more than the renderer loads; simplify it"

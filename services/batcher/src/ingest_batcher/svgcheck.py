@@ -10,14 +10,19 @@ the first problem. What it rejects:
 - scripts, `foreignObject`, event-handler attributes (originals may be served to browsers);
 - references to anything outside the file (`href`, `url(...)`, `@import`, stylesheet PIs),
   except same-document `#fragments` and embedded raster `data:` images;
-- absurd nesting (renderers recurse).
+- absurd nesting (renderers recurse), more elements than the renderer loads, and `<use>`
+  elements that expand to more elements than it draws (a "use bomb": uses of groups of uses);
+- SVGs whose artwork has no size to scale from: no viewBox and not both a width and a height
+  (a browser draws them unscaled in a 300×150 box), and viewBoxes or sizes that draw nothing.
 
-Declared width/height are not checked here: the processor reads the header before rendering.
+The processor refuses the same files with the same words (ingest_processor.render); the caps
+on the declared size are its settings, so it checks those alone, before rendering.
 Every returned reason is a sentence for a contributor.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from xml.etree.ElementTree import ParseError
 
@@ -26,6 +31,10 @@ from defusedxml.ElementTree import DefusedXMLParser
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 MAX_DEPTH = 256
+# librsvg's own limits (its limits.rs): it refuses documents with more elements than this, and
+# stops drawing when <use> copies reach the other.
+MAX_ELEMENTS = 1_000_000
+MAX_USE_EXPANSION = 500_000
 
 # Magic numbers of formats that contributors rename to .svg by mistake (or on purpose).
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -56,12 +65,31 @@ _URL_FUNCTION = re.compile(r"url\(\s*(['\"]?)(.*?)\1\s*\)", re.IGNORECASE | re.D
 _CSS_LOADER = re.compile(r"(?:image-set|src)\s*\(")
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,", re.IGNORECASE)
 _XML_DECLARED_ENCODING = re.compile(r"^\s*<\?xml[^>]*?encoding\s*=\s*['\"]([^'\"]*)['\"]")
-# Encodings under which the markup reads the same as our UTF-8/UTF-16 decoding. Anything
+# Encodings a renderer or browser reads exactly as we decode them (to Python's codec). Anything
 # else (UTF-7, EBCDIC, ...) could make a renderer or browser see markup we did not check.
-_SAFE_DECLARED_ENCODINGS = {
-    "utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "us-ascii", "ascii", "iso-8859-1",
-    "latin-1", "latin1",
+_CODECS = {
+    "utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf-16le": "utf-16-le",
+    "utf-16be": "utf-16-be", "us-ascii": "ascii", "ascii": "ascii", "iso-8859-1": "latin-1",
+    "iso_8859-1": "latin-1", "latin-1": "latin-1", "latin1": "latin-1",
 }  # fmt: skip
+_XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
+_XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
+# Elements that draw a copy of the element their href names.
+_COPYING_ELEMENTS = {"use", "feimage"}
+_USE_BOMB = (
+    f"its <use> elements expand to more than {MAX_USE_EXPANSION:,} elements (copies of copies "
+    'of groups, a "use bomb"); draw the repeated artwork with fewer levels of <use>'
+)
+
+# The root's size, read as render.py's _geometry reads it (CSS lengths; style beats attributes).
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_LENGTH = re.compile(rf"\s*({_NUMBER})\s*([a-zA-Z]+|%)?\s*\Z")
+_LENGTH_UNITS = {"", "px", "in", "cm", "mm", "q", "pt", "pc", "em", "ex"}
+_SEPARATOR = r"(?:\s*,\s*|\s+)"
+_VIEW_BOX = re.compile(rf"\s*{_SEPARATOR.join([f'({_NUMBER})'] * 4)}\s*\Z")
+_STYLE_SIZE = re.compile(
+    r"(?:^|;)\s*(width|height)\s*:\s*([^;!]*?)\s*(?:!\s*important\s*)?(?=;|$)", re.IGNORECASE
+)
 
 
 class _Rejected(Exception):
@@ -111,30 +139,108 @@ def _check_css(text: str) -> None:
             raise _Rejected(_external_reason(target))
 
 
+class _UseExpansion:
+    """How many elements drawing the file makes, <use> copies included, counted without a tree.
+
+    Every element belongs to a node: its nearest ancestor-or-self with an id, or the root (node
+    0). A node costs its own elements plus, for each reference, the referenced node's cost: a
+    nested node is referenced once by its parent's node, and <use href="#x"> references x's.
+    """
+
+    def __init__(self) -> None:
+        self.own = [0]
+        self.children: list[list[int]] = [[]]
+        self.uses: list[dict[str, int]] = [{}]
+        self.ids: dict[str, int] = {}
+        self.open: list[int] = []  # the node of each open element
+
+    def start(self, local: str, attrib: dict[str, str]) -> None:
+        identifier = attrib.get("id") or attrib.get(_XML_ID)
+        if not self.open:
+            node = 0
+        elif identifier:
+            node = len(self.own)
+            self.own.append(0)
+            self.children.append([])
+            self.uses.append({})
+            self.children[self.open[-1]].append(node)
+        else:
+            node = self.open[-1]
+        if identifier:
+            self.ids.setdefault(identifier, node)  # a repeated id: the first one counts
+        self.own[node] += 1
+        href = attrib.get("href", attrib.get(_XLINK_HREF, "")).strip()
+        if local in _COPYING_ELEMENTS and href.startswith("#"):
+            uses = self.uses[node]
+            uses[href[1:]] = uses.get(href[1:], 0) + 1
+        self.open.append(node)
+
+    def end(self) -> None:
+        self.open.pop()
+
+    def total(self) -> int:
+        """The root's cost, capped just above MAX_USE_EXPANSION. A <use> that refers back to
+        an element it is inside counts nothing: renderers and browsers skip such loops."""
+        cap = MAX_USE_EXPANSION + 1
+        cost: dict[int, int] = {}
+        visiting: set[int] = set()
+        stack = [0]
+        while stack:  # depth-first, children before parents, without recursion
+            node = stack[-1]
+            targets = [(child, 1) for child in self.children[node]] + [
+                (self.ids[name], count)
+                for name, count in self.uses[node].items()
+                if name in self.ids
+            ]
+            pending = [t for t, _ in targets if t not in cost and t not in visiting]
+            if node not in visiting and pending:
+                visiting.add(node)
+                stack.extend(pending)
+                continue
+            stack.pop()
+            visiting.discard(node)
+            if node not in cost:
+                total = self.own[node] + sum(count * cost.get(t, 0) for t, count in targets)
+                cost[node] = min(total, cap)
+        return cost[0]
+
+
 class _SvgTarget:
-    """Parser target: sees each element as it starts, keeps only depth and <style> text."""
+    """Parser target: sees each element as it starts; keeps depth, counts and <style> text."""
 
     def __init__(self) -> None:
         self.depth = 0
+        self.elements = 0
         self.root_seen = False
+        self.root_attrib: dict[str, str] = {}
         self.style_text: list[str] | None = None
+        self.expansion = _UseExpansion()
 
     def start(self, tag: str, attrib: dict[str, str]) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise _Rejected(f"its elements are nested more than {MAX_DEPTH} levels deep")
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise _Rejected(
+                f"it has more than {MAX_ELEMENTS:,} elements, more than the renderer loads; "
+                "simplify it"
+            )
         if not self.root_seen:
             self.root_seen = True
             _check_root(tag)
+            self.root_attrib = dict(attrib)
         local = _local(tag)
         if local in _FORBIDDEN_ELEMENTS:
             raise _Rejected(_FORBIDDEN_ELEMENTS[local])
         _check_attributes(local, attrib)
+        self.expansion.start(local, attrib)
         if local == "style":
             self.style_text = []
 
     def end(self, tag: str) -> None:
         self.depth -= 1
+        self.expansion.end()
         if self.style_text is not None and _local(tag) == "style":
             _check_css("".join(self.style_text))
             self.style_text = None
@@ -151,7 +257,12 @@ class _SvgTarget:
             )
 
     def close(self) -> None:
-        return None
+        # Called once the whole file parsed: a malformed file is told that first.
+        if not self.root_seen:
+            return
+        _check_size(self.root_attrib)
+        if self.expansion.total() > MAX_USE_EXPANSION:
+            raise _Rejected(_USE_BOMB)
 
 
 def _check_root(tag: str) -> None:
@@ -163,6 +274,50 @@ def _check_root(tag: str) -> None:
             "(without it the file is not recognised as SVG)"
         )
     raise _Rejected(f"this is not an SVG image: its top element is <{_local(tag)}>, not <svg>")
+
+
+def _size(text: str | None) -> float | None:
+    """A width or height as a number (its unit does not matter here); None for auto,
+    percentages and what a browser ignores (negative, not a length)."""
+    match = _LENGTH.match(text or "")
+    if match is None or (match[2] or "").lower() not in _LENGTH_UNITS:
+        return None
+    value = float(match[1])
+    return value if value >= 0 else None
+
+
+def _check_size(attrib: dict[str, str]) -> None:
+    """The root has a size to scale its artwork from (the processor's _geometry agrees)."""
+    style = {m[1].lower(): m[2] for m in _STYLE_SIZE.finditer(attrib.get("style", ""))}
+    width = _size(style.get("width", attrib.get("width")))
+    height = _size(style.get("height", attrib.get("height")))
+    if width == 0 or height == 0:
+        raise _Rejected("its width or height is 0, so nothing of it is drawn")
+    view_box = attrib.get("viewBox")
+    if view_box is not None:
+        match = _VIEW_BOX.match(view_box)
+        if match is None:
+            raise _Rejected(
+                f'its viewBox ("{_shorten(view_box, 40)}") is not four numbers: min-x, min-y, '
+                "width, height"
+            )
+        if not all(math.isfinite(float(number)) for number in match.groups()):
+            raise _Rejected(
+                f'its viewBox ("{_shorten(view_box, 40)}") has numbers too large to draw'
+            )
+        if float(match[3]) <= 0 or float(match[4]) <= 0:
+            raise _Rejected(
+                "its viewBox has a zero or negative width or height, so nothing of it is drawn"
+            )
+        return
+    if width is None or height is None:
+        neither = width is None and height is None
+        what = "no width and height" if neither else "not both a width and a height"
+        raise _Rejected(
+            f"it has no viewBox and {what}, so its artwork has no size to scale from (a browser "
+            'draws it unscaled in a 300×150 box); add a viewBox such as viewBox="0 0 24 24" '
+            "that frames the artwork"
+        )
 
 
 def _check_attributes(element: str, attrib: dict[str, str]) -> None:
@@ -194,8 +349,9 @@ def _sniff_other_format(data: bytes) -> str | None:
     return None
 
 
-def _decode(data: bytes) -> str | None:
-    """The text of an UTF-8 or UTF-16 file (BOM or XML's own autodetection), else None."""
+def _decode(data: bytes) -> str:
+    """The file's text: UTF-16 by BOM or XML's own autodetection, else in the encoding its XML
+    declaration names (UTF-8 if none). Raises _Rejected with the reason it cannot be read."""
     if data.startswith(b"\xef\xbb\xbf"):
         encoding = "utf-8-sig"
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -205,11 +361,25 @@ def _decode(data: bytes) -> str | None:
     elif data.startswith(b"\x00<"):
         encoding = "utf-16-be"
     else:
-        encoding = "utf-8"
+        # The declaration is ASCII in every encoding that gets this far.
+        declared = _XML_DECLARED_ENCODING.match(data[:200].decode("latin-1"))
+        encoding = _CODECS.get(declared.group(1).strip().lower(), "") if declared else "utf-8"
+        if declared and not encoding:
+            raise _Rejected(
+                f'it declares the text encoding "{declared.group(1)}"; save it as UTF-8'
+            )
+        if declared and encoding != "utf-8":
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                raise _Rejected(
+                    f'it is not text in "{declared.group(1)}", the encoding it declares; save it '
+                    "as UTF-8"
+                ) from None
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:
-        return None
+        raise _Rejected("it is not text in UTF-8 or UTF-16; save it as UTF-8") from None
 
 
 def _looks_like_html(text: str) -> bool:
@@ -219,7 +389,7 @@ def _looks_like_html(text: str) -> bool:
 
 def _check_declared_encoding(text: str) -> str | None:
     match = _XML_DECLARED_ENCODING.match(text)
-    if match and match.group(1).strip().lower() not in _SAFE_DECLARED_ENCODINGS:
+    if match and match.group(1).strip().lower() not in _CODECS:
         return f'it declares the text encoding "{match.group(1)}"; save it as UTF-8'
     return None
 
@@ -254,9 +424,10 @@ def check_svg(data: bytes, max_bytes: int) -> str | None:
     other = _sniff_other_format(data)
     if other is not None:
         return other
-    text = _decode(data)
-    if text is None:
-        return "it is not text in UTF-8 or UTF-16; save it as UTF-8"
+    try:
+        text = _decode(data)
+    except _Rejected as exc:
+        return exc.reason
     if _looks_like_html(text):
         return "this is an HTML page renamed .svg, not an SVG"
     return _check_declared_encoding(text) or _parse(text)

@@ -146,10 +146,12 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                 width=result.source_width,
                 height=result.source_height,
                 renditions=renditions,
+                warnings=list(result.warnings),
             )
         log.info(
             "processor.image_ready",
             renditions=len(renditions),
+            warnings=len(result.warnings),
             completed=bool(state and state.complete),
         )
         return state
