@@ -41,7 +41,6 @@ from ingest_common.aws import Aws
 from ingest_common.db.pool import create_pool
 from ingest_common.topology import apply_topology, load_topology
 from ingest_processor.backfill import Backfill, BackfillSettings, Selection, summary
-from ingest_processor.handler import render_spec
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
 from procstat import cpu_seconds, own_child, process_tree
@@ -130,7 +129,7 @@ class Core:
 async def core_throughput(settings: BackfillSettings, corpus: list[bytes], count: int) -> Core:
     """The render core alone: the same SVGs from memory through the same pool size."""
     async with RenderPool(
-        settings.render_workers, render_spec(settings), settings.render_timeout
+        settings.render_workers, settings.render_spec(), settings.render_timeout
     ) as pool:
         # Warm up each worker once (imports, libvips caches), as the backfill's pool is.
         await asyncio.gather(*(pool.render(corpus[i]) for i in range(settings.render_workers)))
@@ -192,7 +191,7 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             core = await core_throughput(settings, corpus, args.images)
             print(f"core:     {core.rate:7.1f} SVGs/s  (RenderPool from memory, no S3 or DB)")
 
-            async with RenderPool(workers, render_spec(settings), settings.render_timeout) as pool:
+            async with RenderPool(workers, settings.render_spec(), settings.render_timeout) as pool:
                 await asyncio.gather(*(pool.render(corpus[i]) for i in range(workers)))
                 moto_before = cpu_seconds(moto_pids)
                 own_before = own_cpu()
@@ -274,7 +273,7 @@ async def resumability(
     # Another encoder setting is another profile: every image is stale again, new keys.
     changed = {"INGEST_PNG_COMPRESSION": str(9 - settings.png_compression)}
     profile = render_profile(
-        render_spec(settings.model_copy(update={"png_compression": 9 - settings.png_compression}))
+        settings.model_copy(update={"png_compression": 9 - settings.png_compression}).render_spec()
     )
     env = {**os.environ, **LOCAL_CREDENTIALS, **changed}
     env.update(

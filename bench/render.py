@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyvips
-from ingest_processor.handler import render_spec
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderResult, RenderSpec, configure_vips
 from ingest_processor.settings import ProcessorSettings
@@ -562,7 +561,7 @@ async def run_benchmark(args: argparse.Namespace, log: Any = print) -> Figures:
     svgs = load_svgs([Path(d) for d in args.svgs] if args.svgs else SAMPLE_SETS, args.limit)
     if not svgs:
         raise SystemExit("no SVGs found")
-    spec = render_spec(ProcessorSettings())
+    spec = ProcessorSettings().render_spec()
     fig = Figures(svgs=len(svgs), spec=asdict(spec), rounds=args.rounds)
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
         scratch = Path(tmp)

@@ -36,7 +36,7 @@ def svgs() -> list[tuple[str, bytes]]:
 
 
 def test_raw_loop_matches_the_core_byte_for_byte(svgs: list[tuple[str, bytes]]) -> None:
-    spec = bench.render_spec(bench.ProcessorSettings())
+    spec = bench.ProcessorSettings().render_spec()
     assert len(svgs) == 3
     for _, svg in svgs:
         core = [(r.width, r.format, r.data) for r in render_svg(svg, spec).renditions]
@@ -55,7 +55,7 @@ def test_a_relative_folder_yields_absolute_paths(monkeypatch: pytest.MonkeyPatch
 def test_psnr_is_infinite_for_the_same_image_and_finite_for_a_lossy_one(
     svgs: list[tuple[str, bytes]],
 ) -> None:
-    spec = bench.render_spec(bench.ProcessorSettings()).__class__(widths=(128,), webp_mode="lossy")
+    spec = bench.ProcessorSettings().render_spec().__class__(widths=(128,), webp_mode="lossy")
     emoji = next(svg for path, svg in svgs if "openmoji" in path)
     png, webp = render_svg(emoji, spec).renditions
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyvips
+from ingest_common.imaging import as_srgb_with_alpha
 
 from ingest_previewer.spec import MosaicSpec
 
@@ -71,7 +72,7 @@ def compose_mosaic(tiles: Sequence[bytes], spec: MosaicSpec) -> Mosaic:
 
 def _cell(data: bytes, spec: MosaicSpec) -> pyvips.Image:
     """One tile centred on a tile×tile background cell, blended by its alpha."""
-    tile = _rgba(pyvips.Image.new_from_buffer(data, "", access="sequential"))
+    tile = as_srgb_with_alpha(pyvips.Image.new_from_buffer(data, "", access="sequential"))
     if tile.width > spec.tile or tile.height > spec.tile:
         # thumbnail_image premultiplies alpha while resizing, so edges do not darken.
         tile = tile.thumbnail_image(spec.tile, height=spec.tile)
@@ -84,14 +85,3 @@ def _cell(data: bytes, spec: MosaicSpec) -> pyvips.Image:
     x = (spec.tile - tile.width) // 2
     y = (spec.tile - tile.height) // 2
     return cell.composite2(tile, "over", x=x, y=y)
-
-
-def _rgba(image: pyvips.Image) -> pyvips.Image:
-    """8-bit sRGB with alpha, whatever the PNG held (grey, palette, 16-bit, no alpha)."""
-    if image.interpretation != "srgb" or image.format != "uchar":
-        image = image.colourspace("srgb")
-    if not image.hasalpha():
-        image = image.addalpha()
-    if image.format != "uchar":
-        image = image.cast("uchar")
-    return image

@@ -44,7 +44,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common.aws import Aws, ObjectTooLarge
 from pydantic import Field
 
-from ingest_processor.handler import render_spec
 from ingest_processor.pool import RenderCrashed, RenderPool
 from ingest_processor.render import RenderRejected, RenderSpec
 from ingest_processor.renditions import render_profile, store_renditions, target
@@ -184,7 +183,7 @@ class Backfill:
         self.aws = aws
         self.db = db
         self.selection = selection
-        self.spec = pool.spec if pool else render_spec(settings)
+        self.spec = pool.spec if pool else settings.render_spec()
         selection.check(self.spec)
         self.profile = render_profile(self.spec)
         self.target = target(self.spec, self.profile)

@@ -26,28 +26,11 @@ from ingest_common.telemetry.tracing import tracer
 from opentelemetry import trace
 
 from ingest_processor.pool import RenderPool
-from ingest_processor.render import RenderRejected, RenderResult, RenderSpec
+from ingest_processor.render import RenderRejected, RenderResult
 from ingest_processor.renditions import render_profile, store_renditions
 from ingest_processor.settings import ProcessorSettings
 
 log = structlog.get_logger("ingest.processor")
-
-
-def render_spec(settings: ProcessorSettings) -> RenderSpec:
-    """The render core's spec from the processor's settings (also used by backfill, bench)."""
-    return RenderSpec(
-        widths=settings.render_widths,
-        formats=settings.render_formats,
-        webp_mode=settings.webp_mode,
-        webp_quality=settings.webp_quality,
-        webp_effort=settings.webp_effort,
-        webp_lossless_level=settings.webp_lossless_level,
-        webp_auto_slack=settings.webp_auto_slack,
-        png_compression=settings.png_compression,
-        png_palette=settings.png_palette,
-        max_input_bytes=settings.max_svg_bytes,
-        max_declared_pixels=settings.max_declared_pixels,
-    )
 
 
 class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
@@ -65,7 +48,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         """The handler with its render pool, which lives as long as the service."""
         settings = resources.settings
         assert isinstance(settings, ProcessorSettings)
-        pool = RenderPool(settings.render_workers, render_spec(settings), settings.render_timeout)
+        pool = RenderPool(settings.render_workers, settings.render_spec(), settings.render_timeout)
         async with pool:
             yield cls(resources, pool)
 

@@ -7,7 +7,7 @@ import os
 from ingest_common.settings import IngestSettings
 from pydantic import Field
 
-from ingest_processor.render import DEFAULT_WEBP_MODE, RenderSpec, WebpMode
+from ingest_processor.spec import DEFAULT_WEBP_MODE, RenderSpec, WebpMode
 
 
 class ProcessorSettings(IngestSettings):
@@ -25,6 +25,14 @@ class ProcessorSettings(IngestSettings):
     max_svg_bytes: int = Field(RenderSpec.max_input_bytes, ge=1, description="largest SVG rendered")
     max_declared_pixels: int = Field(
         RenderSpec.max_declared_pixels, ge=1, description="SVG width × height cap"
+    )
+    max_declared_side: int = Field(
+        RenderSpec.max_side, ge=1, description="longest side an SVG may declare, pixels"
+    )
+    max_aspect_ratio: float = Field(
+        RenderSpec.max_aspect_ratio,
+        ge=1,
+        description="most elongated SVG rendered (its height follows each width)",
     )
     # Encoder defaults: measured in bench/README.md (the corpus mix and the sample sets).
     webp_mode: WebpMode = Field(
@@ -61,6 +69,24 @@ class ProcessorSettings(IngestSettings):
     cache_control: str = Field(
         "public, max-age=31536000, immutable", description="Cache-Control of renditions"
     )
+
+    def render_spec(self) -> RenderSpec:
+        """What the render core makes of an SVG, as these settings say."""
+        return RenderSpec(
+            widths=self.render_widths,
+            formats=self.render_formats,
+            webp_mode=self.webp_mode,
+            webp_quality=self.webp_quality,
+            webp_effort=self.webp_effort,
+            webp_lossless_level=self.webp_lossless_level,
+            webp_auto_slack=self.webp_auto_slack,
+            png_compression=self.png_compression,
+            png_palette=self.png_palette,
+            max_input_bytes=self.max_svg_bytes,
+            max_declared_pixels=self.max_declared_pixels,
+            max_side=self.max_declared_side,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )
 
     def conflicts(self) -> list[str]:
         problems = super().conflicts()

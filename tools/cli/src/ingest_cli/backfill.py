@@ -54,7 +54,6 @@ async def cmd_backfill(args: argparse.Namespace, settings: CliSettings) -> int:
         show_progress,
         summary,
     )
-    from ingest_processor.handler import render_spec
 
     overrides = {"render_workers": args.workers} if args.workers else {}
     backfill_settings = BackfillSettings(**overrides)
@@ -66,7 +65,7 @@ async def cmd_backfill(args: argparse.Namespace, settings: CliSettings) -> int:
             missing_format=args.missing_format,
             missing_width=args.missing_width,
         )
-        selection.check(render_spec(backfill_settings))  # before connecting to anything
+        selection.check(backfill_settings.render_spec())  # before connecting to anything
     except SelectionError as exc:
         print(f"ingest backfill: {exc}", file=sys.stderr)
         return 2
