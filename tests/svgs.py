@@ -1,4 +1,5 @@
-"""Real SVGs for tests, copied verbatim (tests must not read ../shared at CI time).
+"""SVGs for tests: real ones copied verbatim (tests must not read ../shared at CI time), and
+heavy ones made by code.
 
 - mdi "alpha-m", "ab-testing" and "forward", Material Design Icons 7.4.47 (@mdi/svg),
   Pictogrammers, Apache-2.0.
@@ -6,6 +7,8 @@
 """
 
 from __future__ import annotations
+
+import random
 
 MDI_ALPHA_M = (
     b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-alpha-m" viewBox="0 0 24 24"><path '
@@ -30,3 +33,38 @@ class="bi bi-caret-up-fill" viewBox="0 0 16 16">
   <path d="m7.247 4.86-4.796 5.481c-.566.647-.106 1.659.753 1.659h9.592a1 1 0 0 0 \
 .753-1.659l-4.796-5.48a1 1 0 0 0-1.506 0z"/>
 </svg>"""
+
+
+def blurred(circles: int) -> bytes:
+    """Big blurred circles: rasterising, not parsing, costs; time grows with `circles`."""
+    shapes = "".join(
+        f'<circle cx="{i * 37 % 512}" cy="{i * 91 % 512}" r="200" fill="#{i % 256:02x}8040" '
+        'filter="url(#b)"/>'
+        for i in range(circles)
+    )
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512"><defs>'
+        '<filter id="b"><feGaussianBlur stdDeviation="50"/></filter></defs>'
+        f"{shapes}</svg>"
+    ).encode()
+
+
+def paths(size: int, seed: int) -> bytes:
+    """About ``size`` bytes of small filled paths on a 1000 px canvas: a traced illustration."""
+    rnd = random.Random(seed)
+    head = (
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1000 1000" width="1000"'
+        ' height="1000">'
+    )
+    parts, length = [head], len(head)
+    while length < size:
+        x, y, w, h = (
+            rnd.randrange(990),
+            rnd.randrange(990),
+            rnd.randrange(1, 9),
+            rnd.randrange(1, 9),
+        )
+        path = f'<path d="M{x} {y}h{w}v{h}h-{w}z" fill="#{rnd.randrange(1 << 24):06x}"/>'
+        parts.append(path)
+        length += len(path)
+    return ("".join(parts) + "</svg>").encode()

@@ -1,9 +1,13 @@
-"""The README's settings table, from the settings classes themselves.
+"""The README's settings table and its table of limits, from the settings classes themselves.
 
-Run: `uv run python tools/settings_table.py`
+Run: `uv run python tools/settings_table.py` (both tables), or with `limits` (that one).
+A limit is a field whose `json_schema_extra` has `"limit": [what, unit, the contributor
+reads]`; units: bytes, count, ratio, pixels, px, seconds.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from ingest_batcher.settings import BatcherSettings
 from ingest_common.settings import IngestSettings
@@ -68,5 +72,44 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+def _limit_value(value: float, unit: str) -> str:
+    if unit == "bytes":
+        mib = value / 2**20
+        return f"{mib:g} MiB" if mib >= 1 else f"{value:,.0f} bytes"
+    if unit == "ratio":
+        return f"{value:g}:1"
+    if unit == "pixels":
+        return f"{value / 1e6:g} Mpx"
+    if unit == "px":
+        return f"{value:g} px a side"
+    if unit == "seconds":
+        return f"{value:g} s"
+    return f"{value:g}"
+
+
+def limits_table() -> str:
+    """What ingest refuses, at what size, which setting moves it, and what the contributor reads."""
+    lines = [
+        "| what | limit | setting | the contributor reads |",
+        "|---|---|---|---|",
+    ]
+    for cls in SERVICE_SETTINGS.values():
+        for name, field in cls.model_fields.items():
+            extra = field.json_schema_extra
+            if not isinstance(extra, dict) or "limit" not in extra:
+                continue
+            what, unit, reads = cast(list[str], extra["limit"])
+            value = _limit_value(field.default, str(unit))
+            lines.append(f"| {what} | {value} | `{cls.env(name)}` | {reads} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    import sys
+
+    if sys.argv[1:] == ["limits"]:
+        print(limits_table())
+    else:
+        print(settings_table())
+        print()
+        print(limits_table())

@@ -123,7 +123,8 @@ async def test_sigterm_on_an_idle_service_exits_at_once(
             running.health_ports[name], "/readyz", 200, 60, running.processes[name]
         )
         # The batcher may get moto's s3:TestEvent from the bootstrap: idle once it is gone.
-        await until_empty(aws, body["queue"])
+        for queue in body.get("queues", [body.get("queue")]):
+            await until_empty(aws, queue)
         await wait_health(
             running.health_ports[name], "/readyz", 200, 10, running.processes[name], also=idle
         )

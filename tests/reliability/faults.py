@@ -70,12 +70,15 @@ async def finish_and_check(
     data_lost: Callable[[int], None],
     *,
     expected_ready: int = IMAGES,
+    expected_failed: int = 0,
     timeout: float = 180,
 ) -> None:
     """Wait until every upload has finished, sweep, then check the complete end state."""
     statuses = await wait_finished(dsn, uploads, timeout)
     await sweep_all(aws, dsn)
-    state = await end_state(aws, dsn, expected_ready=expected_ready)
+    state = await end_state(
+        aws, dsn, expected_ready=expected_ready, expected_failed=expected_failed
+    )
     data_lost(state.lost)
     assert len(statuses) == len(uploads)
     assert all(s.finished for s in statuses), [s.upload["status"] for s in statuses]

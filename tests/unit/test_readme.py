@@ -12,3 +12,11 @@ def test_readme_settings_table_is_current() -> None:
     table = runpy.run_path(str(ROOT / "tools" / "settings_table.py"))["settings_table"]()
     readme = (ROOT / "README.md").read_text()
     assert table in readme, "run `uv run python tools/settings_table.py` and update README.md"
+
+
+def test_readme_limits_table_is_current() -> None:
+    """Every limit is a setting, and the README's table of them is generated from them."""
+    table = runpy.run_path(str(ROOT / "tools" / "settings_table.py"))["limits_table"]()
+    readme = (ROOT / "README.md").read_text()
+    assert table.count("\n") >= 10, "the limits are found"
+    assert table in readme, "run `uv run python tools/settings_table.py limits`, update README"

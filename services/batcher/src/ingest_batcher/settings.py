@@ -16,20 +16,50 @@ class BatcherSettings(IngestSettings):
 
     # The archive limits default to ArchiveLimits' own defaults: they live in one place.
     max_archive_bytes: int = Field(
-        ArchiveLimits.max_archive_bytes, ge=1, description="largest ZIP accepted"
+        ArchiveLimits.max_archive_bytes,
+        ge=1,
+        description="largest ZIP accepted",
+        json_schema_extra={"limit": ["ZIP size", "bytes", "the set is refused"]},
     )
-    max_entries: int = Field(ArchiveLimits.max_entries, ge=1, description="most entries in one ZIP")
+    max_entries: int = Field(
+        ArchiveLimits.max_entries,
+        ge=1,
+        description="most entries in one ZIP",
+        json_schema_extra={
+            "limit": [
+                "entries in a ZIP (a set lists one fewer: manifest.json is one)",
+                "count",
+                "the set is refused (entry-count bomb)",
+            ]
+        },
+    )
     max_file_bytes: int = Field(
-        ArchiveLimits.max_file_bytes, ge=1, description="largest SVG, uncompressed"
+        ArchiveLimits.max_file_bytes,
+        ge=1,
+        description="largest SVG, uncompressed",
+        json_schema_extra={"limit": ["one file, uncompressed", "bytes", "that file is refused"]},
     )
     max_total_bytes: int = Field(
-        ArchiveLimits.max_total_bytes, ge=1, description="largest ZIP, uncompressed"
+        ArchiveLimits.max_total_bytes,
+        ge=1,
+        description="largest ZIP, uncompressed",
+        json_schema_extra={
+            "limit": ["uncompressed total", "bytes", "the set is refused (size bomb)"]
+        },
     )
     max_compression_ratio: float = Field(
-        ArchiveLimits.max_compression_ratio, gt=1, description="per entry, against bombs"
+        ArchiveLimits.max_compression_ratio,
+        gt=1,
+        description="per entry, against bombs",
+        json_schema_extra={
+            "limit": ["compression ratio of a file", "ratio", "that file is refused (ratio bomb)"]
+        },
     )
     max_manifest_bytes: int = Field(
-        ArchiveLimits.max_manifest_bytes, ge=1, description="largest manifest.json"
+        ArchiveLimits.max_manifest_bytes,
+        ge=1,
+        description="largest manifest.json",
+        json_schema_extra={"limit": ["manifest.json", "bytes", "the set is refused"]},
     )
     safety_net_delay: int = Field(
         300, ge=0, le=900, description="seconds before the previewer re-checks a set that stalls"

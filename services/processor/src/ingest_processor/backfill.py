@@ -44,7 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common.aws import Aws, ObjectTooLarge
 from pydantic import Field
 
-from ingest_processor.pool import RenderCrashed, RenderPool
+from ingest_processor.pool import RenderCrashed, RenderPool, render_pool
 from ingest_processor.render import RenderRejected, RenderSpec
 from ingest_processor.renditions import render_profile, store_renditions, target
 from ingest_processor.settings import ProcessorSettings
@@ -206,9 +206,7 @@ class Backfill:
     async def run(self) -> BackfillStats:
         if self._pool is not None:
             return await self._run(self._pool)
-        async with RenderPool(
-            self.settings.render_workers, self.spec, self.settings.render_timeout
-        ) as pool:
+        async with render_pool(self.settings) as pool:
             return await self._run(pool)
 
     async def _run(self, pool: RenderPool) -> BackfillStats:

@@ -3,18 +3,27 @@
 original from S3 → every width × format in a worker process → renditions to S3 with
 immutable caching → the image row ready (or failed with a reason) and the product's
 counters, in one transaction → if that completed the product: product-ready, at once.
+
+Two lanes, so that one heavy SVG never costs anyone else (README "Render isolation"): the
+render queue's renders get `INGEST_RENDER_SLOW_AFTER` seconds of CPU; one that needs more
+is stopped (only its worker is replaced) and its message moves to the slow lane's queue.
+The processor consumes that queue too, with a pool of its own at a lower CPU priority,
+where a render gets the whole `INGEST_RENDER_TIMEOUT` of CPU. A new upload's renders try
+the render queue one at a time until one fits the budget; if one does not first, the
+upload is heavy and its next renders go straight to the slow lane (lanes.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Self
+from typing import ClassVar, Self
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common.aws import ObjectTooLarge
 from ingest_common.db.completion import ProductState, finish_image, product_state
+from ingest_common.dead_letters import original_attributes
 from ingest_common.errors import PermanentError, RetryableError
 from ingest_common.garbage import reclaim_renditions
 from ingest_common.notify import notify_product_ready
@@ -25,7 +34,8 @@ from ingest_common.telemetry import metrics
 from ingest_common.telemetry.tracing import tracer
 from opentelemetry import trace
 
-from ingest_processor.pool import RenderPool
+from ingest_processor.lanes import Uploads
+from ingest_processor.pool import RenderPool, RenderTimedOut, render_pool
 from ingest_processor.render import RenderRejected, RenderResult
 from ingest_processor.renditions import render_profile, store_renditions
 from ingest_processor.settings import ProcessorSettings
@@ -34,13 +44,20 @@ log = structlog.get_logger("ingest.processor")
 
 
 class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
+    """The render queue's lane."""
+
     message_model = RenderImage
     settings_class = ProcessorSettings
+    slow: ClassVar[bool] = False
 
     def __init__(self, resources: Resources, pool: RenderPool) -> None:
         super().__init__(resources)
         self.pool = pool
         self.profile = render_profile(pool.spec)
+        after = self.settings.render_slow_after
+        # Seconds of CPU a render gets in this lane; None: all it may have, here.
+        self.budget = None if self.slow or not after else after
+        self.uploads = Uploads()
 
     @classmethod
     @asynccontextmanager
@@ -48,8 +65,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         """The handler with its render pool, which lives as long as the service."""
         settings = resources.settings
         assert isinstance(settings, ProcessorSettings)
-        pool = RenderPool(settings.render_workers, settings.render_spec(), settings.render_timeout)
-        async with pool:
+        async with render_pool(settings, slow=cls.slow) as pool:
             yield cls(resources, pool)
 
     async def handle(self, message: RenderImage, delivery: Delivery) -> None:
@@ -81,7 +97,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             # product-ready. Reading the product afresh here would let the handler of an image
             # finished a moment earlier send it too, once a concurrent image completes it.
             # A retryable failure (dead-lettered, lost) comes back to life here.
-            state = await self._render(message)
+            state = await self._render(message, delivery)
         else:
             # A redelivery: if product-ready was never sent (a crash after the last image
             # finished), send it now.
@@ -101,15 +117,33 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         if state is not None:
             await notify_product_ready(self.aws, self.db, state)
 
-    async def _render(self, message: RenderImage) -> ProductState | None:
-        """Render, store and finish the image; the product's state after that finish."""
+    async def _render(self, message: RenderImage, delivery: Delivery) -> ProductState | None:
+        """Render, store and finish the image; the product's state after that finish (None
+        if the image did not change, or its render moved to the slow lane)."""
+        upload = message.upload_id
         try:
+            if self.budget is not None and self.uploads.heavy(upload):
+                await self._to_slow_lane(delivery, "its upload is heavy")
+                return None
             svg = await self.aws.get_bytes(
                 self.settings.uploads_bucket,
                 message.original_key,
                 max_bytes=self.settings.max_svg_bytes,
             )
-            result = await self._render_in_pool(svg)
+            if self.budget is None:
+                result = await self._render_in_pool(svg)
+            else:
+                async with self.uploads.trial(upload):
+                    if self.uploads.heavy(upload):  # decided while this one waited its turn
+                        await self._to_slow_lane(delivery, "its upload is heavy")
+                        return None
+                    try:
+                        result = await self._render_in_pool(svg)
+                    except RenderTimedOut:
+                        self.uploads.judge(upload, "heavy")
+                        await self._to_slow_lane(delivery, f"over {self.budget:g} s of CPU")
+                        return None
+                    self.uploads.judge(upload, "proven")
         except ObjectTooLarge as exc:
             return await self._fail(
                 message, f"is {exc.size:,} bytes, over the limit of {exc.limit:,}"
@@ -139,12 +173,21 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         )
         return state
 
+    async def _to_slow_lane(self, delivery: Delivery, why: str) -> None:
+        """The same message, on the slow lane's queue; this one is then done."""
+        await self.aws.send_raw(
+            self.settings.render_slow_queue,
+            delivery.body,
+            original_attributes(delivery.attributes),
+        )
+        log.info("processor.moved_to_slow_lane", why=why)
+
     async def _render_in_pool(self, svg: bytes) -> RenderResult:
         """`render svg` (in a worker) with a child span per rendition, timed by the worker."""
         with tracer().start_as_current_span(
-            "render svg", attributes={"ingest.svg.bytes": len(svg)}
+            "render svg", attributes={"ingest.svg.bytes": len(svg), "ingest.slow_lane": self.slow}
         ) as span:
-            result = await self.pool.render(svg)
+            result = await self.pool.render(svg, timeout=self.budget)
             span.set_attribute("ingest.svg.width", result.source_width)
             span.set_attribute("ingest.svg.height", result.source_height)
             first_of_width: set[int] = set()
@@ -182,3 +225,9 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                 retryable=retryable,
                 discard_delay=self.settings.garbage_delay,
             )
+
+
+class SlowRenderHandler(RenderHandler):
+    """The slow lane: renders that needed more CPU than the render queue gives one."""
+
+    slow = True

@@ -1,255 +1,459 @@
-"""An asyncio front to a pool of render processes, so one processor container uses all its CPUs.
+"""An asyncio front to render processes of our own, so one processor uses all its CPUs safely.
 
 Why processes: pyvips releases the GIL but takes it back on every call, so threads scale about
 1.4x on two cores where processes scale about 1.9x (DESIGN.md).
 
-Design, simplest that stays correct:
+Why our own processes and not ``ProcessPoolExecutor``: the executor cannot stop one task, so a
+render timeout had to kill every worker of the pool, and its other renders died as bystanders;
+and it hides which worker ran what, so it cannot recycle the one worker that grew. Here each
+worker is a ``spawn`` process with a socket of its own, read and written by asyncio streams
+(never blocking the event loop), and the pool knows at every moment which renders each worker
+holds, in order.
 
-* At most ``2 × workers`` renders are submitted at once (an asyncio semaphore): each worker has
-  its next render already waiting in the executor's queue, so it never idles for the round trip
-  through the parent (result back, next SVG out). With one render per worker the workers idled
-  about 10% of the time on two busy cores; `bench/render.py` measures this against a raw loop.
-* The per-render timeout counts rendering, not waiting in that queue: a worker stamps the moment
-  it starts each render in shared memory (``_Stamps``), and the parent's clock runs from there.
-* Workers are started eagerly (``_Generation.start``) so process start-up and the pyvips import
-  never count against a render's timeout.
-* ``ProcessPoolExecutor`` cannot cancel a running task. When a render times out, the whole
-  generation of workers is killed and marked broken; the next render lazily starts a new
-  generation. The timed-out render raises ``RenderRejected``.
-* Killing a generation fails every render in flight on it with ``BrokenProcessPool``, exactly as a
-  worker crash (segfault, OOM kill) does, and from the parent the two cannot be told apart by
-  victim: the executor fails all in-flight futures, not just the crashed one. So both cases are
-  handled the same way: every render gets one transparent retry on a fresh generation; a render
-  whose retry breaks too raises ``RenderCrashed`` (retryable: leave the message for SQS
-  redelivery, which ends in the DLQ for an SVG that crashes the renderer every time).
-  A generation that fails to start counts as a break too; in ``__aenter__`` it is raised
-  (``BrokenProcessPool``, a RuntimeError), so a broken deployment fails at start-up.
+* **Depth 2.** Each worker holds at most two renders: the one it runs and the next, already in
+  its socket, so it never idles for the round trip through the parent (result back, next SVG
+  out). With one render per worker the workers idled about 10% of the time on two busy cores;
+  ``bench/render.py`` measures the pool against a raw loop. Renders beyond that wait in the
+  pool's own queue and go to the least busy ready worker.
+* **The timeout counts rendering only.** A worker renders strictly in order, so a render starts
+  when it reaches an idle worker, or when the result of the render before it arrives. Its
+  timer (``loop.call_later``) runs from there; waiting behind another render never counts. (The
+  parent sees a result a moment after the worker sent it, so the clock errs by that moment in
+  the render's favour.)
+* **A timeout costs only its own image.** The overrunning worker alone is killed; its render
+  raises ``RenderTimedOut``, the render queued behind it on that worker goes back to the
+  front of the pool's queue (it never started, so it is not a retry), and a successor starts
+  at once. Renders on other workers carry on untouched.
+* **A crash costs only that worker's renders.** A worker that dies on its own (segfault, the
+  kernel's OOM killer, ``kill``) is noticed by the end of its socket; the render it was running
+  gets one transparent retry on another worker, one that died under its retry raises
+  ``RenderCrashed`` (retryable: the message stays for SQS redelivery, which ends in the DLQ for
+  an SVG that kills the renderer every time); the render queued behind it is sent again.
+* **Eager start.** Workers start in ``__aenter__`` and successors the moment a worker is
+  retired or lost; renders go only to workers that have reported ready (pyvips imported,
+  libvips configured), so start-up never counts against a render. A pool whose workers cannot
+  start fails in ``__aenter__``; a successor that cannot start is tried again with a backoff,
+  and renders left with no worker at all fail with ``RenderCrashed``.
+
+Memory, measured on this 2-core machine with 4.5 MB SVGs of small paths that pass ``svgcheck``
+(1000×1000 px canvas): librsvg holds a parsed document, 60–120 bytes per byte of SVG, as long as
+the libvips image loaded from it lives. libvips' operation cache kept those images (its memory
+cap counts pixel buffers, not librsvg's documents): each render loads the SVG once per width,
+and up to 100 operations stay cached across renders. One such SVG took a worker to 870 MB, the
+same SVG again to 1656 MB, 300,000 circles to 2.0 then 3.9 GB, and the worker kept it. So, in
+each worker:
+
+* **libvips' caches are off** (``_cap_vips_caches``). Every render loads a new buffer, so no
+  load ever hit (traced over the corpus: the only hits were the encoders' own ``colourspace``
+  and ``cast``, which save building a lazy operation, not pixel work); without the cache the
+  same SVGs peak at 284 and 555 MB, one document at a time.
+* **RSS is reported with every result**, read by the worker from ``/proc/self/status`` (10 µs).
+  Freed memory stays in malloc's arenas (284 MB after that render), so once RSS has grown
+  ``_TRIM_GROWTH`` past its last low point the worker calls glibc's ``malloc_trim``: 284 → 73
+  and 555 → 67 MB, in 10–17 ms. About 0.5 ms even when there is nothing to give back, so not
+  after every render.
+* **Soft limit** (``memory_soft_limit``, 384 MiB): a worker still above it after trimming holds
+  that memory for real. It sends its result marked as retiring and reads no further render;
+  the pool sends what it had queued there elsewhere and starts a successor. Nothing is lost.
+  (The worker waits for the parent to close its socket before it exits: exiting at once could
+  break the socket under a write of the parent's, and asyncio then drops the unread result.)
+* **Count limit** (``max_renders``, 1000): a worker is sent no more renders after that many;
+  its successor starts while it finishes the ones it holds. This bounds slow leaks (libvips,
+  librsvg, fontconfig) that no single render shows.
+* **Hard limit** (``memory_hard_limit``, 768 MiB): ``RLIMIT_DATA``, set in the worker after its
+  imports. Not ``RLIMIT_AS``: every thread libvips starts reserves a 64 MiB malloc arena and an
+  8 MiB stack in address space, so after 400 ordinary icons a worker at 57 MB RSS had 480 MB of
+  address space (7 threads), and an SVG needing 560 MB (300,000 circles) failed an
+  address-space limit of 768 MiB that it passes as a data limit. ``RLIMIT_DATA`` counts private
+  writable memory (VmData, 116 MB for that worker, thread stacks included), which tracks what a
+  render really uses. It matters even with the cache off: 1.1 million ``<g/>`` (4.5 MB; the
+  batcher's check refuses it, nothing here before librsvg does) took a worker to 1.29 GB
+  before librsvg refused the document for having over a million elements.
+
+  A render that reaches the hard limit ends as ``RenderOverMemory``, a ``RenderRejected``
+  ("needs more than 768 MiB of memory to render"): not a crash, not retried. How it meets the
+  limit varies with where an allocation fails, so three signs are read: the worker's own
+  report (MemoryError, libvips "out of memory"); its last words on stderr, which comes through
+  a pipe of its own and is forwarded to the processor's (librsvg is Rust, and Rust aborts on a
+  failed allocation: "memory allocation of 1168 bytes failed"; GLib's g_malloc aborts too); and
+  the most VmData sampled while it rendered, for the failures that do not say so (a silent
+  SIGSEGV in a C library, "Error creating thread" from libvips, "rendering error" from
+  librsvg). Between renders every worker is trimmed or retired back under the soft limit, so
+  each render has at least ``hard - soft`` of room, and in practice nearly all of it.
+
+With the defaults and two workers, render processes hold at most 2 × 768 MiB plus shared
+libraries (README: no worker over 1 GiB) and rest at 60–90 MB each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
+import contextlib
+import enum
 import multiprocessing
 import os
-import signal
-import sys
-import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+import pickle
+import socket
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
+
+import structlog
 
 from ingest_processor.render import (
+    MIB,
     Only,
     RenderRejected,
     RenderResult,
     RenderSpec,
-    configure_vips,
-    render_svg,
+)
+from ingest_processor.settings import ProcessorSettings
+from ingest_processor.spec import (
+    DEFAULT_MAX_RENDERS,
+    DEFAULT_MEMORY_HARD_LIMIT,
+    DEFAULT_MEMORY_SOFT_LIMIT,
+)
+from ingest_processor.worker import (
+    ALLOCATION_FAILED,
+    HEADER,
+    WorkerLimits,
+    cpu_seconds,
+    vm_data,
+    worker_main,
 )
 
-# Attempts per render when the pool breaks under it: the first plus one transparent retry.
+log = structlog.get_logger("ingest.processor.pool")
+
+
+# Attempts per render when its worker dies under it: the first plus one transparent retry.
 _ATTEMPTS = 2
 # Spawning a worker imports pyvips and loads libvips: seconds on a cold, busy container.
 _START_TIMEOUT = 60.0
 # spawn, not fork: the parent runs asyncio and libvips threads, neither survives fork.
 _SPAWN = multiprocessing.get_context("spawn")
-# Renders submitted per worker: one running, one queued behind it.
+# Renders held per worker: one running, one queued behind it.
 _DEPTH = 2
-# Start stamps are kept in a ring indexed by ticket; far more slots than renders in flight.
-_RING = 4096
-# How often a render submitted long ago but not yet started is looked at again.
-_NOT_STARTED_POLL = 0.1
+# How much of a worker's stderr is kept to tell why it died.
+_STDERR_TAIL = 4096
+# How long a dead worker's last stderr may take to arrive after its socket closed.
+_STDERR_DRAIN = 1.0
+# How long a worker told to exit may take before it is killed.
+_EXIT_GRACE = 5.0
+# Results are read whole; a bigger stream buffer than asyncio's 64 KiB saves pausing the socket
+# every 128 KiB of a large one.
+_STREAM_LIMIT = 4 * MIB
+# Successive failed starts of a successor wait 1, 2, 4 … up to 30 s before the next try.
+_RESTART_BACKOFF = (1.0, 30.0)
+# Not every allocation failure says so: near the limit a worker also died of SIGSEGV in silence
+# (a C library that does not check malloc), or librsvg answered "rendering error", or GLib
+# could not create a thread. So the pool samples each busy worker's VmData (what RLIMIT_DATA
+# counts) every _WATCH_INTERVAL, and a render that fails after it reached _NEAR_LIMIT of the
+# hard limit failed for memory. (librsvg parses at about 200 MB/s: 10 MB per sample.)
+_WATCH_INTERVAL = 0.05
+_NEAR_LIMIT = 0.75
+# With cpu_timeout, a render is still cut after this many times its timeout by the clock:
+# a worker stopped, or waiting on something, uses no CPU and would never be timed out.
+_CPU_CLOCK_BACKSTOP = 10.0
 
 
 class RenderCrashed(Exception):
     """The worker process died under this render twice (crash, OOM kill). Retryable."""
 
 
+class RenderTimedOut(RenderRejected):
+    """The render ran longer than its timeout; its worker was replaced. Not retryable."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"took longer than {seconds:g} s to render")
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[type[RenderTimedOut], tuple[float]]:
+        return type(self), (self.seconds,)
+
+
+class RenderOverMemory(RenderRejected):
+    """The render needed more memory than a worker may have. Not retryable."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"needs more than {limit / MIB:g} MiB of memory to render")
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[RenderOverMemory], tuple[int]]:
+        return type(self), (self.limit,)
+
+
 @dataclass
 class PoolStats:
     """Counters for metrics and tests."""
 
-    generations: int = 0
+    workers_started: int = 0  # every worker process started, the first ones included
     timeouts: int = 0
-    crashes: int = 0
-    retries: int = 0
-
-
-# --- worker side -------------------------------------------------------------------------------
-
-_worker_spec: RenderSpec | None = None
-_worker_stamps: Any = None  # the generation's RawArray of start times, see _Stamps
-
-
-def _init_worker(spec: RenderSpec, parent: int, stamps: Any) -> None:
-    """Executor initializer: runs once per worker; the spec travels here, not with every task."""
-    global _worker_spec, _worker_stamps
-    _die_with_parent(parent)
-    configure_vips()
-    _worker_spec = spec
-    _worker_stamps = stamps
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """A processor killed with SIGKILL runs no clean-up: have the kernel end its workers.
-
-    Without this, workers of a kill -9'd processor live on as orphans, each holding its
-    memory, and a restarted processor adds a new set beside them.
-    """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _worker_ready() -> int:
-    return os.getpid()
-
-
-def _worker_render(ticket: int, svg: bytes, only: Only) -> RenderResult:
-    if _worker_spec is None:  # pragma: no cover - the initializer always runs first
-        raise RuntimeError("render worker used before its initializer ran")
-    # CLOCK_MONOTONIC is one clock for every process of the machine: the parent reads it too.
-    _worker_stamps[ticket % _RING] = time.monotonic()
-    return render_svg(svg, _worker_spec, only)
-
-
-class _Stamps:
-    """When each submitted render started in a worker; 0.0 while it waits in the queue.
-
-    Shared memory without a lock: one float per slot, written by the one worker running that
-    ticket. Tickets in flight are far fewer than ``_RING``, so two never share a slot.
-    """
-
-    def __init__(self) -> None:
-        self.array: Any = _SPAWN.RawArray("d", _RING)
-        self._next = 0
-
-    def ticket(self) -> int:
-        ticket, self._next = self._next, self._next + 1
-        self.array[ticket % _RING] = 0.0
-        return ticket
-
-    def started(self, ticket: int) -> float:
-        return float(self.array[ticket % _RING])
+    crashes: int = 0  # workers that died on their own (not of the hard limit), or did not start
+    retries: int = 0  # renders sent again after their worker died under them
+    over_memory_limit: int = 0  # renders that hit the hard limit
+    recycled_for_memory: int = 0
+    recycled_for_count: int = 0
+    rss: dict[int, int] = field(default_factory=dict)  # pid -> bytes, last known, live workers
 
 
 # --- parent side -------------------------------------------------------------------------------
 
 
-class _Generation:
-    """One ProcessPoolExecutor and its workers; replaced as a whole when it breaks."""
+class _State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"  # takes renders
+    RETIRING = "retiring"  # takes no more renders; leaves when it holds none
+    GONE = "gone"  # killed, or exited; its renders were settled or sent elsewhere
 
-    def __init__(self, workers: int, spec: RenderSpec) -> None:
-        self.stamps = _Stamps()
-        self.executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=_SPAWN,
-            initializer=_init_worker,
-            initargs=(spec, os.getpid(), self.stamps.array),
-        )
-        self.workers = workers
-        self.broken = False
 
-    async def start(self) -> None:
-        """Spawn every worker now and wait until each has run its initializer.
+@dataclass(eq=False)
+class _Job:
+    svg: bytes
+    only: Only
+    timeout: float
+    future: asyncio.Future[RenderResult]
+    attempts: int = 0  # how many workers died while running it
+    timer: asyncio.TimerHandle | None = None
+    cpu_start: float = 0.0  # its worker's CPU seconds when it started (cpu_timeout)
 
-        The executor spawns a worker per submit while none is idle, so ``workers`` quick
-        submissions start all of them.
-        """
-        pings = [
-            asyncio.wrap_future(self.executor.submit(_worker_ready)) for _ in range(self.workers)
-        ]
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def fail(self, error: BaseException) -> None:
+        self.stop_timer()
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class _StderrTail(asyncio.Protocol):
+    """A worker's stderr: forwarded to ours as it comes, its last bytes kept for the autopsy."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.tail = (self.tail + data)[-_STDERR_TAIL:]
+        with contextlib.suppress(OSError):
+            os.write(2, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def text(self) -> str:
+        return self.tail.decode(errors="replace")
+
+
+class _StartFailed(Exception):
+    pass
+
+
+class _Worker:
+    """One worker process, its socket, and the renders it holds in the order it runs them."""
+
+    def __init__(self) -> None:
+        self.state = _State.STARTING
+        self.jobs: deque[_Job] = deque()  # jobs[0] is rendering; the rest wait in its socket
+        self.sent = 0  # renders sent to it, for max_renders
+        self.replaced = False  # its successor has been started
+        self.peak_data = 0  # the most VmData sampled during the render it runs (_NEAR_LIMIT)
+        self.pid = 0
+        self.exitcode: int | None = None
+        self.process: SpawnProcess | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.stderr: _StderrTail | None = None
+        self.stderr_transport: asyncio.BaseTransport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def start(self, spec: RenderSpec, limits: WorkerLimits) -> int:
+        """Spawn the process and wait for its "ready"; its RSS then. Raises _StartFailed."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        stderr_ours, stderr_theirs = _SPAWN.Pipe(duplex=False)
         try:
-            # return_exceptions: every ping's failure is retrieved, none logged as unhandled.
-            results = await asyncio.wait_for(
-                asyncio.gather(*pings, return_exceptions=True), _START_TIMEOUT
+            self.process = _SPAWN.Process(
+                target=worker_main,
+                args=(theirs, stderr_theirs, spec, os.getpid(), limits),
+                name="render-worker",
+                daemon=True,
             )
+            # A thread: spawning forks and execs, and writes the pickled arguments to a pipe.
+            await asyncio.to_thread(self.process.start)
+            self.pid = self.process.pid or 0
+            if self.state is _State.GONE:  # the pool closed while it spawned: no need to wait
+                self.kill()
+                raise _StartFailed("stopped while starting")
+            self.stderr_transport, self.stderr = await loop.connect_read_pipe(
+                _StderrTail, stderr_ours
+            )
+            self.reader, self.writer = await asyncio.open_unix_connection(
+                sock=ours, limit=_STREAM_LIMIT
+            )
+        except BaseException:
+            if self.stderr_transport is None:  # else reap closes it
+                stderr_ours.close()
+            if self.writer is None:
+                ours.close()
+            raise
+        finally:
+            theirs.close()
+            stderr_theirs.close()
+        try:
+            hello = await asyncio.wait_for(self.receive(), _START_TIMEOUT)
         except TimeoutError:
-            results = [TimeoutError(f"workers not ready after {_START_TIMEOUT:g} s")]
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            self.kill()
-            # BrokenProcessPool, so a render treats a failed start like any other pool break.
-            raise BrokenProcessPool(f"render workers failed to start: {errors[0]!r}")
+            raise _StartFailed(f"not ready after {_START_TIMEOUT:g} s") from None
+        except (OSError, EOFError, pickle.UnpicklingError):
+            hello = None
+        if hello is None:
+            await self.stderr_drained()
+            last_words = self.stderr_text()[-500:].strip() or "nothing on stderr"
+            raise _StartFailed(f"a worker exited at start: {last_words}")
+        _, _, rss = hello
+        return int(rss)
 
-    def submit(self, svg: bytes, only: Only) -> tuple[int, Future[RenderResult]]:
-        if self.broken:  # killed by another render since we picked it: same as a crash
-            raise BrokenProcessPool("render workers were recycled")
-        ticket = self.stamps.ticket()
-        return ticket, self.executor.submit(_worker_render, ticket, svg, only)
+    def set_ready(self, started: bool) -> None:
+        """Tell ``__aenter__`` how the start went (once; it may have stopped listening)."""
+        if not self.ready.done():
+            self.ready.set_result(started)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in (self.executor._processes or {}).values() if p.pid is not None]
+    def send(self, message: object) -> None:
+        """Queue a message on the socket (asyncio writes it as the worker reads)."""
+        assert self.writer is not None
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.writer.write(HEADER.pack(len(payload)))
+        self.writer.write(payload)
+
+    async def receive(self) -> Any:
+        """The next message, or None at the end of the stream (the worker exited or died)."""
+        assert self.reader is not None
+        try:
+            header = await self.reader.readexactly(HEADER.size)
+            payload = await self.reader.readexactly(HEADER.unpack(header)[0])
+        except asyncio.IncompleteReadError:
+            return None
+        return pickle.loads(payload)
+
+    def close(self) -> None:
+        """End its socket: the worker finishes what it holds, reads EOF and exits."""
+        if self.writer is not None:
+            self.writer.close()
 
     def kill(self) -> None:
-        """Kill every worker at once; in-flight futures fail with BrokenProcessPool.
+        self.state = _State.GONE
+        if self._started() and self.process is not None and self.process.exitcode is None:
+            self.process.kill()
 
-        There is no public API for this before Python 3.14 (``kill_workers``), hence
-        ``_processes``. The executor's manager thread notices the deaths, fails the futures and
-        reaps the processes.
-        """
-        self.broken = True
-        for process in list((self.executor._processes or {}).values()):
-            process.kill()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+    def _started(self) -> bool:
+        # pid stays None until Process.start (in a thread) has spawned it.
+        return self.process is not None and self.process.pid is not None
 
-    def close(self, grace: float) -> None:
-        """Blocking: let running renders finish for up to ``grace`` seconds, then kill."""
-        self.broken = True
-        processes = list((self.executor._processes or {}).values())
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + grace
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
+    async def stderr_drained(self) -> None:
+        if self.stderr is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.stderr.closed), _STDERR_DRAIN)
+
+    def stderr_text(self) -> str:
+        return self.stderr.text() if self.stderr is not None else ""
+
+    async def reap(self) -> None:
+        """Wait for the process to end (killing it after a grace) and release everything."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.stderr_transport is not None:
+            self.stderr_transport.close()
+        process = self.process
+        if process is None or not self._started():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _EXIT_GRACE
+        while process.exitcode is None:
+            if deadline and loop.time() > deadline:
                 process.kill()
-        self.executor.shutdown(wait=True)
+                deadline = 0.0
+            await asyncio.sleep(0.01)
+        self.exitcode = process.exitcode
+        process.close()
+        self.process = None
 
 
 class RenderPool:
     """``async with RenderPool(workers, spec, timeout) as pool: await pool.render(svg)``."""
 
-    def __init__(self, workers: int, spec: RenderSpec, timeout: float) -> None:
+    def __init__(
+        self,
+        workers: int,
+        spec: RenderSpec,
+        timeout: float,
+        *,
+        memory_soft_limit: int = DEFAULT_MEMORY_SOFT_LIMIT,
+        memory_hard_limit: int = DEFAULT_MEMORY_HARD_LIMIT,
+        max_renders: int = DEFAULT_MAX_RENDERS,
+        nice: int = 0,
+        cpu_timeout: bool = False,
+    ) -> None:
+        """``nice``: added to the workers' nice level (a slow lane yields the CPU to the
+        others). ``cpu_timeout``: a render's timeout counts the CPU time its worker spends,
+        not the clock, so a low-priority render is not cut for the time it waited for a CPU
+        (a clock backstop of _CPU_CLOCK_BACKSTOP × the timeout still holds)."""
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        if not 0 < memory_soft_limit <= memory_hard_limit:
+            raise ValueError(
+                "memory limits must be positive and the soft one at most the hard one, got"
+                f" {memory_soft_limit:,} and {memory_hard_limit:,}"
+            )
+        if max_renders < 1:
+            raise ValueError(f"max_renders must be at least 1, got {max_renders}")
         self.workers = workers
         self.spec = spec
         self.timeout = timeout
+        self.memory_soft_limit = memory_soft_limit
+        self.memory_hard_limit = memory_hard_limit
+        self.max_renders = max_renders
         self.stats = PoolStats()
-        self._generation: _Generation | None = None
-        self._slots = asyncio.Semaphore(self.capacity)
-        self._lock = asyncio.Lock()
+        self.cpu_timeout = cpu_timeout
+        self._limits = WorkerLimits(memory_soft_limit, memory_hard_limit, nice)
+        self._workers: list[_Worker] = []
+        self._pending: deque[_Job] = deque()  # renders no worker holds yet, oldest first
         self._open = False
+        self._closing = False
+        self._restart_delay = _RESTART_BACKOFF[0]
+        self._start_error = ""  # why the last worker that failed to start failed
+        self._watcher: asyncio.TimerHandle | None = None
 
     @staticmethod
     def capacity_for(workers: int) -> int:
-        """Renders a pool of ``workers`` admits at once: one running and one queued per worker."""
+        """Renders a pool of ``workers`` runs or holds at once: one running and one queued each."""
         return _DEPTH * workers
 
     @property
     def capacity(self) -> int:
-        """Renders this pool admits at once; more wait for a slot in ``render``."""
+        """Renders this pool's workers hold at once; more wait in the pool's queue."""
         return self.capacity_for(self.workers)
 
     async def __aenter__(self) -> RenderPool:
-        self._open = True
+        self._open, self._closing = True, False
+        first = [self._spawn() for _ in range(self.workers)]
         try:
-            await self._current()  # fail fast on a broken setup (no libvips, bad spec)
-        except BaseException:
-            self._open = False
+            started = await asyncio.gather(*(worker.ready for worker in first))
+        except BaseException:  # cancelled while starting: leave nothing behind
+            await self._close()
             raise
+        if not all(started):
+            error = self._start_error
+            await self._close()
+            raise RuntimeError(f"render workers failed to start: {error}")
+        self._watch()
         return self
 
     async def __aexit__(
@@ -258,98 +462,330 @@ class RenderPool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
-        generation, self._generation = self._generation, None
-        if generation is not None:
-            await asyncio.to_thread(generation.close, self.timeout)
+        await self._close()
 
     def worker_pids(self) -> list[int]:
-        """Pids of the current generation's workers (health checks, tests)."""
-        if self._generation is None or self._generation.broken:
-            return []
-        return self._generation.pids()
+        """Pids of the workers that are up (health checks, tests); not those still starting."""
+        return [w.pid for w in self._workers if w.state in (_State.READY, _State.RETIRING)]
 
-    async def render(self, svg: bytes, only: Only = None) -> RenderResult:
+    async def render(
+        self,
+        svg: bytes,
+        only: Only = None,
+        *,
+        # Not the await's timeout (asyncio.timeout would count waiting for a worker, and could
+        # not stop the worker): it bounds the rendering, which the pool times and ends itself.
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> RenderResult:
         """Render in a worker process: every rendition of the spec, or ``only`` those.
 
-        Raises RenderRejected (bad input, or longer than ``timeout``: not retryable) or
+        ``timeout`` (seconds of rendering, not of waiting for a worker) overrides the pool's.
+        Raises RenderRejected (bad input; RenderTimedOut, RenderOverMemory: not retryable) or
         RenderCrashed (the worker died twice under this render: retryable).
         """
-        async with self._slots:
-            for attempt in range(1, _ATTEMPTS + 1):
-                try:
-                    return await self._render_once(svg, only)
-                except BrokenProcessPool:
-                    if attempt == _ATTEMPTS:
-                        raise RenderCrashed(
-                            "the render worker died while rendering this image"
-                        ) from None
-                    self.stats.retries += 1
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _render_once(self, svg: bytes, only: Only) -> RenderResult:
-        generation = await self._current()
-        try:
-            ticket, submitted = generation.submit(svg, only)
-            future = asyncio.wrap_future(submitted)
-            # asyncio.wait, not wait_for: a timeout must not cancel the future before we have
-            # killed the worker that runs it.
-            try:
-                done = await self._wait(future, generation.stamps, ticket)
-            except asyncio.CancelledError:
-                # The caller gave up (shutdown); the worker finishes on its own, unobserved.
-                future.cancel()
-                raise
-            if not done:
-                self.stats.timeouts += 1
-                self._discard(generation, crashed=False)
-                # The kill will fail this future with BrokenProcessPool; nobody awaits it, so
-                # cancel it now rather than have asyncio log an unretrieved exception.
-                future.cancel()
-                raise RenderRejected(f"took longer than {self.timeout:g} s to render")
-            return future.result()
-        except BrokenProcessPool:
-            self._discard(generation, crashed=True)
-            raise
-
-    async def _wait(
-        self, future: asyncio.Future[RenderResult], stamps: _Stamps, ticket: int
-    ) -> bool:
-        """Wait until the render is done (True) or has run ``timeout`` seconds (False)."""
-        wait = self.timeout  # at the earliest, it started now
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=wait)
-            if done:
-                return True
-            started = stamps.started(ticket)
-            if not started:  # still queued behind another render
-                wait = min(self.timeout, _NOT_STARTED_POLL)
-                continue
-            wait = started + self.timeout - time.monotonic()
-            if wait <= 0:
-                return False
-
-    def _discard(self, generation: _Generation, *, crashed: bool) -> None:
-        """Kill a generation once; concurrent victims of the same break all land here."""
-        if generation.broken:
-            return
-        if crashed:
-            self.stats.crashes += 1
-        generation.kill()
-
-    async def _current(self) -> _Generation:
-        """The live generation, starting a new one if the last broke (one start at a time)."""
         if not self._open:
             raise RuntimeError("RenderPool used outside 'async with'")
-        async with self._lock:
-            if self._generation is None or self._generation.broken:
-                generation = _Generation(self.workers, self.spec)
-                self._generation = generation
-                self.stats.generations += 1
+        seconds = self.timeout if timeout is None else timeout
+        if seconds <= 0:
+            raise ValueError(f"timeout must be positive, got {seconds}")
+        job = _Job(svg, only, seconds, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._dispatch()
+        # Cancelled here, the future is cancelled too: a worker's result for it is dropped.
+        return await job.future
+
+    # --- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Hand waiting renders to ready workers, the least busy first, up to _DEPTH each."""
+        while self._pending:
+            job = self._pending[0]
+            if job.future.done():  # its caller gave up while it waited
+                self._pending.popleft()
+                continue
+            free = [w for w in self._workers if w.state is _State.READY and len(w.jobs) < _DEPTH]
+            if not free:
+                return
+            worker = min(free, key=lambda w: len(w.jobs))
+            self._pending.popleft()
+            worker.jobs.append(job)
+            worker.sent += 1
+            worker.send((id(job), job.svg, job.only))
+            if len(worker.jobs) == 1:  # it was idle: the render starts now
+                self._start_timer(worker, job)
+            if worker.sent >= self.max_renders:
+                self.stats.recycled_for_count += 1
+                log.info("processor.render_worker_recycled", pid=worker.pid, reason="count")
+                self._retire(worker)
+
+    def _start_timer(self, worker: _Worker, job: _Job) -> None:
+        """``job`` starts rendering on ``worker`` now."""
+        worker.peak_data = 0
+        clock = job.timeout
+        if self.cpu_timeout:
+            job.cpu_start = cpu_seconds(worker.pid)
+            clock *= _CPU_CLOCK_BACKSTOP
+        job.timer = asyncio.get_running_loop().call_later(clock, self._overrun, worker, job)
+
+    def _watch(self) -> None:
+        """Sample every busy worker's VmData (see _NEAR_LIMIT) and, with ``cpu_timeout``,
+        the CPU time of the render it runs; reschedules itself."""
+        for worker in list(self._workers):
+            if worker.jobs and worker.state is not _State.GONE:
+                worker.peak_data = max(worker.peak_data, vm_data(worker.pid))
+                job = worker.jobs[0]
+                if (
+                    self.cpu_timeout
+                    and job.timer is not None
+                    and cpu_seconds(worker.pid) - job.cpu_start >= job.timeout
+                ):
+                    self._overrun(worker, job)
+        self._watcher = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch)
+
+    def _near_limit(self, worker: _Worker) -> bool:
+        return worker.peak_data >= _NEAR_LIMIT * self.memory_hard_limit
+
+    def _overrun(self, worker: _Worker, job: _Job) -> None:
+        """``job`` has rendered for its whole timeout: kill its worker, and only that one."""
+        if worker.state is _State.GONE or not worker.jobs or worker.jobs[0] is not job:
+            return  # settled in the meantime
+        self.stats.timeouts += 1
+        log.warning("processor.render_timed_out", pid=worker.pid, seconds=job.timeout)
+        worker.jobs.popleft()
+        job.fail(RenderTimedOut(job.timeout))
+        self._lose(worker)
+        self._dispatch()
+
+    def _retire(self, worker: _Worker) -> None:
+        """No more renders for ``worker``; its successor starts now."""
+        if worker.state is _State.READY:
+            worker.state = _State.RETIRING
+        self._replace(worker)
+        if not worker.jobs:
+            worker.close()
+
+    def _lose(self, worker: _Worker) -> None:
+        """Kill ``worker`` now; what it held but had not started goes back to the queue."""
+        worker.kill()
+        self.stats.rss.pop(worker.pid, None)
+        self._replace(worker)
+        self._requeue(worker.jobs)
+        worker.jobs.clear()
+
+    def _replace(self, worker: _Worker) -> None:
+        if not worker.replaced and not self._closing:
+            worker.replaced = True
+            self._spawn()
+
+    def _requeue(self, jobs: Iterable[_Job]) -> None:
+        """Renders that must run again: at the front of the queue, in their order."""
+        jobs = list(jobs)
+        for job in jobs:
+            job.stop_timer()
+        if self._closing:
+            for job in jobs:
+                job.fail(RenderCrashed("the render pool shut down before this image was rendered"))
+            return
+        self._pending.extendleft(reversed(jobs))
+
+    # --- a worker's life -----------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker()
+        self._workers.append(worker)
+        self.stats.workers_started += 1
+        worker.task = asyncio.get_running_loop().create_task(self._run(worker))
+        return worker
+
+    async def _run(self, worker: _Worker) -> None:
+        """Start ``worker``, take its results until its socket ends, then settle and reap it."""
+        try:
+            try:
+                rss = await worker.start(self.spec, self._limits)
+            except Exception as exc:  # whatever stops a start (spawn, import, setup) is one
+                worker.kill()  # if it hangs rather than died
+                self._start_failed(worker, exc)
+                return
+            if self._closing or worker.state is _State.GONE:  # the pool closed meanwhile
+                worker.kill()
+                worker.set_ready(True)
+                return
+            worker.state = _State.READY
+            self.stats.rss[worker.pid] = rss
+            self._restart_delay = _RESTART_BACKOFF[0]
+            worker.set_ready(True)
+            self._dispatch()
+            while True:
                 try:
-                    await generation.start()
-                except BrokenProcessPool:
-                    self.stats.crashes += 1
-                    raise
-                return generation
-            return self._generation
+                    message = await worker.receive()
+                except (OSError, pickle.UnpicklingError):
+                    message = None
+                if message is None:
+                    break
+                self._on_result(worker, message)
+            await self._on_exit(worker)
+        finally:
+            worker.set_ready(False)
+            await worker.reap()  # waits for an exit under way; kills what overstays the grace
+            self._workers.remove(worker)
+
+    def _on_result(self, worker: _Worker, message: tuple[int, str, object, int, bool]) -> None:
+        if worker.state is _State.GONE:
+            return  # killed for a timeout just after it finished: already settled
+        ticket, kind, value, rss, retire = message
+        if not worker.jobs or id(worker.jobs[0]) != ticket:
+            # Cannot happen with a sane worker; treat it as broken rather than misattribute.
+            self._lose(worker)
+            return
+        job = worker.jobs.popleft()
+        job.stop_timer()
+        self.stats.rss[worker.pid] = rss
+        # A failure near the limit is the limit's, whatever libvips called it (_NEAR_LIMIT).
+        suspect = kind in ("rejected", "error") and self._near_limit(worker)
+        if suspect:
+            kind = "memory"
+        if kind == "ok":
+            if not job.future.done():
+                job.future.set_result(cast(RenderResult, value))
+        elif kind == "memory":
+            self.stats.over_memory_limit += 1
+            job.fail(RenderOverMemory(self.memory_hard_limit))
+        else:
+            job.fail(value if isinstance(value, BaseException) else RuntimeError(repr(value)))
+        if suspect:
+            # It survived an allocation failure it did not notice: do not trust it further.
+            # The render it may have begun since goes back to the queue.
+            self._lose(worker)
+        elif retire:
+            if not worker.replaced:
+                self.stats.recycled_for_memory += 1
+            log.info("processor.render_worker_recycled", pid=worker.pid, reason="memory", rss=rss)
+            # The worker reads nothing more: send what it holds elsewhere.
+            self._requeue(worker.jobs)
+            worker.jobs.clear()
+            self._retire(worker)
+        elif worker.jobs:
+            self._start_timer(worker, worker.jobs[0])  # the next one starts now
+        elif worker.state is _State.RETIRING:
+            worker.close()
+        self._dispatch()
+
+    async def _on_exit(self, worker: _Worker) -> None:
+        """The worker's socket ended: expected (told to go, or killed), or it died."""
+        expected = worker.state is _State.GONE or (
+            worker.state is _State.RETIRING and not worker.jobs
+        )
+        jobs = list(worker.jobs)
+        worker.jobs.clear()
+        for job in jobs:
+            job.stop_timer()
+        worker.state = _State.GONE
+        self.stats.rss.pop(worker.pid, None)
+        if expected:
+            self._requeue(jobs)  # only at shutdown is anything left
+            return
+        self._replace(worker)
+        # Its last words tell an allocation failure from a crash; they may trail the socket.
+        await worker.stderr_drained()
+        await worker.reap()
+        last_words = worker.stderr_text()
+        over_memory = bool(jobs) and (
+            ALLOCATION_FAILED.search(last_words) is not None or self._near_limit(worker)
+        )
+        if over_memory:
+            self.stats.over_memory_limit += 1
+            jobs.pop(0).fail(RenderOverMemory(self.memory_hard_limit))
+            outcome = "over the memory limit"
+        else:
+            self.stats.crashes += 1
+            outcome = "idle"
+            if jobs:
+                running = jobs[0]
+                running.attempts += 1
+                if running.attempts >= _ATTEMPTS:
+                    jobs.pop(0).fail(
+                        RenderCrashed("the render worker died while rendering this image")
+                    )
+                    outcome = "crashed twice"
+                else:
+                    self.stats.retries += 1
+                    outcome = "retried"
+        log.warning(
+            "processor.render_worker_died",
+            pid=worker.pid,
+            exitcode=worker.exitcode,
+            render=outcome,
+            peak_data_mib=worker.peak_data // MIB,
+            last_words=last_words[-300:].strip(),
+        )
+        self._requeue(jobs)  # the one that died gets its retry; those behind it never started
+        self._dispatch()
+
+    def _start_failed(self, worker: _Worker, error: Exception) -> None:
+        """A worker did not start: try again later, and fail renders that have no worker."""
+        worker.state = _State.GONE
+        worker.set_ready(False)
+        if self._closing or not self._open:
+            return
+        self.stats.crashes += 1
+        self._start_error = str(error)
+        log.error(
+            "processor.render_worker_start_failed", error=str(error), retry_in=self._restart_delay
+        )
+        if not any(w.state in (_State.READY, _State.STARTING) for w in self._workers):
+            stranded, self._pending = list(self._pending), deque()
+            for job in stranded:
+                job.fail(RenderCrashed(f"no render worker could be started: {error}"))
+        delay, self._restart_delay = (
+            self._restart_delay,
+            min(self._restart_delay * 2, _RESTART_BACKOFF[1]),
+        )
+        asyncio.get_running_loop().call_later(delay, self._respawn)
+
+    def _respawn(self) -> None:
+        if self._open and not self._closing:
+            self._spawn()
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """Stop taking renders, let those in workers finish for up to ``timeout``, then end."""
+        self._open = False
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        stranded, self._pending = list(self._pending), deque()
+        self._requeue(stranded)  # fails them: closing
+        running = [job.future for w in self._workers for job in w.jobs]
+        if running:
+            await asyncio.wait(running, timeout=self.timeout)
+        for worker in list(self._workers):
+            if worker.jobs or worker.state is _State.STARTING:
+                # Over the grace: cut short, its renders fail. One still starting fails its
+                # start (or, not spawned yet, is killed once it has been).
+                self._lose(worker)
+            elif worker.state is not _State.GONE:
+                worker.state = _State.RETIRING
+                worker.close()
+        tasks = [w.task for w in self._workers if w.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def render_pool(settings: ProcessorSettings, *, slow: bool = False) -> RenderPool:
+    """The render pool the settings describe, for the render queue's lane or the slow one
+    (the backfill uses the render queue's)."""
+    if slow:
+        workers, nice = settings.render_slow_workers, settings.render_slow_nice
+    else:
+        workers, nice = settings.render_workers, 0
+    return RenderPool(
+        workers,
+        settings.render_spec(),
+        settings.render_timeout,
+        memory_soft_limit=settings.render_memory_soft_limit,
+        memory_hard_limit=settings.render_memory_hard_limit,
+        max_renders=settings.render_max_renders,
+        nice=nice,
+        cpu_timeout=True,
+    )

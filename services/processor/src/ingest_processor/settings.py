@@ -7,7 +7,14 @@ import os
 from ingest_common.settings import IngestSettings
 from pydantic import Field
 
-from ingest_processor.spec import DEFAULT_WEBP_MODE, RenderSpec, WebpMode
+from ingest_processor.spec import (
+    DEFAULT_MAX_RENDERS,
+    DEFAULT_MEMORY_HARD_LIMIT,
+    DEFAULT_MEMORY_SOFT_LIMIT,
+    DEFAULT_WEBP_MODE,
+    RenderSpec,
+    WebpMode,
+)
 
 
 class ProcessorSettings(IngestSettings):
@@ -21,18 +28,85 @@ class ProcessorSettings(IngestSettings):
     render_workers: int = Field(
         default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, description="render processes"
     )
-    render_timeout: float = Field(30.0, gt=0, description="seconds one SVG may take to render")
-    max_svg_bytes: int = Field(RenderSpec.max_input_bytes, ge=1, description="largest SVG rendered")
+    render_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds of CPU one SVG may take to render (in the slow lane)",
+        json_schema_extra={
+            "limit": [
+                "CPU time of one SVG in the slow lane",
+                "seconds",
+                "that image fails; only its render process is replaced",
+            ]
+        },
+    )
+    render_slow_after: float = Field(
+        2.0,
+        ge=0,
+        description="seconds of CPU a render may take on the render queue before it moves to"
+        " the slow lane; 0: no slow lane",
+        json_schema_extra={
+            "limit": [
+                "CPU time of one SVG on the render queue",
+                "seconds",
+                "nothing: it moves to the slow lane",
+            ]
+        },
+    )
+    render_slow_workers: int = Field(1, ge=1, description="render processes of the slow lane")
+    render_slow_nice: int = Field(
+        10, ge=0, le=19, description="nice level the slow lane's render processes add"
+    )
+    render_memory_soft_limit: int = Field(
+        DEFAULT_MEMORY_SOFT_LIMIT,
+        ge=1,
+        description="bytes of memory after which a render process is replaced, between renders",
+    )
+    render_memory_hard_limit: int = Field(
+        DEFAULT_MEMORY_HARD_LIMIT,
+        ge=1,
+        description="bytes of memory a render process may use (RLIMIT_DATA); an SVG that"
+        " needs more fails",
+        json_schema_extra={
+            "limit": [
+                "memory of one render",
+                "bytes",
+                "that image fails; its render process is replaced",
+            ]
+        },
+    )
+    render_max_renders: int = Field(
+        DEFAULT_MAX_RENDERS, ge=1, description="renders after which a render process is replaced"
+    )
+    max_svg_bytes: int = Field(
+        RenderSpec.max_input_bytes,
+        ge=1,
+        description="largest SVG rendered",
+        json_schema_extra={"limit": ["one SVG, when rendered", "bytes", "that image fails"]},
+    )
     max_declared_pixels: int = Field(
-        RenderSpec.max_declared_pixels, ge=1, description="SVG width × height cap"
+        RenderSpec.max_declared_pixels,
+        ge=1,
+        description="SVG width × height cap",
+        json_schema_extra={
+            "limit": ["SVG declared size", "pixels", "that image fails before rendering"]
+        },
     )
     max_declared_side: int = Field(
-        RenderSpec.max_side, ge=1, description="longest side an SVG may declare, pixels"
+        RenderSpec.max_side,
+        ge=1,
+        description="longest side an SVG may declare, pixels",
+        json_schema_extra={
+            "limit": ["SVG declared side", "px", "that image fails before rendering"]
+        },
     )
     max_aspect_ratio: float = Field(
         RenderSpec.max_aspect_ratio,
         ge=1,
         description="most elongated SVG rendered (its height follows each width)",
+        json_schema_extra={
+            "limit": ["SVG elongation", "ratio", "that image fails before rendering"]
+        },
     )
     # Encoder defaults: measured in bench/README.md (the corpus mix and the sample sets).
     webp_mode: WebpMode = Field(
@@ -90,6 +164,17 @@ class ProcessorSettings(IngestSettings):
 
     def conflicts(self) -> list[str]:
         problems = super().conflicts()
+        if self.render_memory_soft_limit > self.render_memory_hard_limit:
+            problems.append(
+                f"{self.env('render_memory_soft_limit')} ({self.render_memory_soft_limit:,})"
+                f" must not exceed {self.env('render_memory_hard_limit')}"
+                f" ({self.render_memory_hard_limit:,})"
+            )
+        if self.render_slow_after >= self.render_timeout:
+            problems.append(
+                f"{self.env('render_slow_after')} ({self.render_slow_after:g} s) must be shorter"
+                f" than {self.env('render_timeout')} ({self.render_timeout:g} s)"
+            )
         if self.render_timeout >= self.handler_timeout:
             problems.append(
                 f"{self.env('render_timeout')} ({self.render_timeout:g} s) must be shorter than"

@@ -13,6 +13,12 @@ MIB = 1024 * 1024
 
 CONTENT_TYPES = {"png": "image/png", "webp": "image/webp"}
 
+# A render process's memory (pool.py measures why these): replaced between renders above the
+# soft limit, refused allocations above the hard one (RLIMIT_DATA); replaced after so many.
+DEFAULT_MEMORY_SOFT_LIMIT = 384 * MIB
+DEFAULT_MEMORY_HARD_LIMIT = 768 * MIB
+DEFAULT_MAX_RENDERS = 1000
+
 # auto: per image, lossless if its smallest rendition comes out no bigger than ``webp_auto_slack``
 # times the lossy one. Flat-colour icons are smaller (and exact) lossless, gradients are 4-5x
 # smaller lossy; the smallest rendition decides because it costs ~1% of the pixels.

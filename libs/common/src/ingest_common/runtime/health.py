@@ -119,6 +119,9 @@ class ServiceHealth:
         return {
             "alive": self.alive,
             "ready": self.accepting,
+            "paused": any(health.paused for health in self.consumers),
+            "in_flight": sum(health.in_flight for health in self.consumers),
+            "queues": [health.queue for health in self.consumers],
             "dependencies": self.consumers[0].dependencies(),
             "consumers": {health.queue: health.snapshot() for health in self.consumers},
         }

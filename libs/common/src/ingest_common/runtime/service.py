@@ -152,6 +152,7 @@ class Consumes:
 
     queue: str
     build: HandlerFactory
+    concurrency: int | None = None  # messages at once; None: INGEST_CONCURRENCY
 
 
 def run_service(settings: IngestSettings, *consumes: Consumes) -> None:
@@ -201,7 +202,17 @@ async def serve(settings: IngestSettings, *consumes: Consumes) -> None:
                     uses_s3=any(h.uses_s3 for h in handlers),
                 )
                 consumers.extend(
-                    consumer_for(settings, aws, db, c.queue, h, hc, dependencies)
+                    consumer_for(
+                        settings
+                        if c.concurrency is None
+                        else settings.model_copy(update={"concurrency": c.concurrency}),
+                        aws,
+                        db,
+                        c.queue,
+                        h,
+                        hc,
+                        dependencies,
+                    )
                     for c, h, hc in zip(consumes, handlers, healths, strict=True)
                 )
                 ticker.cancel()  # the consumers tick from their first line on

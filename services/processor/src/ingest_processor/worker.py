@@ -1,0 +1,223 @@
+"""The render worker process: what runs on the other side of a pool's socket (see pool.py).
+
+Spawned, it sets itself up (dies with its parent, libvips configured with its caches off,
+its nice level, its RLIMIT_DATA), says ready, then renders requests in order until its socket
+ends, reporting its RSS with each result and trimming malloc's free memory when it grew.
+Also the two halves of the socket protocol, and the /proc readers the pool samples.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import pickle
+import re
+import resource
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pyvips
+
+from ingest_processor.render import (
+    MIB,
+    Only,
+    RenderRejected,
+    RenderSpec,
+    configure_vips,
+    render_svg,
+)
+
+# A worker trims malloc's free memory once its RSS has grown this much since it last did.
+_TRIM_GROWTH = 32 * MIB
+# Every message on a worker's socket: its length, then a pickle.
+HEADER = struct.Struct("!Q")
+# What an allocation failure says: Rust's abort message (librsvg), GLib's g_error, libvips'
+# and cairo's error text, errno ENOMEM, Python's MemoryError.
+ALLOCATION_FAILED = re.compile(
+    r"memory allocation of \d+ bytes failed|failed to allocate|out of memory"
+    r"|cannot allocate memory|bad_alloc|MemoryError",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    soft: int  # bytes of RSS above which a worker retires after its render
+    hard: int  # RLIMIT_DATA
+    nice: int = 0  # added to the worker's nice level: a slow lane yields the CPU
+
+
+def worker_main(
+    channel: socket.socket, stderr: Connection, spec: RenderSpec, parent: int, limits: WorkerLimits
+) -> None:
+    """A worker's whole life: set up, say ready, then render requests in order until EOF."""
+    # First, so that whatever the process writes from here on (an allocator's last words
+    # included) reaches the parent.
+    os.dup2(stderr.fileno(), 2)
+    stderr.close()
+    _die_with_parent(parent)
+    if limits.nice:
+        os.nice(limits.nice)
+    configure_vips()
+    _cap_vips_caches()
+    # After the imports: they need memory the limit is not about.
+    resource.setrlimit(resource.RLIMIT_DATA, (limits.hard, limits.hard))
+    trim = _malloc_trim()
+    low = _rss()
+    send_message(channel, ("ready", os.getpid(), low))
+    while (request := receive_message(channel)) is not None:
+        ticket, svg, only = request
+        kind, value = _render(svg, spec, only)
+        del request, svg
+        rss = _rss()
+        if rss > low + _TRIM_GROWTH:
+            trim()
+            rss = low = _rss()
+        # After an allocation failure the heap may be in pieces and libvips half-way: start
+        # afresh rather than find out on the next contributor's image.
+        retire = kind == "memory" or rss > limits.soft
+        try:
+            send_message(channel, (ticket, kind, value, rss, retire))
+        except MemoryError:
+            retire = True
+            send_message(channel, (ticket, "memory", None, rss, retire))
+        del value
+        if retire:
+            # Read no further render (the parent sends what it queued here elsewhere), but keep
+            # the socket open until the parent closes it: exiting now could break the socket
+            # under a write of the parent's before it has read this result.
+            while channel.recv(1 << 16):
+                pass
+            return
+
+
+def _render(svg: bytes, spec: RenderSpec, only: Only) -> tuple[str, object]:
+    """("ok", result), ("rejected", RenderRejected), ("memory", None) or ("error", exception)."""
+    try:
+        return "ok", render_svg(svg, spec, only)
+    except MemoryError:
+        return "memory", None
+    except RenderRejected as exc:
+        if ALLOCATION_FAILED.search(exc.reason):
+            return "memory", None
+        return "rejected", exc
+    except Exception as exc:
+        return "error", _portable(exc)
+
+
+def _portable(exc: Exception) -> Exception:
+    """The exception itself if it survives pickling, else a RuntimeError naming it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _cap_vips_caches() -> None:
+    """Turn libvips' caches off in a worker (configure_vips only bounds them).
+
+    The operation cache keeps images, and an SVG image keeps librsvg's parsed document, which
+    the cache's own memory limit does not count: a parse per width of every render stayed, up
+    to 100 operations (module docstring). Every render loads new buffers, so no load ever hit.
+    """
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+
+
+def _rss() -> int:
+    """This process's resident set in bytes (VmRSS), 0 where /proc has no such line."""
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def vm_data(pid: int) -> int:
+    """A process's VmData in bytes (what RLIMIT_DATA limits), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0): give the free memory in every malloc arena back to the kernel."""
+    name = ctypes.util.find_library("c")
+    libc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+    def trim() -> None:
+        if libc_trim is not None:  # None: not glibc (musl has no arenas to trim)
+            libc_trim(0)
+
+    return trim
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """A processor killed with SIGKILL runs no clean-up: have the kernel end its workers.
+
+    Without this, workers of a kill -9'd processor live on as orphans, each holding its
+    memory, and a restarted processor adds a new set beside them.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def send_message(channel: socket.socket, message: object) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    channel.sendall(HEADER.pack(len(payload)))
+    channel.sendall(payload)
+
+
+def receive_message(channel: socket.socket) -> Any:
+    """The next message, or None at the end of the stream (the parent closed it or is gone)."""
+    header = _receive_exactly(channel, HEADER.size)
+    if header is None:
+        return None
+    payload = _receive_exactly(channel, HEADER.unpack(header)[0])
+    return None if payload is None else pickle.loads(payload)
+
+
+def _receive_exactly(channel: socket.socket, size: int) -> bytearray | None:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        chunk = channel.recv_into(view[got:])
+        if not chunk:
+            return None
+        got += chunk
+    return buffer
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used; 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # After the command name in parentheses: state is field 3, utime 14, stime 15.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
