@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from ingest_cli.local import local_env
+from ingest_cli.status import format_status, load_status
 from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
 from ingest_processor.render import render_svg
@@ -226,3 +227,11 @@ async def test_every_odd_svg_ends_rendered_or_refused_with_its_reason(
         warnings = images[name]["warnings"]
         assert len(warnings) == (1 if cases[name].warnings else 0), (name, warnings)
         assert all(words in warnings[0] for words in cases[name].warnings), (name, warnings)
+    # What the contributor reads: every warning, under its image.
+    async with db.acquire() as connection:
+        status = await load_status(connection, uploaded.upload_id)
+    assert status is not None
+    text = format_status(status)
+    warned = [n for n, c in cases.items() if c.warnings and n not in refused_first | failed_later]
+    assert warned, "the corpus has images the renderer declines"
+    assert text.count("warning: embedded image") == len(warned), text
