@@ -144,8 +144,8 @@ def test_an_unknown_queue_is_one_line_naming_the_known_ones(settings: IngestSett
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == (
-        'no queue named "render" (known: ingest-batch, ingest-render, ingest-preview,'
-        " ingest-index)\n"
+        'no queue named "render" (known: ingest-batch, ingest-render, ingest-render-slow,'
+        " ingest-preview, ingest-index)\n"
     )
 
 

@@ -252,7 +252,9 @@ async def redrive(aws: Aws, queue: str, limit: int | None = None) -> RedriveRepo
     async with _Reader(aws, dlq) as reader:
         try:
             while (batch := await reader.receive()) is not None:
-                eligible = [letter for letter in batch if letter.sent_ms < started_ms]
+                # At or before the start: one sent in the very millisecond the run began is
+                # older than anything the run itself sent back.
+                eligible = [letter for letter in batch if letter.sent_ms <= started_ms]
                 if len(eligible) < len(batch):
                     left[AFTER_START] += len(batch) - len(eligible)
                 room = len(eligible) if limit is None else max(0, limit - moved)
