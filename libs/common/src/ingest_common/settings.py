@@ -59,6 +59,13 @@ class IngestSettings(BaseSettings):
     )
     preview_queue: str = Field("ingest-preview", description="product ready → previewer")
     index_queue: str = Field("ingest-index", description="product changed → indexer")
+    events_topic: str = Field(
+        "ingest-events", description="SNS topic of the domain events (Slack, email, SQS)"
+    )
+    event_bus: str = Field("ingest-events", description="EventBridge bus of the domain events")
+    alarms_topic: str = Field(
+        "ingest-alarms", description="SNS topic the CloudWatch alarms notify (a person)"
+    )
 
     # --- database ------------------------------------------------------------------------
     db_pool_min: int = Field(1, ge=0, description="connections kept open per process")
