@@ -11,7 +11,7 @@ import pytest
 from ingest_cli.trace import OtlpReceiver, Span, format_tree, load_spans
 from ingest_common.aws import Aws
 from ingest_common.schemas.messages import IndexProduct
-from ingest_common.telemetry.resource import build_resource, container_id
+from ingest_common.telemetry.resource import build_resource
 from ingest_common.telemetry.tracing import (
     SQS_MAX_ATTRIBUTES,
     carrier_from_sqs,
@@ -119,18 +119,6 @@ def batch_size(span: ReadableSpan) -> int:
     count = span.attributes["messaging.batch.message_count"]
     assert isinstance(count, int), f"message count {count!r} is not an int"
     return count
-
-
-def test_container_id_from_cgroup_v1_and_v2(tmp_path: Path) -> None:
-    cid = "a" * 12 + "0123456789abcdef" * 3 + "b" * 4
-    v1 = tmp_path / "cgroup"
-    v1.write_text(f"12:cpu:/docker/{cid}\n")
-    assert container_id(v1, tmp_path / "none") == cid
-    v2 = tmp_path / "mountinfo"
-    v2.write_text(f"1 2 0:3 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw - ext4 rw\n")
-    (tmp_path / "empty").write_text("0::/\n")
-    assert container_id(tmp_path / "empty", v2) == cid
-    assert container_id(tmp_path / "empty", tmp_path / "none") is None
 
 
 def test_resource_names_the_service_and_the_process() -> None:

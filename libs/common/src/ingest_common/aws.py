@@ -1,7 +1,8 @@
-"""S3 and SQS clients (aiobotocore) and the two sends every service does.
+"""S3, SQS, SNS and EventBridge clients (aiobotocore) and the two sends every service does.
 
-One `Aws` per process, opened with `async with`. It knows the queue URLs by name, sends
-messages in batches of 10 with the current trace context, and caps concurrent S3 calls.
+One `Aws` per process, opened with `async with`. It knows the queue URLs and topic ARNs by
+name, sends messages in batches of 10 with the current trace context, and caps concurrent
+S3 calls.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from opentelemetry.trace import SpanKind
 from ingest_common.errors import RetryableError
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
-from ingest_common.telemetry.aws_spans import instrument_client
+from ingest_common.telemetry.aws_spans import instrument_aws
 from ingest_common.telemetry.tracing import (
     SQS_MAX_ATTRIBUTES,
     current_carrier,
@@ -31,7 +32,9 @@ from ingest_common.telemetry.tracing import (
 )
 
 if TYPE_CHECKING:
+    from types_aiobotocore_events import EventBridgeClient
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sns import SNSClient
     from types_aiobotocore_sqs import SQSClient
 
 SQS_BATCH = 10  # SQS's limit for ReceiveMessage and every *Batch call
@@ -43,9 +46,12 @@ class Aws:
         self.settings = settings
         self._stack = AsyncExitStack()
         self._queue_urls: dict[str, str] = {}
+        self._topic_arns: dict[str, str] = {}
         self._s3_slots = asyncio.Semaphore(settings.s3_concurrency)
         self.s3: S3Client
         self.sqs: SQSClient
+        self.sns: SNSClient
+        self.events: EventBridgeClient
 
     async def __aenter__(self) -> Self:
         session = get_session()
@@ -71,11 +77,17 @@ class Aws:
         self.sqs = await self._stack.enter_async_context(
             session.create_client("sqs", config=sqs_config, **common)
         )
+        # The domain events' publishers: short calls like SQS's sends, so SQS's config.
+        self.sns = await self._stack.enter_async_context(
+            session.create_client("sns", config=sqs_config, **common)
+        )
+        self.events = await self._stack.enter_async_context(
+            session.create_client("events", config=sqs_config, **common)
+        )
         # botocore sends PUTs with "Expect: 100-continue", and aiohttp starts its read timer
         # only after the body: with no answer (a partition) a put would wait forever.
         self.s3.meta.events.unregister("before-call.s3", add_expect_header)
-        instrument_client(self.s3)
-        instrument_client(self.sqs)
+        instrument_aws()  # CLIENT spans for every client's calls (once per process)
         return self
 
     async def __aexit__(
@@ -91,6 +103,22 @@ class Aws:
             response = await self.sqs.get_queue_url(QueueName=name)
             self._queue_urls[name] = response["QueueUrl"]
         return self._queue_urls[name]
+
+    async def topic_arn(self, name: str) -> str:
+        """The ARN of the SNS topic `name`; raises UnknownTopic if there is none.
+
+        SNS has no lookup by name (Publish wants the ARN), so the topics are listed once
+        (sns:ListTopics) and the answer kept, like the queue URLs.
+        """
+        if name not in self._topic_arns:
+            paginator = self.sns.get_paginator("list_topics")
+            async for page in paginator.paginate():
+                for topic in page.get("Topics", []):
+                    arn = topic.get("TopicArn", "")
+                    self._topic_arns.setdefault(arn.rpartition(":")[2], arn)
+            if name not in self._topic_arns:
+                raise UnknownTopic(name)
+        return self._topic_arns[name]
 
     async def send(
         self, queue: str, messages: Sequence[Message], *, delay_seconds: int = 0
@@ -221,6 +249,12 @@ class Aws:
                 Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra
             )
         return response["ETag"].strip('"')
+
+
+class UnknownTopic(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no SNS topic {name!r}")
+        self.name = name
 
 
 class ObjectTooLarge(Exception):

@@ -1,84 +1,175 @@
-"""CLIENT spans for S3 and SQS calls made with aiobotocore.
+"""CLIENT spans for the AWS calls (aiobotocore), from opentelemetry-instrumentation-botocore.
 
-opentelemetry-instrumentation-botocore patches botocore's synchronous
-`BaseClient._make_api_call`, which aiobotocore overrides with a coroutine, so it sees
-nothing of our calls. botocore's event hooks are called by aiobotocore too:
-`before-call.<service>.<operation>` starts a span (not made current: nothing nests in an
-HTTP call), `after-call` and `after-call-error` end it.
+`AiobotocoreInstrumentor` wraps `AioBaseClient._make_api_call` once for the process: every
+call of every client gets a CLIENT span `<Service>.<Operation>` (`S3.GetObject`,
+`SQS.ReceiveMessage`) with `rpc.system` aws-api, `rpc.service`, `rpc.method`,
+`cloud.region`, `server.address`/`server.port`, `aws.request_id`, `http.status_code`,
+`retry_attempts` and, for SQS, the queue (`aws.queue_url`, `messaging.destination`).
 
-Only calls made inside a trace get a span: the long polls and heartbeats of an idle
-consumer are not traced. SQS sends and deletes have messaging spans of their own
-(`send <queue>`, `settle <queue>`, see tracing.py), so they get no second one.
+Propagation. The instrumentor adds the X-Ray header (`X-Amzn-Trace-Id`) to each HTTP
+request, which SQS keeps as the message's `AWSTraceHeader`: we do not read it. Its SQS
+extension injects nothing into messages; the trace context of a message is the one
+`Aws.send` puts in its attributes (tracing.py), which the consumer reads. Its SNS
+extension would inject the current context into Publish/PublishBatch message attributes,
+but the outbox publishes outside any trace, so there is none to inject.
+
+Two rules the instrumentor has no switch for are kept by the tracer it is given
+(`_InTraceOnlyTracer`), so they hold whatever sampler and tracer provider are installed:
+
+- An AWS call never starts a trace: a call outside one gets no span (the long polls and
+  visibility heartbeats of an idle consumer, start-up lookups, the outbox's publishes).
+- SendMessage, SendMessageBatch and DeleteMessageBatch have messaging spans of our own
+  (`send <queue>`, `settle <queue>`, see tracing.py and the consumer), so no second one.
+
+A response hook names the AWS error code of a failed call (`error.type`) and keeps a 404
+of an S3 HEAD/GET from marking the span as an error: it is an answer (the object is not
+there), not a failure of the call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager
 
-from ingest_common.telemetry.tracing import tracer
-
-_SPAN_KEY = "ingest_otel_span"
-MESSAGING_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch", "DeleteMessageBatch"})
-
-
-def instrument_client(client: Any) -> None:
-    """Register the span hooks on one aiobotocore client (idempotent per client)."""
-    events = client.meta.events
-    events.register("before-call", _before_call, unique_id="ingest-otel-before")
-    events.register("after-call", _after_call, unique_id="ingest-otel-after")
-    events.register("after-call-error", _after_call_error, unique_id="ingest-otel-error")
+# The span names (`<Service>.<Operation>`) of the calls that have our messaging spans.
+MESSAGING_CALLS = frozenset({"SQS.SendMessage", "SQS.SendMessageBatch", "SQS.DeleteMessageBatch"})
+_S3_READS = ("Head", "Get")
 
 
-def _before_call(model: Any, params: Any, context: dict[str, Any], **_: Any) -> None:
-    operation = str(model.name)
-    if operation in MESSAGING_OPERATIONS or not trace.get_current_span().is_recording():
+def instrument_aws(tracer_provider: trace.TracerProvider | None = None) -> None:
+    """Instrument aiobotocore for the whole process; later calls do nothing.
+
+    The spans go to `tracer_provider`, or to the global one (looked up when a span is
+    made, so it may be installed after this).
+    """
+    # Imported here, as the first Aws opens: importing `ingest_common.aws` stays light.
+    from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
+
+    instrumentor = AiobotocoreInstrumentor()  # type: ignore[no-untyped-call]
+    if instrumentor.is_instrumented_by_opentelemetry:
         return
-    service = str(model.service_model.service_id)
-    attributes: dict[str, Any] = {
-        "rpc.system": "aws-api",
-        "rpc.service": service,
-        "rpc.method": operation,
-    }
-    if region := context.get("client_region"):
-        attributes["cloud.region"] = region
-    body = params.get("body") if isinstance(params, dict) else None
-    url = params.get("url") if isinstance(params, dict) else None
-    if service == "S3" and isinstance(url, str):
-        attributes["url.full"] = url.split("?", 1)[0]
-    if isinstance(body, bytes | bytearray):
-        attributes["http.request.body.size"] = len(body)
-    context[_SPAN_KEY] = tracer().start_span(
-        f"{service}.{operation}", kind=SpanKind.CLIENT, attributes=attributes
+    instrumentor.instrument(
+        tracer_provider=_InTraceOnlyProvider(tracer_provider),
+        request_hook=_request_hook,
+        response_hook=_response_hook,
     )
 
 
-def _after_call(http_response: Any, parsed: Any, context: dict[str, Any], **_: Any) -> None:
-    span = context.pop(_SPAN_KEY, None)
-    if span is None:
-        return
-    status = int(getattr(http_response, "status_code", 0) or 0)
-    span.set_attribute("http.response.status_code", status)
-    metadata = parsed.get("ResponseMetadata", {}) if isinstance(parsed, dict) else {}
-    if request_id := metadata.get("RequestId"):
-        span.set_attribute("aws.request_id", str(request_id))
-    if status >= 400:
-        error = parsed.get("Error", {}) if isinstance(parsed, dict) else {}
-        code = str(error.get("Code") or status)
-        span.set_attribute("error.type", code)
-        # A 404 of a HEAD/GET is an answer, not a failure of the call.
-        if status != 404:
-            span.set_status(Status(StatusCode.ERROR, code))
-    span.end()
+def _traced(name: str, context: Context | None) -> bool:
+    """Whether a call gets a span: inside a trace, and not one of our messaging calls."""
+    return (
+        name not in MESSAGING_CALLS and trace.get_current_span(context).get_span_context().is_valid
+    )
 
 
-def _after_call_error(exception: BaseException, context: dict[str, Any], **_: Any) -> None:
-    span = context.pop(_SPAN_KEY, None)
-    if span is None:
+class _InTraceOnlyProvider(trace.TracerProvider):
+    """The instrumentor's tracer provider: the real one's tracers, behind `_traced`."""
+
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        self._provider = provider
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: types.Attributes = None,
+    ) -> trace.Tracer:
+        return _InTraceOnlyTracer(
+            trace.get_tracer(
+                instrumenting_module_name,
+                instrumenting_library_version,
+                self._provider,
+                schema_url,
+                attributes,
+            )
+        )
+
+
+class _InTraceOnlyTracer(trace.Tracer):
+    """Gives the invalid span (records nothing, made current nowhere) to an untraced call."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        if not _traced(name, context):
+            return INVALID_SPAN
+        return self._tracer.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+
+    # The API's own decorator of `Tracer.start_as_current_span`, which the override needs.
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        if not _traced(name, context):
+            yield INVALID_SPAN
+            return
+        with self._tracer.start_as_current_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+            end_on_exit,
+        ) as span:
+            yield span
+
+
+def _request_hook(span: Span, service: str, operation: str, params: Any) -> None:
+    if service != "s3" or not span.is_recording() or not isinstance(params, Mapping):
         return
-    span.record_exception(exception)
-    span.set_attribute("error.type", type(exception).__qualname__)
-    span.set_status(Status(StatusCode.ERROR, str(exception)[:200]))
-    span.end()
+    if bucket := params.get("Bucket"):
+        span.set_attribute("aws.s3.bucket", str(bucket))
+    if key := params.get("Key"):
+        span.set_attribute("aws.s3.key", str(key))
+
+
+def _response_hook(span: Span, service: str, operation: str, result: Any) -> None:
+    if not span.is_recording() or not isinstance(result, Mapping):
+        return
+    status = result.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if not isinstance(status, int) or status < 400:
+        return
+    if status == 404 and service == "s3" and operation.startswith(_S3_READS):
+        # The instrumentor has marked it as an error; only OK can replace that.
+        span.set_status(Status(StatusCode.OK))
+        return
+    span.set_attribute("error.type", str(result.get("Error", {}).get("Code") or status))

@@ -1,10 +1,11 @@
 """The OpenTelemetry resource every service reports: who sent this span or metric.
 
 `service.name` (per service), `service.namespace`, `service.version` (the package's),
-`host.name`, `process.pid`, `container.id` (from the cgroup files, when in a container) and,
-on ECS, what the AWS ECS detector reads from ECS_CONTAINER_METADATA_URI_V4 (cluster, task
-ARN and family, container ARN, log group). OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
-are honoured by the SDK and win over these.
+`host.name`, `process.pid`, `container.id` (when in a container: the cgroup files, read by
+opentelemetry-resource-detector-containerid) and, on ECS, what the AWS ECS detector reads
+from ECS_CONTAINER_METADATA_URI_V4 (cluster, task ARN and family, container ARN, log
+group). OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME are honoured by the SDK and win over
+these.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import platform
 import re
 import socket
 from importlib import metadata
-from pathlib import Path
 
 import structlog
+from opentelemetry.resource.detector.containerid import ContainerResourceDetector
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource, get_aggregated_resources
 from opentelemetry.util.types import AttributeValue
 
 log = structlog.get_logger("ingest.telemetry")
 
-_CONTAINER_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
+# What Docker, containerd, CRI-O and Podman name a container by.
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def build_resource(service: str) -> Resource:
@@ -56,20 +58,20 @@ def service_version(service: str) -> str:
     return "unknown"
 
 
-def container_id(
-    cgroup: Path = Path("/proc/self/cgroup"), mountinfo: Path = Path("/proc/self/mountinfo")
-) -> str | None:
-    """The container's id: cgroup v1 names it in /proc/self/cgroup, v2 in the mounts."""
-    for path in (cgroup, mountinfo):
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if path is mountinfo and "/containers/" not in line and "/docker/" not in line:
-                continue
-            if match := _CONTAINER_ID.search(line):
-                return match.group(1)
+def container_id() -> str | None:
+    """The container's id, from the detector; None outside a container.
+
+    The detector takes the last hex run of a cgroup path for an id, so outside a
+    container it can find one: "3" in a systemd session's `session-3.scope`, a sandbox's
+    cgroup name. Only a container runtime's 64-hex id is kept.
+    """
+    try:
+        found = ContainerResourceDetector().detect().attributes.get("container.id")
+    except Exception as exc:  # the detector must never stop a service from starting
+        log.warning("telemetry.container_detector_failed", error=repr(exc))
+        return None
+    if isinstance(found, str) and _CONTAINER_ID.fullmatch(found):
+        return found
     return None
 
 
