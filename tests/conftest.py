@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = (
-    "object_garbage, maintenance_runs, backfill_runs, search_documents, family_previews, images,"
+    "outbox, object_garbage, maintenance_runs, backfill_runs, search_documents, family_previews, images,"
     " products, uploads, families, contributors"
 )
 

@@ -22,6 +22,7 @@ from ingest_batcher.settings import BatcherSettings
 from ingest_cli.status import UploadStatus, load_status
 from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
+from ingest_common.outbox import OutboxPublisher
 from ingest_common.runtime.consumer import Consumer
 from ingest_common.runtime.dependencies import Dependencies, sqs_probe
 from ingest_common.runtime.health import Health
@@ -122,6 +123,22 @@ class Pipeline:
     async def run_all(self, timeout: float = 60) -> None:
         for role in ("batch", "render", "preview", "index", "preview", "index"):
             await self.drain(role, timeout)
+        await publish_events(self.aws, self.db)
+
+
+async def publish_events(aws: Aws, db: asyncpg.Pool, timeout: float = 30) -> int:
+    """Run the batcher's outbox publisher until the outbox is published; how many it sent."""
+    publisher = OutboxPublisher(aws.settings, aws, Dependencies(aws.settings, {}))
+    task = asyncio.create_task(publisher.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                assert not task.done(), "the publisher stopped"
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return publisher.published
 
 
 def run_ingest(
@@ -264,3 +281,51 @@ async def assert_mosaic_decodes(aws: Aws, preview: Any) -> list[Any]:
         assert (image.width, image.height) == (preview["width"], preview["height"])
         images.append(image)
     return images
+
+
+async def subscribe_to_events(aws: Aws, name: str = "events-seen") -> str:
+    """An SQS queue subscribed to the events topic (raw delivery): what a subscriber gets."""
+    created = await aws.sqs.create_queue(QueueName=name)
+    url = created["QueueUrl"]
+    arn = (await aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
+        "Attributes"
+    ]["QueueArn"]
+    topic = await aws.topic_arn(aws.settings.events_topic)
+    await aws.sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=arn,
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    return str(url)
+
+
+async def received_events(aws: Aws, url: str, *, wait: float = 1) -> list[dict[str, Any]]:
+    """Every event in a subscriber's queue, in the order SQS gives them; removed from it."""
+    seen: list[dict[str, Any]] = []
+    while True:
+        response = await aws.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=int(wait)
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return seen
+        seen.extend(json.loads(m["Body"]) for m in messages)
+        await aws.sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+
+
+def assert_in_order_per_subject(events: list[dict[str, Any]]) -> None:
+    """After dropping repeats (at least once: same id), each subject's events came in order."""
+    first: dict[str, dict[str, Any]] = {}
+    for event in events:
+        first.setdefault(event["id"], event)
+    by_subject: dict[str, list[int]] = {}
+    for event in first.values():
+        by_subject.setdefault(event["subject"], []).append(event["sequence"])
+    for subject, sequences in by_subject.items():
+        assert sequences == sorted(sequences), f"{subject}: out of order {sequences}"

@@ -134,9 +134,10 @@ async def test_processor_renders_every_size_and_format_then_completes_the_produc
         assert decoded.get("vips-loader") == f"{rendition['format']}load_buffer"
         assert decoded.width == rendition["width"]
         assert decoded.hasalpha()
-    # product-ready went to the previewer and the indexer at once
-    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
-    assert (await queue_counts(aws, aws.settings.preview_queue))[0] == 2  # + the safety net
+    # product-ready went to the previewer (which has it indexed after the mosaic), beside
+    # the safety net
+    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 0
+    assert await preview_kinds(aws) == ["check_progress", "preview_family"]
     uploaded_row = await fetch_row(
         db, "SELECT status::text FROM uploads WHERE id = $1", uploaded.upload_id
     )
@@ -161,7 +162,7 @@ async def test_redelivered_render_message_does_not_count_twice(aws: Aws, db: asy
     await pipeline.drain("render")
     row = await fetch_row(db, "SELECT * FROM products WHERE id = $1", product)
     assert (row["images_ready"], row["images_failed"]) == (24, 0)
-    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
+    assert (await preview_kinds(aws)).count("preview_family") == 1
 
 
 async def test_only_the_image_that_completes_its_product_sends_product_ready(
@@ -212,7 +213,7 @@ async def test_only_the_image_that_completes_its_product_sends_product_ready(
     assert other.complete
     await notify_product_ready(aws, db, other)  # what the other image's handler does next
 
-    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1  # product-ready once
+    assert (await preview_kinds(aws)).count("preview_family") == 1  # product-ready once
 
 
 async def test_unrenderable_svg_fails_with_a_reason_and_still_completes(
@@ -281,7 +282,6 @@ async def test_a_mosaic_is_rebuilt_only_when_the_family_changed_since_it_was_sam
     # A redelivered product-ready (or the second set's own) finds the mosaic current.
     product = await fetch_row(db, "SELECT * FROM products ORDER BY created_at LIMIT 1")
     again = PreviewFamily(
-        reason="product_ready",
         upload_id=product["upload_id"],
         product_id=product["id"],
         family_id=product["family_id"],
@@ -324,8 +324,8 @@ async def test_safety_net_fails_lost_stragglers_and_a_late_render_brings_them_ba
     assert product["images_failed"] == 3
     reasons = await db.fetch("SELECT failure_reason FROM images")
     assert all("rendering stopped" in r["failure_reason"] for r in reasons)
-    # product-ready reached the indexer, and so did the previewer's index request after it
-    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 2
+    # product-ready reached the previewer, which had the product indexed once
+    assert (await queue_counts(aws, aws.settings.index_queue))[0] == 1
     assert await db.fetchval("SELECT count(*) FROM object_garbage WHERE kind = 'renditions'") == 3
 
     # The messages turn up after all: their renders bring the images back, and the product,
@@ -395,3 +395,19 @@ async def test_index_of_unknown_product_is_a_permanent_failure(aws: Aws, db: asy
     )
     health = await Pipeline(aws, db).drain("index")
     assert health.failed == 1
+
+
+async def preview_kinds(aws: Aws) -> list[str]:
+    """The kinds of the messages waiting on the preview queue, sorted; they stay there."""
+    url = await aws.queue_url(aws.settings.preview_queue)
+    seen: dict[str, str] = {}
+    for _ in range(5):
+        response = await aws.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=5, WaitTimeSeconds=1
+        )
+        for message in response.get("Messages", []):
+            seen[message["MessageId"]] = json.loads(message["Body"])["kind"]
+            await aws.sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+    return sorted(seen.values())

@@ -17,6 +17,7 @@ from ingest_common.aws import Aws
 from ingest_common.db.pool import connect
 
 from tests.conftest import SAMPLE
+from tests.reliability.delivered import events_delivered, listen, listening
 from tests.reliability.endstate import end_state, sweep_all
 
 SETS = (SAMPLE / "mdi-essentials", SAMPLE / "openmoji-sampler")
@@ -53,6 +54,8 @@ async def stack(env: dict[str, str], logs: Path) -> AsyncIterator[ServiceProcess
 
 
 async def upload_sets(aws: Aws) -> list[Uploaded]:
+    """The sample sets, uploaded after subscribing to the domain events (checked at the end)."""
+    await listen(aws)
     return [await upload_set(aws, folder, "acme") for folder in SETS]
 
 
@@ -83,6 +86,11 @@ async def finish_and_check(
     assert len(statuses) == len(uploads)
     assert all(s.finished for s in statuses), [s.upload["status"] for s in statuses]
     state.assert_complete()
+    if url := await listening(aws):
+        products = {str(s.product["id"]) for s in statuses if s.product}
+        told = await events_delivered(aws, dsn, url, products)
+        data_lost(told.lost)
+        told.assert_complete()
 
 
 async def wait_finished(

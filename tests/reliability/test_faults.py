@@ -110,6 +110,33 @@ async def test_processor_killed_mid_set_then_restarted(
         await finish_and_check(aws, database_url, uploads, data_lost)
 
 
+async def test_publisher_killed_while_events_flow_then_restarted(
+    aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
+) -> None:
+    """The batcher hosts the outbox's publisher: SIGKILLed mid-set, the other services go on
+    writing events that nobody publishes; restarted, it sends every one, in order."""
+    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
+    async with stack(env, tmp_path / "logs") as running:
+        uploads = await upload_sets(aws)
+        await until(lambda: _published_at_least(db, 2))
+        batcher = running.processes["batcher"]
+        os.kill(batcher.pid, signal.SIGKILL)
+        batcher.wait()
+        await until(lambda: _unpublished_at_least(db, 3))  # written while nobody publishes
+        running.start("batcher")
+        await asyncio.to_thread(running.wait_ready)
+        await finish_and_check(aws, database_url, uploads, data_lost)
+
+
+async def _published_at_least(db: asyncpg.Pool, count: int) -> bool:
+    published = await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+    return int(published) >= count
+
+
+async def _unpublished_at_least(db: asyncpg.Pool, count: int) -> bool:
+    return int(await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")) >= count
+
+
 async def test_sigterm_during_work_finishes_in_flight_and_exits_in_time(
     aws: Aws, db: asyncpg.Pool, database_url: str, tmp_path: Path, data_lost: Callable[[int], None]
 ) -> None:

@@ -20,3 +20,10 @@ def test_readme_limits_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     assert table.count("\n") >= 10, "the limits are found"
     assert table in readme, "run `uv run python tools/settings_table.py limits`, update README"
+
+
+def test_readme_event_examples_are_current() -> None:
+    """Every event type has an example in the README, built from its model."""
+    examples = runpy.run_path(str(ROOT / "tools" / "events_doc.py"))["examples"]()
+    readme = (ROOT / "README.md").read_text()
+    assert examples in readme, "run `uv run python tools/events_doc.py` and update README.md"

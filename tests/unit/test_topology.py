@@ -44,6 +44,44 @@ def test_terraform_names_default_to_the_settings_defaults() -> None:
         assert bucket.name in defaults.values()
 
 
+def test_terraform_names_every_topology_entry_by_its_setting() -> None:
+    """Queues, buckets, topics and buses: topology.tf's `names` maps each setting the file
+    refers to onto the variable of that name, whose default is the setting's default."""
+    raw = json.loads(resources.files("ingest_common").joinpath("topology.json").read_text())
+    settings = IngestSettings()
+    text = (TERRAFORM / "topology.tf").read_text()
+    names_block = re.search(r"names = \{([^}]*)\}", text)
+    assert names_block, "topology.tf: no `names = { ... }`"
+    names = dict(re.findall(r"^\s*(\w+)\s*=\s*var\.(\w+)\s*$", names_block[1], re.M))
+    defaults = terraform_defaults()
+    sections = ("queues", "buckets", "topics", "buses")
+    settings_named = {spec["setting"] for section in sections for spec in raw[section].values()}
+    assert {"events_topic", "alarms_topic", "event_bus"} <= settings_named
+    for setting in settings_named:
+        assert names.get(setting) == setting, f"topology.tf: names.{setting} is not var.{setting}"
+        assert defaults.get(setting) == getattr(settings, setting), (
+            f"variables.tf: {setting} defaults to {defaults.get(setting)!r},"
+            f" the setting to {getattr(settings, setting)!r}"
+        )
+
+
+def test_terraform_topics_and_buses_are_the_loaded_topology() -> None:
+    """What `ingest bootstrap` creates (load_topology) is what Terraform names: the same
+    topic and bus names by default, and every rule with the file's pattern."""
+    settings = IngestSettings()
+    topology = load_topology(settings)
+    defaults = terraform_defaults()
+    raw = json.loads(resources.files("ingest_common").joinpath("topology.json").read_text())
+    assert {t.role for t in topology.topics} == set(raw["topics"])
+    for topic in topology.topics:
+        assert defaults[raw["topics"][topic.role]["setting"]] == topic.name
+    for bus in topology.buses:
+        assert defaults[raw["buses"][bus.role]["setting"]] == bus.name
+        assert bus.rules, f"bus {bus.role} has no rule: events.tf's example target needs one"
+        for rule in bus.rules:
+            assert rule.pattern == raw["buses"][bus.role]["rules"][rule.name]["pattern"]
+
+
 def test_every_service_queue_has_a_topology_entry() -> None:
     settings = IngestSettings()
     names = {q.name for q in load_topology(settings).queues}

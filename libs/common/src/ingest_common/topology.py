@@ -1,5 +1,5 @@
-"""The AWS topology (buckets with lifecycle rules, queues with DLQs, S3 → SQS notifications)
-as data.
+"""The AWS topology (buckets with lifecycle rules, queues with DLQs, S3 → SQS notifications,
+SNS topics, EventBridge buses with their rules) as data.
 
 `topology.json` beside this file is the single declaration; `apply` creates it against
 any AWS-protocol endpoint (idempotently), and deploy/terraform reads the same file.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -20,6 +21,9 @@ from ingest_common.aws import Aws
 from ingest_common.settings import IngestSettings
 
 log = structlog.get_logger("ingest.topology")
+
+DEFAULT_BUS = "default"  # every account has it; it cannot be created
+_RULE_NAME = re.compile(r"[.\-_A-Za-z0-9]{1,64}")  # EventBridge's rule names
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,56 @@ class BucketSpec:
 
 
 @dataclass(frozen=True)
+class TopicSpec:
+    role: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One EventBridge rule of a bus: its event pattern, as the JSON text put_rule takes."""
+
+    name: str
+    description: str
+    event_pattern: str
+
+    def __post_init__(self) -> None:
+        # What EventBridge would refuse only when the rule is put: fail on loading instead.
+        if not _RULE_NAME.fullmatch(self.name):
+            raise ValueError(f"rule name {self.name!r}: 1-64 of letters, digits, '.', '-', '_'")
+        pattern = json.loads(self.event_pattern)
+        if not isinstance(pattern, dict) or not pattern:
+            raise ValueError(f"rule {self.name!r}: the event pattern must be a non-empty object")
+
+    @property
+    def pattern(self) -> dict[str, Any]:
+        pattern: dict[str, Any] = json.loads(self.event_pattern)
+        return pattern
+
+
+@dataclass(frozen=True)
+class BusSpec:
+    role: str
+    name: str
+    rules: tuple[RuleSpec, ...] = ()
+
+
+@dataclass(frozen=True)
 class Topology:
     buckets: tuple[BucketSpec, ...]
     queues: tuple[QueueSpec, ...]
     dead_letter_retention: int
+    topics: tuple[TopicSpec, ...] = ()
+    buses: tuple[BusSpec, ...] = ()
 
     def queue(self, role: str) -> QueueSpec:
         return next(q for q in self.queues if q.role == role)
+
+    def topic(self, role: str) -> TopicSpec:
+        return next(t for t in self.topics if t.role == role)
+
+    def bus(self, role: str) -> BusSpec:
+        return next(b for b in self.buses if b.role == role)
 
 
 @functools.cache
@@ -116,7 +163,22 @@ def load_topology(settings: IngestSettings) -> Topology:
         )
         for role, spec in raw["buckets"].items()
     )
-    return Topology(buckets, queues, raw["dead_letter"]["message_retention"])
+    topics = tuple(
+        TopicSpec(role=role, name=getattr(settings, spec["setting"]))
+        for role, spec in raw.get("topics", {}).items()
+    )
+    buses = tuple(
+        BusSpec(
+            role=role,
+            name=getattr(settings, spec["setting"]),
+            rules=tuple(
+                RuleSpec(name, rule["description"], json.dumps(rule["pattern"], sort_keys=True))
+                for name, rule in spec.get("rules", {}).items()
+            ),
+        )
+        for role, spec in raw.get("buses", {}).items()
+    )
+    return Topology(buckets, queues, raw["dead_letter"]["message_retention"], topics, buses)
 
 
 def _lifecycle_rule(raw: dict[str, Any]) -> LifecycleRule:
@@ -139,7 +201,17 @@ async def apply_topology(aws: Aws, topology: Topology) -> None:
         if bucket.notifications:
             await _allow_s3_to_send(aws, bucket, topology, arns)
             await _notify(aws, bucket, arns)
-    log.info("topology.applied", queues=len(topology.queues), buckets=len(topology.buckets))
+    for topic in topology.topics:
+        await aws.sns.create_topic(Name=topic.name)  # idempotent: the same ARN again
+    for bus in topology.buses:
+        await _ensure_bus(aws, bus)
+    log.info(
+        "topology.applied",
+        queues=len(topology.queues),
+        buckets=len(topology.buckets),
+        topics=len(topology.topics),
+        buses=len(topology.buses),
+    )
 
 
 async def _queue_arn(aws: Aws, url: str) -> str:
@@ -250,3 +322,21 @@ async def _notify(aws: Aws, bucket: BucketSpec, arns: dict[str, str]) -> None:
     await aws.s3.put_bucket_notification_configuration(
         Bucket=bucket.name, NotificationConfiguration={"QueueConfigurations": configurations}
     )
+
+
+async def _ensure_bus(aws: Aws, bus: BusSpec) -> None:
+    if bus.name != DEFAULT_BUS:
+        try:
+            await aws.events.create_event_bus(Name=bus.name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+                raise
+    for rule in bus.rules:
+        # put_rule creates or updates: an existing rule is brought to the declared state.
+        await aws.events.put_rule(
+            Name=rule.name,
+            EventBusName=bus.name,
+            EventPattern=rule.event_pattern,
+            Description=rule.description,
+            State="ENABLED",
+        )

@@ -17,7 +17,8 @@ import asyncio
 import hashlib
 import tempfile
 import uuid
-from typing import IO, TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,11 +27,13 @@ from ingest_common.db.completion import product_state
 from ingest_common.errors import Refused, RetryableError
 from ingest_common.garbage import sweep, tag_rejected_upload
 from ingest_common.notify import notify_product_ready
+from ingest_common.outbox import OutboxPublisher
 from ingest_common.runtime.consumer import Delivery
+from ingest_common.runtime.dependencies import Dependencies
 from ingest_common.runtime.periodic import Periodic
 from ingest_common.runtime.service import Resources, ServiceHandler
 from ingest_common.schemas.manifest import parse_manifest
-from ingest_common.schemas.messages import PreviewFamily, RenderImage
+from ingest_common.schemas.messages import CheckProgress, RenderImage
 from ingest_common.schemas.s3_event import S3Event, S3EventRecord
 from ingest_common.telemetry import metrics
 from ingest_common.telemetry.tracing import (
@@ -90,6 +93,16 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             Periodic("reconcile uploads", self.settings.reconcile_interval, self._reconcile),
             Periodic("sweep garbage", self.settings.sweep_interval, self._sweep),
         ]
+
+    def background(self, dependencies: Dependencies) -> list[Coroutine[Any, Any, None]]:
+        """The batcher publishes the domain events (one process at a time, see outbox.py)."""
+        publisher = OutboxPublisher(
+            self.settings,
+            self.aws,
+            dependencies,
+            poll_interval=self.settings.outbox_poll_interval,
+        )
+        return [publisher.run()]
 
     async def _reconcile(self) -> dict[str, object]:
         report = await reconcile(
@@ -364,8 +377,8 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             ],
         )
         if images:
-            safety_net = PreviewFamily(
-                reason="safety_net", upload_id=row.id, product_id=product, family_id=state.family_id
+            safety_net = CheckProgress(
+                upload_id=row.id, product_id=product, family_id=state.family_id
             )
             await self.aws.send(
                 self.settings.preview_queue,

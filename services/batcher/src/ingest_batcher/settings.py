@@ -76,6 +76,11 @@ class BatcherSettings(IngestSettings):
         300.0, ge=0, description="seconds between sweeps of objects nothing refers to; 0: never"
     )
 
+    # The outbox's publisher (ingest_common.outbox) runs in the batcher.
+    outbox_poll_interval: float = Field(
+        1.0, gt=0, description="seconds between looks at the outbox when no commit wakes it"
+    )
+
     def archive_limits(self) -> ArchiveLimits:
         """The limits on untrusted archives these settings describe."""
         return ArchiveLimits(

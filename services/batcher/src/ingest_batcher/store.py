@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ingest_common import ids
+from ingest_common.db.completion import emit_product_outcome
 from ingest_common.db.pool import Connection
 from ingest_common.errors import Refused
+from ingest_common.events import FileProblem as EventFileProblem
+from ingest_common.events import UploadReceived, UploadRejected, emit
 from ingest_common.garbage import discard, discard_renditions, reclaim, reclaim_renditions
 
 from ingest_batcher.archive import FileProblem
@@ -111,6 +114,14 @@ async def record_upload(
             traceparent,
             trace_id,
         )
+        if created:
+            await emit(
+                connection,
+                UploadReceived(
+                    upload_id=upload, contributor=contributor, bucket=bucket, key=key, size=size
+                ),
+                subject=upload,
+            )
         row = await upload_row(connection, upload)
     sent_again = not created and row.uploaded_at is not None and uploaded_at > row.uploaded_at
     return row, sent_again
@@ -184,7 +195,7 @@ async def retry_failed(
         await reclaim_renditions(connection, previews_bucket, image["id"])
     count = len(reset)
     if count:
-        await recount(connection, product)
+        await recount(connection, product, previews_bucket=previews_bucket)
         await connection.execute(
             "UPDATE uploads SET dispatched_at = NULL, updated_at = now() WHERE id = $1", upload
         )
@@ -244,13 +255,30 @@ async def reject_upload(
     reason: str,
     problems: list[FileProblem] | None = None,
 ) -> None:
-    await connection.execute(
-        """UPDATE uploads SET status = 'rejected', error = $2, file_errors = $3, updated_at = now()
-            WHERE id = $1 AND status = 'received'""",
-        upload,
-        reason,
-        _problems_json(problems or []),
-    )
+    async with connection.transaction():
+        row = await connection.fetchrow(
+            """UPDATE uploads SET status = 'rejected', error = $2, file_errors = $3,
+                      updated_at = now()
+                WHERE id = $1 AND status = 'received'
+            RETURNING contributor_id, object_key""",
+            upload,
+            reason,
+            _problems_json(problems or []),
+        )
+        if row is not None:
+            await emit(
+                connection,
+                UploadRejected(
+                    upload_id=upload,
+                    contributor=row["contributor_id"],
+                    key=row["object_key"],
+                    reason=reason,
+                    file_problems=[
+                        EventFileProblem(path=p.path, reason=p.reason) for p in problems or []
+                    ],
+                ),
+                subject=upload,
+            )
 
 
 async def supersede(connection: Connection, upload: uuid.UUID, by: uuid.UUID | None) -> None:
@@ -347,7 +375,7 @@ async def apply_plan(
         )
         if outcome == "updated":
             # Complete at once if the version only removed or re-described images.
-            await recount(connection, product)
+            await recount(connection, product, previews_bucket=previews_bucket)
     return Applied(product, outcome, new)
 
 
@@ -531,7 +559,7 @@ async def _new_version_images(
     )
 
 
-async def recount(connection: Connection, product: uuid.UUID) -> None:
+async def recount(connection: Connection, product: uuid.UUID, *, previews_bucket: str) -> None:
     """Counters and state from the product's active images, after images were added,
     retired or reset. A product that is complete now is owed a product-ready, and its
     family's mosaic may have changed."""
@@ -563,6 +591,7 @@ async def recount(connection: Connection, product: uuid.UUID) -> None:
         await connection.execute(
             "UPDATE families SET revision = revision + 1 WHERE id = $1", row["family_id"]
         )
+        await emit_product_outcome(connection, product, previews_bucket)
 
 
 def original_key(prefix: str, contributor: str, product: uuid.UUID, content_hash: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import structlog
 from ingest_common.errors import PermanentError
+from ingest_common.events import ProductIndexed, emit
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import ServiceHandler
 from ingest_common.schemas.messages import IndexProduct
@@ -31,6 +32,11 @@ class IndexHandler(ServiceHandler[IndexProduct, IndexerSettings]):
             document = await product_document(connection, message.product_id)
             if document is None:
                 raise PermanentError(f"product {message.product_id} does not exist")
+            # Locked: two index messages of one product settle one after the other.
+            before = await connection.fetchval(
+                "SELECT document FROM search_documents WHERE product_id = $1 FOR UPDATE",
+                message.product_id,
+            )
             backend = PostgresSearch(connection)
             if document["images_ready"] == 0:
                 await backend.delete(message.product_id)  # nothing to show: not searchable
@@ -40,4 +46,18 @@ class IndexHandler(ServiceHandler[IndexProduct, IndexerSettings]):
                 log.info("indexer.indexed", title=document["title"])
             await connection.execute(
                 "UPDATE products SET indexed_at = now() WHERE id = $1", message.product_id
+            )
+            searchable = document["images_ready"] > 0
+            if before == (document if searchable else None):
+                return  # a repeat: nothing changed in search, nothing to tell
+            await emit(
+                connection,
+                ProductIndexed(
+                    product_id=message.product_id,
+                    upload_id=message.upload_id,
+                    title=document["title"],
+                    family=document["family"],
+                    searchable=searchable,
+                ),
+                subject=message.product_id,
             )

@@ -24,14 +24,21 @@ from datetime import UTC, datetime
 
 import asyncpg
 import structlog
+from ingest_common import events
 from ingest_common.db.completion import ProductState, finish_image, product_state
 from ingest_common.db.pool import Connection
 from ingest_common.garbage import discard
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import Resources, ServiceHandler
-from ingest_common.schemas.messages import IndexProduct, PreviewFamily
+from ingest_common.schemas.messages import (
+    CheckProgress,
+    IndexProduct,
+    PreviewFamily,
+    PreviewMessage,
+)
 from ingest_common.telemetry.tracing import tracer
+from pydantic import TypeAdapter
 
 from ingest_previewer.mosaic import Mosaic, compose_mosaic
 from ingest_previewer.settings import PreviewerSettings
@@ -58,7 +65,10 @@ BUILD_SLACK = 60.0  # seconds past the handler timeout before a build's objects 
 _LOCK_FAMILY = "SELECT pg_advisory_xact_lock(hashtextextended('mosaic:' || $1::uuid::text, 0))"
 
 
-class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
+_PREVIEW_MESSAGE: TypeAdapter[PreviewFamily | CheckProgress] = TypeAdapter(PreviewMessage)
+
+
+class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSettings]):
     message_model = PreviewFamily
     settings_class = PreviewerSettings
 
@@ -66,16 +76,20 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         super().__init__(resources)
         self.spec = self.settings.mosaic_spec()
 
-    async def handle(self, message: PreviewFamily, delivery: Delivery) -> None:
+    def parse(self, body: str) -> PreviewFamily | CheckProgress:
+        return _PREVIEW_MESSAGE.validate_json(body)
+
+    async def handle(self, message: PreviewFamily | CheckProgress, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(
             upload_id=str(message.upload_id),
             product_id=str(message.product_id),
             family_id=str(message.family_id),
         )
-        if message.reason == "safety_net":
-            await self._check_stalled(message)
-        else:
-            await self._build_mosaic(message)
+        match message:
+            case CheckProgress():
+                await self._check_stalled(message)
+            case PreviewFamily():
+                await self._build_mosaic(message)
 
     async def _build_mosaic(self, message: PreviewFamily) -> None:
         family = message.family_id
@@ -117,6 +131,7 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             if current is not None:
                 await connection.execute("DELETE FROM family_previews WHERE family_id = $1", family)
                 await self._discard(connection, current, keep=())
+                await self._tell(connection, family, None, 0)
             return
         tiles = await asyncio.gather(
             *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
@@ -128,6 +143,24 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
         keys = await self._store(connection, family, [row["id"] for row in rows], mosaic, revision)
         if current is not None:
             await self._discard(connection, current, keep=keys)
+
+    async def _tell(
+        self,
+        connection: Connection,
+        family: uuid.UUID,
+        mosaic: events.Mosaic | None,
+        images: int,
+    ) -> None:
+        """family.preview_updated, in the transaction that changed the family's preview."""
+        slug = await connection.fetchval("SELECT slug FROM families WHERE id = $1", family)
+        data = events.FamilyPreviewUpdated(
+            family_id=family,
+            family=slug,
+            previews_bucket=self.settings.previews_bucket,
+            mosaic=mosaic,
+            images=images,
+        )
+        await events.emit(connection, data, subject=family)
 
     async def _discard(
         self, connection: Connection, previous: asyncpg.Record, keep: tuple[str, ...]
@@ -202,10 +235,16 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             images,
             revision,
         )
+        await self._tell(
+            connection,
+            family,
+            events.Mosaic(png=png_key, webp=webp_key, width=mosaic.width, height=mosaic.height),
+            mosaic.tiles,
+        )
         log.info("previewer.mosaic_stored", key=png_key, tiles=mosaic.tiles)
         return png_key, webp_key
 
-    async def _check_stalled(self, message: PreviewFamily) -> None:
+    async def _check_stalled(self, message: CheckProgress) -> None:
         async with self.db.acquire() as connection:
             state = await product_state(connection, message.product_id)
             if state is None:
@@ -242,7 +281,7 @@ class PreviewHandler(ServiceHandler[PreviewFamily, PreviewerSettings]):
             left += sum(int(value) for value in response.get("Attributes", {}).values())
         return left
 
-    async def _look_again_later(self, message: PreviewFamily, why: str) -> None:
+    async def _look_again_later(self, message: CheckProgress, why: str) -> None:
         again = message.model_copy(update={"attempt": message.attempt + 1})
         await self.aws.send(
             self.settings.preview_queue, [again], delay_seconds=self.settings.safety_net_delay

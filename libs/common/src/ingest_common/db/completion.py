@@ -22,6 +22,16 @@ from typing import Any
 import asyncpg
 
 from ingest_common.db.pool import Connection
+from ingest_common.events import (
+    MAX_LISTED_IMAGES,
+    Mosaic,
+    ProductFailed,
+    ProductImage,
+    ProductOutcome,
+    ProductPartiallyReady,
+    ProductReady,
+    emit,
+)
 from ingest_common.garbage import discard_renditions
 
 
@@ -128,6 +138,7 @@ async def finish_image(
         if product["complete"]:
             await connection.execute(_UPLOAD_DONE, product["current_upload_id"], product["status"])
             await connection.execute(_FAMILY_CHANGED, product["family_id"])
+            await emit_product_outcome(connection, product["id"], renditions_bucket)
         return _state(product)
 
 
@@ -161,3 +172,72 @@ def _state(row: asyncpg.Record) -> ProductState:
         complete=row["complete"],
         notified=row["notified"],
     )
+
+
+_OUTCOME_PRODUCT = """
+SELECT p.id, p.current_upload_id, p.contributor_id, p.title, p.product_type::text AS product_type,
+       p.license, p.image_count, p.images_ready, p.images_failed, f.slug AS family,
+       fp.png_key, fp.webp_key, fp.width, fp.height
+  FROM products p JOIN families f ON f.id = p.family_id
+  LEFT JOIN family_previews fp ON fp.family_id = p.family_id
+ WHERE p.id = $1
+"""
+_OUTCOME_IMAGES = """
+SELECT id, path, title, status::text AS status, failure_reason, renditions->0->>'key' AS a_key
+  FROM images WHERE product_id = $1 AND status IN ('ready', 'failed')
+ ORDER BY position LIMIT $2
+"""
+
+
+async def emit_product_outcome(
+    connection: Connection, product_id: uuid.UUID, previews_bucket: str
+) -> None:
+    """A complete product's event (ready, partially ready or failed), in the caller's
+    transaction: the product row is locked by then, so a product's events keep its order."""
+    product = await connection.fetchrow(_OUTCOME_PRODUCT, product_id)
+    assert product is not None
+    images = [
+        ProductImage(
+            id=row["id"],
+            path=row["path"],
+            title=row["title"],
+            status=row["status"],
+            # renditions/<image>/<profile>/<width>.<format>: the prefix holds them all
+            renditions=row["a_key"].rsplit("/", 1)[0] + "/" if row["a_key"] else None,
+            failure_reason=row["failure_reason"],
+        )
+        for row in await connection.fetch(_OUTCOME_IMAGES, product_id, MAX_LISTED_IMAGES)
+    ]
+    kind: type[ProductOutcome] = (
+        ProductReady
+        if product["images_failed"] == 0
+        else ProductFailed
+        if product["images_ready"] == 0
+        else ProductPartiallyReady
+    )
+    mosaic = (
+        Mosaic(
+            png=product["png_key"],
+            webp=product["webp_key"],
+            width=product["width"],
+            height=product["height"],
+        )
+        if product["png_key"]
+        else None
+    )
+    data = kind(
+        product_id=product["id"],
+        upload_id=product["current_upload_id"],
+        contributor=product["contributor_id"],
+        family=product["family"],
+        title=product["title"],
+        product_type=product["product_type"],
+        license=product["license"],
+        images=product["image_count"],
+        ready=product["images_ready"],
+        failed=product["images_failed"],
+        previews_bucket=previews_bucket,
+        listed=images,
+        mosaic=mosaic,
+    )
+    await emit(connection, data, subject=product_id)

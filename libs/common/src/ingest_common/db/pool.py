@@ -31,9 +31,10 @@ async def create_pool(settings: IngestSettings) -> asyncpg.Pool:
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    """One connection, for commands and tests that need no pool."""
-    connection = await asyncpg.connect(dsn)
+async def connect(dsn: str, *, connect_timeout: float = 60) -> asyncpg.Connection:
+    """One connection outside the pool (commands, tests, the outbox's LISTEN), with the
+    pool's JSON codecs."""
+    connection = await asyncpg.connect(dsn, timeout=connect_timeout)
     await init_connection(connection)
     return connection
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
@@ -61,6 +61,8 @@ class Handler(Protocol[M]):
 
     def periodic(self) -> list[Periodic]: ...
 
+    def background(self, dependencies: Dependencies) -> list[Coroutine[Any, Any, None]]: ...
+
 
 HandlerFactory = Callable[[Resources], AbstractAsyncContextManager[Handler[Any]]]
 
@@ -100,6 +102,11 @@ class ServiceHandler(Generic[ModelT, SettingsT]):
         """Nothing to record by default: the DLQ holds the message and its reason."""
 
     def periodic(self) -> list[Periodic]:
+        return []
+
+    def background(self, dependencies: Dependencies) -> list[Coroutine[Any, Any, None]]:
+        """Work that runs for the service's life beside its consumer (the outbox's publisher);
+        cancelled when it stops. The service's dependency checks are given to pause on."""
         return []
 
 
@@ -222,6 +229,10 @@ async def serve(settings: IngestSettings, *consumes: Consumes) -> None:
                     asyncio.create_task(run_periodic(task, db, dependencies), name=task.name)
                     for h in handlers
                     for task in h.periodic()
+                ] + [
+                    asyncio.create_task(work)
+                    for h in handlers
+                    for work in h.background(dependencies)
                 ]
                 try:
                     await _run_all(consumers)

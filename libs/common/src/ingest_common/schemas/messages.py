@@ -7,7 +7,7 @@ moves it to the dead-letter queue with the reason instead of half-processing it.
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,18 +29,28 @@ class RenderImage(Message):
 
 
 class PreviewFamily(Message):
-    """q.preview: rebuild a family's mosaic.
-
-    `product_ready` comes from the processor the moment a product's last image lands;
-    `safety_net` is the batcher's delayed re-check for sets that stall.
-    """
+    """q.preview: a product of the family completed (or changed): rebuild the family's mosaic
+    if it is stale, then have the product indexed. Sent by whoever saw the product complete."""
 
     kind: Literal["preview_family"] = "preview_family"
-    reason: Literal["product_ready", "safety_net"]
+    upload_id: uuid.UUID
+    product_id: uuid.UUID
+    family_id: uuid.UUID
+
+
+class CheckProgress(Message):
+    """q.preview, delayed: the batcher's safety net for a set whose render messages may be
+    lost; the previewer looks again later, or fails the stragglers (see its handler)."""
+
+    kind: Literal["check_progress"] = "check_progress"
     upload_id: uuid.UUID
     product_id: uuid.UUID
     family_id: uuid.UUID
     attempt: int = Field(1, ge=1)
+
+
+# What the preview queue carries, told apart by `kind`.
+PreviewMessage = Annotated[PreviewFamily | CheckProgress, Field(discriminator="kind")]
 
 
 class IndexProduct(Message):
