@@ -176,10 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--depth", type=int, default=None, help="levels to show (default all)")
     trace.set_defaults(run=cmd_trace)
     from ingest_cli.backfill import add_backfill_command
+    from ingest_cli.events import add_events_command
     from ingest_cli.reconcile import add_reconcile_command
 
     add_backfill_command(commands)
     add_reconcile_command(commands)
+    add_events_command(commands)
     demo = commands.add_parser("demo", help="run the whole pipeline locally on a sample set")
     demo.add_argument("--set", default=str(default_sample()), help="the set folder to upload")
     demo.add_argument("--output", default="demo-output", help="where to save the mosaic and logs")
