@@ -125,7 +125,8 @@ resource "aws_cloudwatch_metric_alarm" "oldest_message" {
   alarm_actions       = [aws_appautoscaling_policy.oldest_message[each.key].arn]
 }
 
-# Messages in a dead-letter queue need a person (`ingest dlq`): alarm on any.
+# Messages in a dead-letter queue need a person (`ingest dlq`): alarm on any, to the alarms
+# topic (alarms.tf has the other alarms that reach a person).
 resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   for_each = local.queues
 
@@ -140,4 +141,6 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   comparison_operator = "GreaterThanThreshold"
   threshold           = 0
   treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
 }

@@ -45,14 +45,15 @@ resource "aws_cloudwatch_log_group" "service" {
   retention_in_days = var.log_retention_days
 }
 
-# Tasks only call out (SQS, S3, RDS, the collector): no ingress at all.
+# Tasks only call out (SQS, S3, SNS, EventBridge, RDS, X-Ray, CloudWatch Logs): no ingress at
+# all; the collector listens on the task's loopback only.
 resource "aws_security_group" "tasks" {
   name        = "${var.name}-tasks"
   description = "ingest ECS tasks (egress only)"
   vpc_id      = var.vpc_id
 
   egress {
-    description = "AWS APIs, PostgreSQL, OTLP"
+    description = "AWS APIs, PostgreSQL, OTLP backends"
     from_port   = 0
     to_port     = 0
     protocol    = "-1"
@@ -76,10 +77,13 @@ resource "aws_ecs_task_definition" "service" {
     cpu_architecture        = "X86_64"
   }
 
+  # The service, and the OpenTelemetry collector it sends to (collector.tf). The service
+  # starts after the collector and stops before it, so its last spans and metrics get out.
   container_definitions = jsonencode([{
     name      = each.key
     image     = "${aws_ecr_repository.image[each.key].repository_url}:${var.image_tag}"
     essential = true
+    dependsOn = [{ containerName = local.collector_containers[each.key].name, condition = "START" }]
     # ENTRYPOINT is ingest-<service>; SIGTERM starts the drain (INGEST_DRAIN_TIMEOUT, 60 s by
     # default), and ECS waits stopTimeout (Fargate's maximum, 120 s) before SIGKILL.
     stopTimeout = 120
@@ -109,7 +113,7 @@ resource "aws_ecs_task_definition" "service" {
         awslogs-stream-prefix = each.key
       }
     }
-  }])
+  }, local.collector_containers[each.key]])
 }
 
 resource "aws_ecs_service" "service" {

@@ -38,3 +38,23 @@ output "database_endpoint" {
 output "database_url_secret" {
   value = aws_secretsmanager_secret.database_url.arn
 }
+
+output "topics" {
+  description = "Topic role (topology.json) → SNS topic ARN: subscribe to events; alarms notifies a person."
+  value       = { for role, t in aws_sns_topic.topic : role => t.arn }
+}
+
+output "event_buses" {
+  description = "Bus role → EventBridge bus name, and the rules Terraform put on it."
+  value = {
+    for role, b in local.buses : role => {
+      name  = b.name
+      rules = sort([for key, r in local.bus_rules : r.name if r.bus == role])
+    }
+  }
+}
+
+output "dashboard" {
+  description = "The CloudWatch dashboard of queues, services and alarms."
+  value       = aws_cloudwatch_dashboard.ingest.dashboard_name
+}

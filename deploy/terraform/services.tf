@@ -5,7 +5,8 @@
 #                          topology.json) ; write + delete originals/ ; delete previews'
 #                          renditions/ and previews/families/ (the garbage sweep) ; list
 #                          both buckets ; send render, preview (safety net), index (a new
-#                          version that needs no render)
+#                          version that needs no render) ; publish the domain events of its
+#                          outbox to the events topic and the events bus (the only publisher)
 #   processor  q.render, q.render-slow (its slow lane: renders that overran a few seconds)
 #                        → read originals/ ; list uploads ; write previews bucket ;
 #                          send preview + index, render-slow
@@ -19,6 +20,9 @@
 # there itself (queue name + "-dlq"), besides SQS's redrive.
 #
 # `also_consumes`: queues consumed beside `queue` (autoscaling follows `queue`).
+# `topics`: sns:Publish (PublishBatch) on these topic roles of topology.json, plus
+# sns:ListTopics, which finds a topic's ARN by its name and has no resource-level grant.
+# `buses`: events:PutEvents on these bus roles. Only the batcher publishes (its outbox).
 # `lists`: s3:ListBucket on the whole bucket, to list prefixes, and so that a missing
 # object answers 404 rather than 403. `reads`: sqs:GetQueueAttributes on other queues.
 
@@ -30,6 +34,8 @@ locals {
       sends         = ["render", "preview", "index"]
       reads         = []
       lists         = ["uploads", "previews"]
+      topics        = ["events"]
+      buses         = ["events"]
       s3 = [
         { bucket = "uploads", keys = "uploads/*", actions = ["s3:GetObject", "s3:PutObjectTagging", "s3:PutObjectVersionTagging"] },
         { bucket = "uploads", keys = "originals/*", actions = ["s3:PutObject", "s3:DeleteObject"] },
@@ -43,6 +49,8 @@ locals {
       sends         = ["preview", "index", "render_slow"]
       reads         = []
       lists         = ["uploads"]
+      topics        = []
+      buses         = []
       s3 = [
         { bucket = "uploads", keys = "originals/*", actions = ["s3:GetObject"] },
         { bucket = "previews", keys = "*", actions = ["s3:PutObject"] },
@@ -54,6 +62,8 @@ locals {
       sends         = ["index"]
       reads         = ["render", "render_slow"]
       lists         = []
+      topics        = []
+      buses         = []
       s3 = [
         { bucket = "previews", keys = "*", actions = ["s3:GetObject", "s3:PutObject"] },
       ]
@@ -64,6 +74,8 @@ locals {
       sends         = []
       reads         = []
       lists         = []
+      topics        = []
+      buses         = []
       s3            = []
     }
   }
@@ -116,6 +128,30 @@ locals {
           } if length(b) > 0
         ],
         [
+          for t in [svc.topics] : {
+            Sid      = "PublishEvents"
+            Effect   = "Allow"
+            Action   = ["sns:Publish"]
+            Resource = [for role in t : local.topic_arns[role]]
+          } if length(t) > 0
+        ],
+        [
+          for t in [svc.topics] : {
+            Sid      = "FindTopics"
+            Effect   = "Allow"
+            Action   = ["sns:ListTopics"]
+            Resource = ["*"] # ListTopics takes no resource
+          } if length(t) > 0
+        ],
+        [
+          for b in [svc.buses] : {
+            Sid      = "PutEvents"
+            Effect   = "Allow"
+            Action   = ["events:PutEvents"]
+            Resource = [for role in b : local.bus_arns[role]]
+          } if length(b) > 0
+        ],
+        [
           for i, grant in svc.s3 : {
             Sid      = "S3${i}"
             Effect   = "Allow"
@@ -139,7 +175,12 @@ locals {
         INGEST_HEALTH_PORT        = "8080"
         INGEST_VISIBILITY_TIMEOUT = tostring(local.queues[svc.queue].visibility_timeout)
       },
-      var.otel_exporter_otlp_endpoint == "" ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT = var.otel_exporter_otlp_endpoint },
+      # Traces and metrics go to the collector beside it (collector.tf), over OTLP/HTTP;
+      # metrics as deltas, what CloudWatch's embedded metric format adds up.
+      {
+        OTEL_EXPORTER_OTLP_ENDPOINT                       = local.collector_otlp_endpoint
+        OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE = "DELTA"
+      },
       # One render process per vCPU of the task (os.cpu_count() may see the host's CPUs).
       name == "processor" ? { INGEST_RENDER_WORKERS = tostring(max(1, floor(var.services[name].cpu / 1024))) } : {},
       lookup(var.service_environment, name, {}),

@@ -1,5 +1,5 @@
-# The queue, bucket, lifecycle and notification topology, read from the one file that
-# declares it.
+# The queue, bucket, lifecycle, notification, topic and event-bus topology, read from the one
+# file that declares it.
 # `ingest bootstrap` applies the same file to moto/LocalStack; nothing here repeats a number
 # from it. Names come from the variables, which mirror the settings (INGEST_*_QUEUE,
 # INGEST_*_BUCKET) that the file refers to by field name ("setting").
@@ -16,6 +16,9 @@ locals {
     render_slow_queue = var.render_slow_queue
     preview_queue     = var.preview_queue
     index_queue       = var.index_queue
+    events_topic      = var.events_topic
+    event_bus         = var.event_bus
+    alarms_topic      = var.alarms_topic
   }
 
   dead_letter_suffix = local.topology.dead_letter.suffix
@@ -76,10 +79,41 @@ locals {
     queue => distinct([for n in local.notifications : n.bucket if n.queue == queue])
   }
 
+  # role ("events", "alarms") → SNS topic
+  topics = {
+    for role, t in try(local.topology.topics, {}) : role => {
+      setting = t.setting
+      name    = local.names[t.setting]
+    }
+  }
+
+  # role ("events") → EventBridge bus; "default" is the account's own bus, never created
+  buses = {
+    for role, b in try(local.topology.buses, {}) : role => {
+      setting = b.setting
+      name    = local.names[b.setting]
+    }
+  }
+
+  # "<bus role>/<rule name>" → rule of that bus, its event pattern as the JSON put_rule takes
+  bus_rules = merge([
+    for bus, b in try(local.topology.buses, {}) : {
+      for name, r in try(b.rules, {}) : "${bus}/${name}" => {
+        bus         = bus
+        name        = name
+        description = r.description
+        pattern     = jsonencode(r.pattern)
+      }
+    }
+  ]...)
+
   queue_arns       = { for role, q in local.queues : role => "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${q.name}" }
   dead_letter_arns = { for role, q in local.queues : role => "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${q.dead_letter_name}" }
   bucket_arns      = { for role, b in local.buckets : role => "arn:${local.partition}:s3:::${b.name}" }
+  topic_arns       = { for role, t in local.topics : role => "arn:${local.partition}:sns:${local.region}:${local.account_id}:${t.name}" }
+  bus_arns         = { for role, b in local.buses : role => "arn:${local.partition}:events:${local.region}:${local.account_id}:event-bus/${b.name}" }
 
-  # INGEST_UPLOADS_BUCKET, INGEST_RENDER_QUEUE, ...: what every container is told.
+  # INGEST_UPLOADS_BUCKET, INGEST_RENDER_QUEUE, INGEST_EVENTS_TOPIC, ...: what every
+  # container is told.
   name_environment = { for setting, value in local.names : "INGEST_${upper(setting)}" => value }
 }

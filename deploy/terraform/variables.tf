@@ -63,6 +63,24 @@ variable "index_queue" {
   default     = "ingest-index"
 }
 
+variable "events_topic" {
+  description = "INGEST_EVENTS_TOPIC: SNS topic of the domain events (CloudEvents JSON), published by the batcher's outbox only."
+  type        = string
+  default     = "ingest-events"
+}
+
+variable "event_bus" {
+  description = "INGEST_EVENT_BUS: EventBridge bus of the same domain events (\"default\": the account's default bus, not created here)."
+  type        = string
+  default     = "ingest-events"
+}
+
+variable "alarms_topic" {
+  description = "INGEST_ALARMS_TOPIC: SNS topic every CloudWatch alarm of ingest notifies (subscribe a person: alarm_email)."
+  type        = string
+  default     = "ingest-alarms"
+}
+
 # --- buckets -----------------------------------------------------------------------------------
 
 variable "versioned_buckets" {
@@ -85,7 +103,7 @@ variable "vpc_id" {
 }
 
 variable "private_subnet_ids" {
-  description = "Subnets of the tasks and the database (private, with a NAT gateway or VPC endpoints for S3, SQS, ECR, CloudWatch Logs and Secrets Manager)."
+  description = "Subnets of the tasks and the database (private, with a NAT gateway or VPC endpoints for S3, SQS, SNS, EventBridge, ECR, CloudWatch Logs, X-Ray and Secrets Manager)."
   type        = list(string)
 }
 
@@ -153,10 +171,57 @@ variable "log_retention_days" {
   default     = 30
 }
 
-variable "otel_exporter_otlp_endpoint" {
-  description = "OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP) of the collector, e.g. an ADOT sidecar or a central collector; empty: no trace export."
+# --- telemetry: the collector beside each service (collector.tf) -----------------------------
+
+variable "collector_image" {
+  description = "The OpenTelemetry collector of every task (ADOT: has the awsxray and awsemf exporters)."
+  type        = string
+  default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3"
+}
+
+variable "otlp_endpoint" {
+  description = <<-EOT
+    OTLP/HTTP endpoint of another telemetry backend (e.g. "https://otlp.example.com"). Empty:
+    traces go to X-Ray. Set: the collectors send traces there instead of X-Ray, and metrics
+    there as well as to CloudWatch (the alarms and the dashboard read CloudWatch).
+  EOT
   type        = string
   default     = ""
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the services' metrics (the collector's awsemf exporter; alarms.tf and dashboard.tf read it)."
+  type        = string
+  default     = "ingest"
+}
+
+# --- alarms (alarms.tf) --------------------------------------------------------------------
+
+variable "alarm_email" {
+  description = "E-mail address subscribed to the alarms topic (SNS sends a confirmation mail first); empty: no subscription."
+  type        = string
+  default     = ""
+}
+
+variable "message_age_alarm_seconds" {
+  description = <<-EOT
+    A person is told when the oldest message of a queue has waited this long for 5 minutes
+    (ApproximateAgeOfOldestMessage). Keep it well above the services' max_message_age, at
+    which autoscaling adds tasks first.
+  EOT
+  type        = number
+  default     = 900
+}
+
+variable "error_rate_alarm_threshold" {
+  description = "A person is told when this fraction of a service's messages ends failed or invalid (sent to the DLQ) for 3 of 5 periods of 5 minutes."
+  type        = number
+  default     = 0.05
+
+  validation {
+    condition     = var.error_rate_alarm_threshold > 0 && var.error_rate_alarm_threshold < 1
+    error_message = "error_rate_alarm_threshold is a fraction: 0 < threshold < 1."
+  }
 }
 
 # --- database ----------------------------------------------------------------------------------

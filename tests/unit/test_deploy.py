@@ -7,6 +7,9 @@ image each compose service builds, the port each service listens on against the 
 health check probes, every INGEST_* variable against the settings fields, the stop grace
 periods against the drain timeout, and the Dockerfile's COPY sources against the build
 context. Settings are resolved from the container's environment only, never the test's.
+The domain events' topic and bus, the alarms, the dashboard and the OpenTelemetry
+collectors are checked against topology.json, the outbox, the consumer's outcomes and the
+metrics the services export.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 TERRAFORM = ROOT / "deploy" / "terraform"
+TOPOLOGY = ROOT / "libs" / "common" / "src" / "ingest_common" / "topology.json"
+COMPOSE_COLLECTOR = ROOT / "deploy" / "otel" / "collector.yaml"
+ECS_COLLECTOR = ROOT / "deploy" / "otel" / "ecs-collector.yaml"
 
 # A build's SERVICE argument names a workspace package: services/<name>/, or tools/cli.
 PACKAGES = {
@@ -582,7 +588,7 @@ def hcl_strings(text: str) -> list[str]:
 
 def terraform_services() -> dict[str, dict[str, Any]]:
     """services.tf's `services`: per service its queue, the role lists (sends, reads,
-    lists) and its S3 grants as (bucket, keys, actions)."""
+    lists, topics, buses) and its S3 grants as (bucket, keys, actions)."""
     block = hcl_block(terraform_text("services.tf"), "services = {")
     services: dict[str, dict[str, Any]] = {}
     for name in re.findall(r"^    (\w+) = \{", block, re.M):
@@ -590,7 +596,7 @@ def terraform_services() -> dict[str, dict[str, Any]]:
         queue = re.search(r'queue\s*=\s*"(\w+)"', body)
         assert queue, f"services.tf: {name} consumes no queue"
         entry: dict[str, Any] = {"queue": queue[1]}
-        for field_name in ("also_consumes", "sends", "reads", "lists"):
+        for field_name in ("also_consumes", "sends", "reads", "lists", "topics", "buses"):
             found = re.search(rf"\b{field_name}\s*=\s*\[([^\]]*)\]", body)
             assert found, f"services.tf: {name} has no {field_name} list"
             entry[field_name] = hcl_strings(found[1])
@@ -605,11 +611,16 @@ def terraform_services() -> dict[str, dict[str, Any]]:
     return services
 
 
+def topology_file() -> dict[str, Any]:
+    data = json.loads(TOPOLOGY.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
 def test_task_roles_name_only_declared_queues_and_buckets() -> None:
-    topology = json.loads(
-        (ROOT / "libs" / "common" / "src" / "ingest_common" / "topology.json").read_text()
-    )
+    topology = topology_file()
     queues, buckets = set(topology["queues"]), set(topology["buckets"])
+    topics, buses = set(topology.get("topics", {})), set(topology.get("buses", {}))
     services = terraform_services()
     assert set(services) == set(SERVICES), f"services.tf grants {sorted(services)}"
     for name, svc in services.items():
@@ -619,6 +630,10 @@ def test_task_roles_name_only_declared_queues_and_buckets() -> None:
             assert not unknown, f"services.tf: {name}.{field_name} names no queue: {unknown}"
         unknown = set(svc["lists"]) - buckets
         assert not unknown, f"services.tf: {name}.lists names no bucket: {unknown}"
+        unknown = set(svc["topics"]) - topics
+        assert not unknown, f"services.tf: {name}.topics names no topic: {unknown}"
+        unknown = set(svc["buses"]) - buses
+        assert not unknown, f"services.tf: {name}.buses names no bus: {unknown}"
         for bucket, keys, actions in svc["s3"]:
             assert bucket in buckets, f"services.tf: {name} grants on unknown bucket {bucket}"
             assert keys, f"services.tf: {name}: an object grant needs keys (ListBucket: lists)"
@@ -688,3 +703,481 @@ def test_runtime_image_installs_fonts_for_svg_text(target: str) -> None:
         assert re.search(r"rm -rf /var/lib/apt/lists/\*\s*$", run), (
             f"RUN {run!r}: does not end by removing /var/lib/apt/lists/*"
         )
+
+
+# --- 8. the domain events: who publishes, where ------------------------------------------
+
+
+def terraform_code(path: Path) -> str:
+    """A .tf file without its full-line comments (their prose may hold braces or quotes)."""
+    return re.sub(r"(?m)^\s*#.*$", "", path.read_text())
+
+
+def terraform_resources(kind: str) -> dict[str, tuple[str, str]]:
+    """name → (file, body) of every `resource "<kind>" "<name>" { ... }` in deploy/terraform."""
+    found: dict[str, tuple[str, str]] = {}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        text = terraform_code(path)
+        for match in re.finditer(rf'^resource\s+"{kind}"\s+"(\w+)"\s*\{{', text, re.M):
+            assert match[1] not in found, f"resource {kind}.{match[1]} declared twice"
+            found[match[1]] = (path.name, hcl_block(text, match[0]))
+    return found
+
+
+def attribute(body: str, name: str) -> str | None:
+    """The expression of `name = ...` on one line of a block's body (None: not set)."""
+    match = re.search(rf"^\s*{re.escape(name)}\s*=\s*(.+?)\s*$", body, re.M)
+    return match[1] if match else None
+
+
+def enclosing_block(text: str, position: int) -> tuple[int, int]:
+    """(start, end) of the innermost `{ ... }` around `position`."""
+    depth = 0
+    for start in range(position, -1, -1):
+        if text[start] == "}":
+            depth += 1
+        elif text[start] == "{":
+            if depth == 0:
+                break
+            depth -= 1
+    else:
+        raise AssertionError(f"no block around offset {position}")
+    depth = 0
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return start, end
+    raise AssertionError(f"unbalanced braces after offset {start}")
+
+
+def publishing_services_in_code() -> set[str]:
+    """The services whose code runs the outbox's publisher (ingest_common.outbox)."""
+    return {
+        package
+        for package in SERVICES
+        if any(
+            "OutboxPublisher" in f.read_text() for f in (PACKAGES[package] / "src").rglob("*.py")
+        )
+    }
+
+
+def test_terraform_declares_the_topics_buses_and_rules_of_the_topology() -> None:
+    """events.tf creates one topic, bus and rule per entry of topology.json, by for_each
+    over topology.tf's locals, which read the file; nothing names them in the .tf files."""
+    topology = topology_file()
+    assert topology.get("topics"), "topology.json declares no topic"
+    assert topology.get("buses"), "topology.json declares no bus"
+    locals_text = terraform_code(TERRAFORM / "topology.tf")
+    for reads in ("local.topology.topics", "local.topology.buses", "b.rules", "r.pattern"):
+        assert reads in locals_text, f"topology.tf does not read {reads}"
+    expected = {
+        "aws_sns_topic": ("topic", "local.topics"),
+        "aws_cloudwatch_event_bus": ("bus", "local.buses"),
+        "aws_cloudwatch_event_rule": ("rule", "local.bus_rules"),
+        "aws_cloudwatch_event_target": ("log_group", "local.bus_rules"),
+    }
+    for kind, (name, source) in expected.items():
+        resources = terraform_resources(kind)
+        assert name in resources, f"deploy/terraform declares no {kind}.{name}"
+        for_each = attribute(resources[name][1], "for_each") or ""
+        assert for_each.startswith(("{ for role, b in " + source, source)), (
+            f"{kind}.{name} iterates {for_each!r}, not {source} (topology.json)"
+        )
+    rule = terraform_resources("aws_cloudwatch_event_rule")["rule"][1]
+    assert attribute(rule, "event_pattern") == "each.value.pattern"
+    assert attribute(rule, "event_bus_name") == "local.buses[each.value.bus].name"
+    # Every role written out in the .tf files ("alarms", "events") is one of the file's.
+    roles = {
+        "topic": set(topology["topics"]),
+        "bus": set(topology["buses"]),
+    }
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        text = terraform_code(path)
+        for role in re.findall(r'(?:aws_sns_topic\.topic|local\.topic_arns)\["(\w+)"\]', text):
+            assert role in roles["topic"], f"{path.name}: topic role {role!r} not in topology.json"
+        for role in re.findall(
+            r'(?:aws_cloudwatch_event_bus\.bus|local\.bus_arns)\["(\w+)"\]', text
+        ):
+            assert role in roles["bus"], f"{path.name}: bus role {role!r} not in topology.json"
+        # Names come from the variables (the settings' defaults) and the file, never literals.
+        if path.name != "variables.tf":
+            rules = [r for b in topology["buses"].values() for r in b.get("rules", {})]
+            for literal in ("ingest-events", "ingest-alarms", *rules):
+                assert f'"{literal}"' not in text, f"{path.name} hard-codes {literal!r}"
+
+
+def test_only_the_service_that_runs_the_outbox_may_publish_events() -> None:
+    """The batcher runs OutboxPublisher: its role alone gets the topic and bus the outbox
+    publishes to (the settings outbox.py reads), nobody else gets any."""
+    topology = topology_file()
+    outbox = (ROOT / "libs" / "common" / "src" / "ingest_common" / "outbox.py").read_text()
+    topics = {r for r, t in topology["topics"].items() if f"settings.{t['setting']}" in outbox}
+    buses = {r for r, b in topology["buses"].items() if f"settings.{b['setting']}" in outbox}
+    assert topics, "outbox.py publishes to no topic of topology.json"
+    assert buses, "outbox.py publishes to no bus of topology.json"
+
+    publishers = publishing_services_in_code()
+    assert publishers == {"batcher"}, f"OutboxPublisher runs in {sorted(publishers)}"
+    for name, svc in terraform_services().items():
+        if name in publishers:
+            assert set(svc["topics"]) == topics, f"services.tf: {name}.topics {svc['topics']}"
+            assert set(svc["buses"]) == buses, f"services.tf: {name}.buses {svc['buses']}"
+        else:
+            may = svc["topics"] + svc["buses"]
+            assert not may, f"services.tf: {name} publishes no event, yet may publish to {may}"
+
+
+PUBLISH_ACTIONS = ("sns:Publish", "sns:ListTopics", "events:PutEvents")
+
+
+def test_publish_actions_are_granted_only_through_the_services_topics_and_buses() -> None:
+    """Each Allow of sns:Publish, sns:ListTopics or events:PutEvents is a statement of
+    services.tf built from a service's `topics`/`buses` (so: the batcher's role only); any
+    other mention is a Deny (the topic and bus policies that refuse everyone else)."""
+    allowed: dict[str, list[str]] = {action: [] for action in PUBLISH_ACTIONS}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        text = terraform_code(path)
+        for action in PUBLISH_ACTIONS:
+            for match in re.finditer(re.escape(f'"{action}"'), text):
+                start, end = enclosing_block(text, match.start())
+                statement = text[start : end + 1]
+                opening_line = text[text.rfind("\n", 0, start) + 1 : start]
+                if re.search(r'Effect\s*=\s*"Deny"', statement):
+                    spares = re.search(r"StringNotEquals = \{ \"aws:PrincipalArn\" =", statement)
+                    assert spares, f"{path.name}: the Deny of {action} spares nobody"
+                    continue
+                assert path.name == "services.tf", f"{path.name} grants {action}"
+                source = re.search(r"for \w+ in \[svc\.(topics|buses)\]", opening_line)
+                assert source, f"services.tf grants {action} outside a svc.topics/buses statement"
+                allowed[action].append(source[1])
+                if action == "sns:Publish":
+                    assert "local.topic_arns[role]" in statement, "sns:Publish on other topics"
+                if action == "events:PutEvents":
+                    assert "local.bus_arns[role]" in statement, "events:PutEvents on other buses"
+    assert allowed == {
+        "sns:Publish": ["topics"],
+        "sns:ListTopics": ["topics"],
+        "events:PutEvents": ["buses"],
+    }, f"services.tf grants the publish actions as {allowed}"
+    events = terraform_code(TERRAFORM / "events.tf")
+    for field_name in ("topics", "buses"):
+        assert f"contains(svc.{field_name}, role)" in events, (
+            f"events.tf: the policies must spare the roles whose {field_name} name them"
+        )
+
+
+# --- 9. alarms reach a person; the dashboard shows every queue and service ----------------
+
+
+def alarm_topic_role() -> str:
+    roles = [r for r, t in topology_file()["topics"].items() if t["setting"] == "alarms_topic"]
+    assert len(roles) == 1, f"topology.json: {len(roles)} topics with setting alarms_topic"
+    return str(roles[0])
+
+
+def test_every_alarm_notifies_the_alarms_topic_or_scales() -> None:
+    """An alarm either drives autoscaling (its action is a scaling policy) or tells a person:
+    alarm_actions and ok_actions are the alarms topic of topology.json."""
+    alarms_tf = terraform_code(TERRAFORM / "alarms.tf")
+    actions = re.search(
+        r"^\s*alarm_actions\s*=\s*\[aws_sns_topic\.topic\[\"(\w+)\"\]\.arn\]", alarms_tf, re.M
+    )
+    assert actions, "alarms.tf: local.alarm_actions is not [aws_sns_topic.topic[<role>].arn]"
+    assert actions[1] == alarm_topic_role(), f"the alarms notify topic {actions[1]!r}"
+    alarms = terraform_resources("aws_cloudwatch_metric_alarm")
+    person = set()
+    for name, (file, body) in alarms.items():
+        alarm_actions = attribute(body, "alarm_actions")
+        assert alarm_actions, f"{file}: alarm {name} has no alarm_actions: nobody hears it"
+        if alarm_actions.startswith("[aws_appautoscaling_policy."):
+            continue
+        assert alarm_actions == "local.alarm_actions", f"{file}: {name} notifies {alarm_actions}"
+        assert attribute(body, "ok_actions") == "local.alarm_actions", (
+            f"{file}: {name} does not say when it recovers (ok_actions)"
+        )
+        person.add(name)
+    assert {"dead_letters", "message_age", "error_rate"} <= person, f"person alarms: {person}"
+
+
+def test_the_alarms_cover_every_queue_dead_letter_queue_and_service() -> None:
+    alarms = terraform_resources("aws_cloudwatch_metric_alarm")
+    expected = {
+        "dead_letters": ("local.queues", "aws_sqs_queue.dead_letter[each.key].name"),
+        "message_age": ("local.queues", "aws_sqs_queue.queue[each.key].name"),
+    }
+    for name, (for_each, queue) in expected.items():
+        body = alarms[name][1]
+        assert attribute(body, "for_each") == for_each, f"alarm {name}: not one per queue"
+        assert attribute(body, "namespace") == '"AWS/SQS"'
+        assert attribute(body, "dimensions") == f"{{ QueueName = {queue} }}", name
+    assert attribute(alarms["message_age"][1], "metric_name") == '"ApproximateAgeOfOldestMessage"'
+    error_rate = alarms["error_rate"][1]
+    assert attribute(error_rate, "for_each") == "local.services", "no error rate per service"
+    # The dimension service.name is the settings' service_name, which is the service's key.
+    for package in SERVICES:
+        default = settings_class(package).model_fields["service_name"].default
+        assert default == package, f"{package} reports service.name {default!r}"
+
+
+def consumer_outcomes() -> set[str]:
+    """The `outcome` attribute values of ingest.messages: what _run_handler can return."""
+    source = (
+        ROOT / "libs" / "common" / "src" / "ingest_common" / "runtime" / "consumer.py"
+    ).read_text()
+    body = source[source.index("async def _run_handler") : source.index("def _parse")]
+    outcomes = set(re.findall(r'return "(\w+)"', body))
+    assert {"ok", "failed", "invalid"} <= outcomes, f"consumer outcomes {outcomes}: regex stale?"
+    return outcomes
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """metrics.py's instruments → their attributes (its docstring's table)."""
+    source = (
+        ROOT / "libs" / "common" / "src" / "ingest_common" / "telemetry" / "metrics.py"
+    ).read_text()
+    names = set(re.findall(r'create_\w+\(\s*"([\w.]+)"', source))
+    table = {
+        name: {a.strip() for a in attributes.split(",") if a.strip() and a.strip() != "(none)"}
+        for name, attributes in re.findall(r"^\| `([\w.]+)`[^|]*\|[^|]*\|([^|]*)\|", source, re.M)
+    }
+    assert names, "metrics.py creates no instrument: is the regex stale?"
+    assert names == set(table), f"metrics.py: instruments {names}, documented {set(table)}"
+    return table
+
+
+def terraform_metric_uses() -> list[tuple[str, str, frozenset[str]]]:
+    """(file, metric, dimension names) of every metric of var.metrics_namespace that the
+    alarms and the dashboard read."""
+    uses = []
+    alarms = terraform_code(TERRAFORM / "alarms.tf")
+    for block in re.finditer(r"metric \{", alarms):
+        body = hcl_block(alarms[block.start() :], "metric {")
+        if attribute(body, "namespace") != "var.metrics_namespace":
+            continue
+        metric = json.loads(attribute(body, "metric_name") or '""')
+        dimensions = re.search(r"dimensions\s*=\s*\{([^}]*)\}", body)
+        assert dimensions, f"alarms.tf: {metric} without dimensions"
+        keys = re.findall(r'"?([\w.]+)"?\s*=', dimensions[1])
+        uses.append(("alarms.tf", metric, frozenset(keys)))
+    dashboard = terraform_code(TERRAFORM / "dashboard.tf")
+    for match in re.finditer(r"\[var\.metrics_namespace,\s*\"([\w.]+)\",([^{\]]*)", dashboard):
+        words = [w.strip() for w in match[2].split(",") if w.strip()]
+        uses.append(("dashboard.tf", match[1], frozenset(json.loads(w) for w in words[0::2])))
+    assert any(f == "alarms.tf" for f, _, _ in uses), "alarms.tf reads no metric of the services"
+    assert any(f == "dashboard.tf" for f, _, _ in uses), (
+        "dashboard.tf shows no metric of the services"
+    )
+    return uses
+
+
+def emf_declarations() -> list[tuple[list[str], list[frozenset[str]]]]:
+    """(metric name selectors, dimension sets) of the ECS collector's awsemf exporter."""
+    awsemf = collector_config(ECS_COLLECTOR)["exporters"]["awsemf"]
+    return [
+        (d["metric_name_selectors"], [frozenset(dims) for dims in d["dimensions"]])
+        for d in awsemf["metric_declarations"]
+    ]
+
+
+def test_alarms_and_dashboard_read_metrics_the_collector_sends_to_cloudwatch() -> None:
+    """Each metric of the services that an alarm or the dashboard reads is one metrics.py
+    exports, with outcomes the consumer reports, and with a dimension set that the
+    collector's awsemf declares for it: otherwise CloudWatch never has it."""
+    metrics = exported_metrics()
+    declarations = emf_declarations()
+    for file, metric, dimensions in terraform_metric_uses():
+        assert metric in metrics, f"{file}: {metric} is no metric of metrics.py {sorted(metrics)}"
+        declared = [
+            dims
+            for selectors, sets in declarations
+            if any(re.search(s, metric) for s in selectors)
+            for dims in sets
+        ]
+        assert dimensions in declared, (
+            f"{file}: {metric} by {sorted(dimensions)}, but ecs-collector.yaml declares only"
+            f" {[sorted(d) for d in declared]}"
+        )
+    alarms = terraform_code(TERRAFORM / "alarms.tf")
+    error_outcomes = set(re.findall(r'"(\w+)"', attribute(alarms, "error_outcomes") or ""))
+    assert error_outcomes, "alarms.tf: no error_outcomes"
+    assert "ok" not in error_outcomes, "an ok message is no error"
+    dashboard = terraform_code(TERRAFORM / "dashboard.tf")
+    shown = re.search(r"concat\(local\.error_outcomes, \[([^\]]*)\]\)", dashboard)
+    assert shown, "dashboard.tf: no widget of the outcomes"
+    unknown = (error_outcomes | set(re.findall(r'"(\w+)"', shown[1]))) - consumer_outcomes()
+    assert not unknown, f"outcomes the consumer never reports: {unknown}"
+
+
+def test_every_metric_of_the_services_reaches_cloudwatch_with_its_own_attributes() -> None:
+    """With metric_declarations awsemf drops what they do not select: each instrument is
+    selected, by attributes it has (service.name is the resource's)."""
+    metrics = exported_metrics()
+    declarations = emf_declarations()
+    for metric, attributes in metrics.items():
+        sets = [
+            d
+            for selectors, dims in declarations
+            if any(re.search(s, metric) for s in selectors)
+            for d in dims
+        ]
+        assert sets, f"ecs-collector.yaml: awsemf drops {metric}"
+        for dims in sets:
+            assert "service.name" in dims, f"{metric} by {sorted(dims)}: which service?"
+            unknown = dims - {"service.name"} - attributes
+            assert not unknown, f"{metric} has no attribute {sorted(unknown)} (metrics.py)"
+
+
+def test_the_dashboard_shows_every_queue_dead_letter_queue_and_service() -> None:
+    dashboard = terraform_code(TERRAFORM / "dashboard.tf")
+    assert terraform_resources("aws_cloudwatch_dashboard"), "no aws_cloudwatch_dashboard"
+    for metric, name in (
+        ("ApproximateNumberOfMessagesVisible", "q.name"),
+        ("ApproximateAgeOfOldestMessage", "q.name"),
+        ("ApproximateNumberOfMessagesVisible", "q.dead_letter_name"),
+    ):
+        pattern = rf'for role, q in local\.queues :\s*\["AWS/SQS", "{metric}", "QueueName", {re.escape(name)},'
+        assert re.search(pattern, dashboard), f"dashboard.tf: no {metric} of every {name}"
+    per_service = r"for name in keys\(local\.services\) :[^\]]*\[var\.metrics_namespace, \"{}\""
+    for metric in ("ingest.messages", "ingest.message.duration"):
+        assert re.search(per_service.format(re.escape(metric)), dashboard), (
+            f"dashboard.tf: no {metric} of every service"
+        )
+    assert '"ingest.render.duration"' in dashboard, "dashboard.tf: no render time"
+    person = {
+        name
+        for name, (_, body) in terraform_resources("aws_cloudwatch_metric_alarm").items()
+        if attribute(body, "alarm_actions") == "local.alarm_actions"
+    }
+    shown = set(re.findall(r"aws_cloudwatch_metric_alarm\.(\w+)", dashboard))
+    assert shown == person, f"the alarm widget shows {shown}, the alarms are {person}"
+
+
+# --- 10. the OpenTelemetry collectors ---------------------------------------------------------
+
+
+def collector_config(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path.name} is not a mapping"
+    return data
+
+
+@pytest.mark.parametrize("path", [COMPOSE_COLLECTOR, ECS_COLLECTOR], ids=lambda p: p.name)
+def test_collector_configs_define_what_their_traces_and_metrics_pipelines_use(path: Path) -> None:
+    config = collector_config(path)
+    pipelines = config["service"]["pipelines"]
+    assert {"traces", "metrics"} <= set(pipelines), f"{path.name}: pipelines {sorted(pipelines)}"
+    used: dict[str, set[str]] = {"receivers": set(), "processors": set(), "exporters": set()}
+    for name, pipeline in pipelines.items():
+        assert pipeline.get("receivers"), f"{path.name}: pipeline {name} receives nothing"
+        assert pipeline.get("exporters"), f"{path.name}: pipeline {name} exports nothing"
+        for kind, components in used.items():
+            for component in pipeline.get(kind, []):
+                assert component in (config.get(kind) or {}), (
+                    f"{path.name}: pipeline {name} uses {kind[:-1]} {component!r}, not defined"
+                )
+                components.add(component)
+    for kind, components in used.items():
+        unused = set(config.get(kind) or {}) - components
+        assert not unused, f"{path.name}: {kind} {sorted(unused)} defined but in no pipeline"
+    for extension in config["service"].get("extensions", []):
+        assert extension in config.get("extensions", {}), f"{path.name}: extension {extension}"
+    assert "otlp" in pipelines["metrics"]["receivers"], f"{path.name}: metrics not from OTLP"
+
+
+def test_compose_runs_its_collector_with_the_config_and_ports_the_services_use() -> None:
+    service = compose()["services"]["otel-collector"]
+    config_flag = next(a for a in service["command"] if a.startswith("--config="))
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    target = config_flag.removeprefix("--config=")
+    assert (ROOT / mounts[target]).resolve() == COMPOSE_COLLECTOR, f"{target} is not collector.yaml"
+    config = collector_config(COMPOSE_COLLECTOR)
+    http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    documented = re.findall(
+        r"OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:(\d+)", COMPOSE.read_text()
+    )
+    assert documented, "docker-compose.yml documents no OTEL_EXPORTER_OTLP_ENDPOINT"
+    for port in documented:
+        assert http.endswith(f":{port}"), f"the services are told :{port}, it receives on {http}"
+    prometheus = config["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    published = [str(p).rsplit(":", 1)[1] for p in service.get("ports", [])]
+    assert prometheus in published, f"the metrics port {prometheus} is not published"
+    jaeger = config["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0]
+    assert jaeger in compose()["services"], f"the traces go to {jaeger!r}, no compose service"
+
+
+def collector_tf_map(name: str) -> dict[str, str]:
+    """`name = { KEY = expression ... }` of collector.tf's locals."""
+    body = hcl_block(terraform_code(TERRAFORM / "collector.tf"), f"{name} = {{")
+    return dict(re.findall(r"^\s*(\w+)\s*=\s*(.+?)\s*$", body, re.M))
+
+
+def test_every_task_runs_the_ecs_collector_beside_its_service() -> None:
+    """One container definition (collector.tf) in every service's task definition, with
+    deploy/otel/ecs-collector.yaml in AOT_CONFIG_CONTENT; the service sends to it."""
+    collector_tf = terraform_code(TERRAFORM / "collector.tf")
+    ref = re.search(r'file\("\$\{path\.module\}/([^"]+)"\)', collector_tf)
+    assert ref, "collector.tf reads no file()"
+    assert (TERRAFORM / ref[1]).resolve() == ECS_COLLECTOR, f"collector.tf reads {ref[1]}"
+    environment = collector_tf_map("collector_environment")
+    assert environment.get("AOT_CONFIG_CONTENT") == "local.collector_config_content"
+    assert "for name in keys(local.services) : name =>" in collector_tf, "not one per service"
+    image = re.search(
+        r'variable "collector_image" \{[^}]*default\s*=\s*"([^"]+)"', terraform_text("variables.tf")
+    )
+    assert image, "variables.tf: collector_image has no default"
+    assert image[1].startswith("public.ecr.aws/aws-observability/aws-otel-collector:"), image[1]
+
+    task = terraform_resources("aws_ecs_task_definition")["service"][1]
+    assert attribute(task, "for_each") == "local.services"
+    assert re.search(r"\}, local\.collector_containers\[each\.key\]\]\)", task), (
+        "ecs.tf: the service's task definition has no collector container"
+    )
+    assert re.search(
+        r'dependsOn = \[\{ containerName = local\.collector_containers\[each\.key\]\.name, condition = "START" \}\]',
+        task,
+    )
+
+    endpoint = re.search(r'collector_otlp_endpoint\s*=\s*"([^"]+)"', collector_tf)
+    assert endpoint, "collector.tf: no collector_otlp_endpoint"
+    assert (
+        "OTEL_EXPORTER_OTLP_ENDPOINT                       = local.collector_otlp_endpoint"
+        in terraform_text("services.tf")
+    )
+    url = urlsplit(endpoint[1])
+    assert url.hostname in ("127.0.0.1", "localhost"), f"the collector is at {endpoint[1]}"
+
+    config = collector_config(ECS_COLLECTOR)
+    http = urlsplit("//" + config["receivers"]["otlp"]["protocols"]["http"]["endpoint"])
+    assert http.port == url.port, (
+        f"the services send to {url.port}, the collector hears {http.port}"
+    )
+    pipelines = config["service"]["pipelines"]
+    assert "awsxray" in pipelines["traces"]["exporters"], "traces do not go to X-Ray"
+    assert "awsemf" in pipelines["metrics"]["exporters"], "metrics do not go to CloudWatch"
+    # Every ${env:NAME} of the file is in the collector's environment.
+    wanted = set(re.findall(r"\$\{env:(\w+)\}", ECS_COLLECTOR.read_text()))
+    assert wanted <= set(environment), f"the collector is not given {wanted - set(environment)}"
+    awsemf = config["exporters"]["awsemf"]
+    assert awsemf["namespace"] == "${env:METRICS_NAMESPACE}"
+    assert environment["METRICS_NAMESPACE"] == "var.metrics_namespace"
+    assert awsemf["log_group_name"] == "${env:METRICS_LOG_GROUP}"
+    assert environment["METRICS_LOG_GROUP"] == "local.metrics_log_group"
+
+
+def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() -> None:
+    policy = terraform_resources("aws_iam_role_policy")["telemetry"][1]
+    assert attribute(policy, "for_each") == "local.services", "not every task role"
+    assert attribute(policy, "role") == "aws_iam_role.task[each.key].id"
+    for action in (
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+        "logs:PutLogEvents",
+        "logs:CreateLogStream",
+    ):
+        assert f'"{action}"' in policy, f"the collector may not {action}"
+    logs = policy[policy.index('"logs:PutLogEvents"') :]
+    resource = attribute(logs, "Resource") or ""
+    assert "local.metrics_log_group_arn" in resource, f"the collector writes {resource}"
+    assert '"*"' not in resource, f"the collector may write every log group: {resource}"
+    group = terraform_resources("aws_cloudwatch_log_group")["metrics"][1]
+    assert attribute(group, "name") == "local.metrics_log_group"

@@ -1,0 +1,125 @@
+# One CloudWatch dashboard, "<name>": the queues of topology.json (depth, age of the oldest
+# message, dead letters) from AWS/SQS, the services' own metrics (throughput, failures,
+# handling and render time) from var.metrics_namespace (the collectors' EMF, see
+# deploy/otel/ecs-collector.yaml), the running tasks, and the state of every alarm.
+
+locals {
+  # ids of metric math must start with a lower-case letter
+  dashboard_ids = { for name in keys(local.services) : name => replace(name, "/[^a-z0-9_]/", "_") }
+
+  dashboard_metric_widgets = [
+    {
+      title = "Queue depth (visible messages)"
+      stat  = "Maximum"
+      metrics = [for role, q in local.queues :
+        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q.name, { label = q.name }]
+      ]
+    },
+    {
+      title = "Age of the oldest message (s)"
+      stat  = "Maximum"
+      metrics = [for role, q in local.queues :
+        ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", q.name, { label = q.name }]
+      ]
+    },
+    {
+      title = "Dead-letter queues (messages)"
+      stat  = "Maximum"
+      metrics = [for role, q in local.queues :
+        ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q.dead_letter_name, { label = q.dead_letter_name }]
+      ]
+    },
+    {
+      title = "Throughput: messages handled per minute"
+      stat  = "Sum"
+      metrics = [for name in keys(local.services) :
+        [var.metrics_namespace, "ingest.messages", "service.name", name, { label = name }]
+      ]
+    },
+    {
+      title = "Failures: failed, invalid (to the DLQ), retry (backoff), outage (handed back)"
+      stat  = "Sum"
+      metrics = concat([for name in keys(local.services) : [
+        for outcome in concat(local.error_outcomes, ["retry", "outage"]) :
+        [var.metrics_namespace, "ingest.messages", "service.name", name, "outcome", outcome, { label = "${name} ${outcome}" }]
+      ]]...)
+    },
+    {
+      title = "Error rate: failed + invalid / all (the error-rate alarms)"
+      stat  = "Sum"
+      # concat(...), not flatten(): each metric is a list itself
+      metrics = concat([for name in keys(local.services) : concat(
+        [[{
+          id         = "rate_${local.dashboard_ids[name]}"
+          label      = name
+          expression = "IF(total_${local.dashboard_ids[name]} > 0, (${join(" + ", [for o in local.error_outcomes : "FILL(${o}_${local.dashboard_ids[name]}, 0)"])}) / total_${local.dashboard_ids[name]}, 0)"
+        }]],
+        [[var.metrics_namespace, "ingest.messages", "service.name", name, { id = "total_${local.dashboard_ids[name]}", visible = false }]],
+        [for o in local.error_outcomes :
+          [var.metrics_namespace, "ingest.messages", "service.name", name, "outcome", o, { id = "${o}_${local.dashboard_ids[name]}", visible = false }]
+        ],
+      )]...)
+    },
+    {
+      title = "Time to handle a message (s, average)"
+      stat  = "Average"
+      metrics = [for name in keys(local.services) :
+        [var.metrics_namespace, "ingest.message.duration", "service.name", name, { label = name }]
+      ]
+    },
+    {
+      title = "Render time of one rendition (s)"
+      stat  = "Average"
+      metrics = [
+        [var.metrics_namespace, "ingest.render.duration", "service.name", "processor", { label = "average" }],
+        [var.metrics_namespace, "ingest.render.duration", "service.name", "processor", { label = "maximum", stat = "Maximum" }],
+      ]
+    },
+    {
+      title = "Running tasks"
+      stat  = "Average"
+      metrics = [for name in keys(local.services) :
+        ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.this.name, "ServiceName", name, { label = name }]
+      ]
+    },
+  ]
+
+  dashboard_widgets = concat(
+    [for i, w in local.dashboard_metric_widgets : {
+      type   = "metric"
+      x      = (i % 2) * 12
+      y      = floor(i / 2) * 6
+      width  = 12
+      height = 6
+      properties = {
+        title   = w.title
+        region  = local.region
+        view    = "timeSeries"
+        stacked = false
+        period  = 60
+        stat    = w.stat
+        metrics = w.metrics
+      }
+    }],
+    [{
+      type   = "alarm"
+      x      = 0
+      y      = ceil(length(local.dashboard_metric_widgets) / 2) * 6
+      width  = 24
+      height = 6
+      properties = {
+        title = "Alarms (to the alarms topic)"
+        alarms = concat(
+          [for a in aws_cloudwatch_metric_alarm.dead_letters : a.arn],
+          [for a in aws_cloudwatch_metric_alarm.message_age : a.arn],
+          [for a in aws_cloudwatch_metric_alarm.error_rate : a.arn],
+        )
+      }
+    }],
+  )
+}
+
+resource "aws_cloudwatch_dashboard" "ingest" {
+  dashboard_name = var.name
+  dashboard_body = jsonencode({ widgets = local.dashboard_widgets })
+}
