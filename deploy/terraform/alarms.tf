@@ -6,6 +6,8 @@
 #                         for 5 minutes: the consumers are stuck or scaled out to max_count
 #   <service>-error-rate  more than var.error_rate_alarm_threshold of a service's messages
 #                         ended failed or invalid (sent to the DLQ), from its own metrics
+#   outbox-lag            a domain event has waited var.outbox_lag_alarm_seconds to be
+#                         published for 5 minutes, or no batcher reports the outbox at all
 #
 # autoscaling.tf's <service>-oldest-message alarms only add tasks: they notify nobody.
 
@@ -83,4 +85,23 @@ resource "aws_cloudwatch_metric_alarm" "error_rate" {
       }
     }
   }
+}
+
+# The batcher that publishes the domain events reports how long the oldest unpublished one has
+# waited (ingest_common.outbox); 0 when none waits. No data means no batcher publishes.
+resource "aws_cloudwatch_metric_alarm" "outbox_lag" {
+  alarm_name          = "${var.name}-outbox-lag"
+  alarm_description   = "A domain event has waited more than ${var.outbox_lag_alarm_seconds} s to be published for 5 minutes, or no batcher reports the outbox: SNS or EventBridge refuses (see the batcher's outbox.publish_failed logs), or no batcher runs."
+  namespace           = var.metrics_namespace
+  metric_name         = "ingest.outbox.oldest_unpublished_age"
+  dimensions          = { "service.name" = "batcher" }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 5
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.outbox_lag_alarm_seconds
+  treat_missing_data  = "breaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
 }

@@ -76,6 +76,14 @@ locals {
       ]
     },
     {
+      title = "Domain events: published per minute (by the batcher) and the outbox's lag (s)"
+      stat  = "Sum"
+      metrics = [
+        [var.metrics_namespace, "ingest.events.published", "service.name", "batcher", { label = "published" }],
+        [var.metrics_namespace, "ingest.outbox.oldest_unpublished_age", "service.name", "batcher", { label = "oldest unpublished (s)", stat = "Maximum", yAxis = "right" }],
+      ]
+    },
+    {
       title = "Running tasks"
       stat  = "Average"
       metrics = [for name in keys(local.services) :

@@ -224,6 +224,12 @@ variable "error_rate_alarm_threshold" {
   }
 }
 
+variable "outbox_lag_alarm_seconds" {
+  description = "A person is told when a domain event has waited this long to be published, for 5 minutes."
+  type        = number
+  default     = 300
+}
+
 # --- database ----------------------------------------------------------------------------------
 
 variable "db_instance_class" {

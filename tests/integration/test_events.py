@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 from ingest_common.aws import Aws
+from ingest_common.outbox import oldest_unpublished, prune_outbox
 
 from tests.integration.pipeline import (
     Pipeline,
@@ -114,3 +115,24 @@ async def test_a_rejected_upload_says_why_and_a_repeat_tells_nothing_new(
     events = await received_events(aws, seen)
     assert [e["type"] for e in events] == ["upload.received", "upload.rejected"]
     assert 'unknown field "licence"' in events[1]["data"]["reason"]
+
+
+async def test_the_outbox_tells_its_lag_and_keeps_published_events_for_the_retention(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(1)
+    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    await Pipeline(aws, db).drain("batch")
+    async with db.acquire() as connection:
+        await connection.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
+        assert 89 < await oldest_unpublished(connection) < 120, "an event waits 90 s"
+    await publish_events(aws, db)
+    async with db.acquire() as connection:
+        assert await oldest_unpublished(connection) == 0
+    written = await db.fetchval("SELECT count(*) FROM outbox")
+    await db.execute(
+        "UPDATE outbox SET published_at = now() - interval '8 days'"
+        " WHERE id = (SELECT min(id) FROM outbox)"
+    )
+    assert await prune_outbox(db, 7 * 86400) == 1, "only the event published 8 days ago"
+    assert await db.fetchval("SELECT count(*) FROM outbox") == written - 1

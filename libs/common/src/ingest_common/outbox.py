@@ -34,6 +34,7 @@ from ingest_common.db.pool import Connection, connect
 from ingest_common.events import NOTIFY_CHANNEL, SOURCE
 from ingest_common.runtime.dependencies import Dependencies
 from ingest_common.settings import IngestSettings
+from ingest_common.telemetry import metrics
 
 log = structlog.get_logger("ingest.outbox")
 
@@ -60,6 +61,7 @@ class OutboxPublisher:
         self.dependencies = dependencies
         self.poll_interval = poll_interval
         self.published = 0  # events sent by this process (for tests and logs)
+        self._lag = metrics.Reading()
 
     async def run(self) -> None:
         """Forever (cancel to stop): publish while this process holds the lock."""
@@ -86,7 +88,9 @@ class OutboxPublisher:
             log.info("outbox.publishing")
             wake = asyncio.Event()
             await connection.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
+            metrics.watch_outbox(self._lag)
             while True:
+                self._lag.value = await oldest_unpublished(connection)
                 if not self.dependencies.up:
                     await asyncio.sleep(self.settings.outage_probe_interval)
                     continue
@@ -97,6 +101,7 @@ class OutboxPublisher:
                     async with asyncio.timeout(self.poll_interval):
                         await wake.wait()
         finally:
+            metrics.unwatch_outbox(self._lag)
             # terminate: a graceful close waits for a server that may not answer, and the
             # lock goes with the connection either way.
             connection.terminate()
@@ -130,6 +135,8 @@ class OutboxPublisher:
             [row["id"] for row in batch],
         )
         self.published += len(batch)
+        for event in events:
+            metrics.events_published.add(1, {"type": event["type"]})
         return len(batch)
 
     async def _to_topic(self, events: list[dict[str, Any]]) -> None:
@@ -170,3 +177,21 @@ class OutboxPublisher:
         if response.get("FailedEntryCount"):
             failed = [e for e in response.get("Entries", []) if e.get("ErrorCode")]
             raise PublishFailed(f"the bus refused {len(failed)} event(s): {failed[:1]}")
+
+
+async def oldest_unpublished(connection: Connection) -> float:
+    """Seconds the oldest unpublished event has waited (0: none waits)."""
+    age = await connection.fetchval(
+        "SELECT extract(epoch FROM now() - min(created_at)) FROM outbox WHERE published_at IS NULL"
+    )
+    return float(age or 0.0)
+
+
+async def prune_outbox(db: asyncpg.Pool, retention: float) -> int:
+    """Delete events published more than `retention` seconds ago; how many went."""
+    deleted = await db.fetchval(
+        "WITH gone AS (DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)"
+        " RETURNING 1) SELECT count(*) FROM gone",
+        retention,
+    )
+    return int(deleted)

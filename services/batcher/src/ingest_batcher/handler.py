@@ -27,7 +27,7 @@ from ingest_common.db.completion import product_state
 from ingest_common.errors import Refused, RetryableError
 from ingest_common.garbage import sweep, tag_rejected_upload
 from ingest_common.notify import notify_product_ready
-from ingest_common.outbox import OutboxPublisher
+from ingest_common.outbox import OutboxPublisher, prune_outbox
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.dependencies import Dependencies
 from ingest_common.runtime.periodic import Periodic
@@ -92,6 +92,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         return [
             Periodic("reconcile uploads", self.settings.reconcile_interval, self._reconcile),
             Periodic("sweep garbage", self.settings.sweep_interval, self._sweep),
+            Periodic("prune outbox", self.settings.sweep_interval, self._prune_outbox),
         ]
 
     def background(self, dependencies: Dependencies) -> list[Coroutine[Any, Any, None]]:
@@ -103,6 +104,9 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             poll_interval=self.settings.outbox_poll_interval,
         )
         return [publisher.run()]
+
+    async def _prune_outbox(self) -> dict[str, object]:
+        return {"deleted": await prune_outbox(self.db, self.settings.outbox_retention)}
 
     async def _reconcile(self) -> dict[str, object]:
         report = await reconcile(

@@ -80,6 +80,11 @@ class BatcherSettings(IngestSettings):
     outbox_poll_interval: float = Field(
         1.0, gt=0, description="seconds between looks at the outbox when no commit wakes it"
     )
+    outbox_retention: float = Field(
+        7 * 86400.0,
+        ge=3600,
+        description="seconds a published event stays in the outbox (for replays and audits)",
+    )
 
     def archive_limits(self) -> ArchiveLimits:
         """The limits on untrusted archives these settings describe."""

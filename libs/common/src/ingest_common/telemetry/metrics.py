@@ -7,13 +7,19 @@
 | `ingest.queue.oldest_message_age` (`…_seconds`) | gauge     | queue                 |
 | `ingest.render.duration` (`…_seconds`)          | histogram | width, format         |
 | `ingest.upload.images` (`ingest_upload_images`) | histogram | (none)                |
+| `ingest.events.published` (`…_total`)           | counter   | type                  |
+| `ingest.outbox.oldest_unpublished_age` (`…_seconds`) | gauge | (none)         |
 
-outcome is ok, retry, failed (a permanent failure, sent to the DLQ) or invalid (a poison
-message, sent to the DLQ). The age of the oldest message is what this consumer sees, not
-the queue's (SQS's API has no such attribute; CloudWatch's ApproximateAgeOfOldestMessage
-is the queue-wide one): the largest of, for messages in flight, now − SentTimestamp, and,
-for messages received in the last minute, their age when received. A growing value means
-the consumers fall behind; 0 means nothing was received for a minute.
+outcome is ok, retry, failed (a permanent failure, sent to the DLQ), invalid (a poison
+message, sent to the DLQ) or outage (handed back unprocessed while a dependency is down).
+The outbox's age is reported by the batcher process that publishes; it grows while events
+wait (an SNS outage, a publisher that cannot keep up).
+
+The age of the oldest message is what this consumer sees, not the queue's (SQS's API has
+no such attribute; CloudWatch's ApproximateAgeOfOldestMessage is the queue-wide one): the
+largest of, for messages in flight, now − SentTimestamp, and, for messages received in the
+last minute, their age when received. A growing value means the consumers fall behind; 0
+means nothing was received for a minute.
 
 Instruments are module-level and bound to whatever provider `configure_metrics` installs,
 so recording costs an in-memory update; export happens in the background (OTLP every
@@ -121,6 +127,42 @@ class OldestAge:
         ages = [age for t, age in list(self._received) if t >= horizon]
         ages.extend(max(0.0, now - sent) for sent in in_flight_sent_at if sent > 0)
         return round(max(ages, default=0.0), 3)
+
+
+events_published = _meter.create_counter(
+    "ingest.events.published", unit="{event}", description="domain events published, by type"
+)
+
+
+class Reading:
+    """A value the code updates and a gauge reads (from any thread: a float swap is atomic)."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+
+_outbox_readings: list[Reading] = []
+
+
+def _observe_outbox(_: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(round(r.value, 3)) for r in list(_outbox_readings)]
+
+
+outbox_oldest_unpublished_age = _meter.create_observable_gauge(
+    "ingest.outbox.oldest_unpublished_age",
+    callbacks=[_observe_outbox],
+    unit="s",
+    description="seconds the oldest unpublished domain event has waited in the outbox",
+)
+
+
+def watch_outbox(reading: Reading) -> None:
+    _outbox_readings.append(reading)
+
+
+def unwatch_outbox(reading: Reading) -> None:
+    if reading in _outbox_readings:
+        _outbox_readings.remove(reading)
 
 
 _registry: CollectorRegistry | None = None
