@@ -318,7 +318,9 @@ async def test_a_worker_is_replaced_after_max_renders() -> None:
 # reports "Error creating thread" (thread stacks count too) and the worker lives, so only the
 # sampled VmData tells it was the limit. (At 264 a C library died of SIGSEGV without a word;
 # too close to what BIG needs to test.) Whatever the path, the outcome must be the same.
-@pytest.mark.parametrize("limit_mib", [128, 192, 256])
+# 256 is not tested: that close to BIG's need, a loaded machine (libvips starts fewer
+# threads) renders BIG within the limit, which is right, and the sample may miss the peak.
+@pytest.mark.parametrize("limit_mib", [128, 192])
 async def test_the_hard_limit_rejects_the_render_with_a_reason(limit_mib: int) -> None:
     async with RenderPool(
         workers=1,
