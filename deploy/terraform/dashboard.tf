@@ -121,6 +121,7 @@ locals {
           [for a in aws_cloudwatch_metric_alarm.dead_letters : a.arn],
           [for a in aws_cloudwatch_metric_alarm.message_age : a.arn],
           [for a in aws_cloudwatch_metric_alarm.error_rate : a.arn],
+          [aws_cloudwatch_metric_alarm.outbox_lag.arn],
         )
       }
     }],

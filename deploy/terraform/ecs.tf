@@ -1,5 +1,12 @@
-# One ECR repository per image, one Fargate service per ingest service, one task definition
-# for one-off CLI tasks. Images: deploy/docker/Dockerfile with --build-arg SERVICE=<name>.
+# One Fargate service per ingest service, one task definition for one-off CLI tasks; the ECR
+# repositories are in ecr.tf. Images: deploy/docker/Dockerfile with --build-arg SERVICE=<name>.
+#
+# Terraform registers each task definition with var.image_tag and creates the services; from
+# then on .github/workflows/deploy.yml deploys: it registers a revision of the family's latest
+# task definition with the commit's image and rolls the service to it. So the services ignore
+# changes of task_definition here, and a change Terraform makes to a task definition (an
+# environment variable, a size) goes out with the next deployment (or rollback), which starts
+# from the family's latest revision.
 
 locals {
   images = toset(concat(keys(local.services), ["cli"]))
@@ -16,16 +23,6 @@ locals {
     "CMD", "python", "-c",
     "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=4)",
   ]
-}
-
-resource "aws_ecr_repository" "image" {
-  for_each = local.images
-
-  name                 = "ingest-${each.key}"
-  image_tag_mutability = "MUTABLE"
-  image_scanning_configuration {
-    scan_on_push = true
-  }
 }
 
 resource "aws_ecs_cluster" "this" {
@@ -135,6 +132,15 @@ resource "aws_ecs_service" "service" {
     enable   = true
     rollback = true
   }
+  # A deployment is also rolled back when the service's error-rate alarm (alarms.tf) goes into
+  # ALARM while it runs or during the bake time after it: new tasks that start and pass their
+  # health check but fail their messages. (The DLQ and message-age alarms are left out: they
+  # can be in ALARM before a deployment, e.g. the backlog that a fix is deployed to clear.)
+  alarms {
+    enable      = true
+    rollback    = true
+    alarm_names = [aws_cloudwatch_metric_alarm.error_rate[each.key].alarm_name]
+  }
 
   network_configuration {
     subnets          = var.private_subnet_ids
@@ -143,9 +149,10 @@ resource "aws_ecs_service" "service" {
   }
 
   # The task count belongs to Application Auto Scaling (autoscaling.tf) after creation;
-  # change min_count/max_count in var.services instead.
+  # change min_count/max_count in var.services instead. The task definition belongs to the
+  # deploy and rollback workflows after creation (see the top of this file).
   lifecycle {
-    ignore_changes = [desired_count]
+    ignore_changes = [desired_count, task_definition]
   }
 
   depends_on = [
@@ -155,7 +162,9 @@ resource "aws_ecs_service" "service" {
   ]
 }
 
-# One-off tasks: `ingest migrate` before each deployment (see deploy/README.md).
+# One-off tasks: `ingest migrate` before each deployment (the deploy workflow registers a
+# revision with the commit's image and runs it; see deploy/README.md), and `ingest dlq`,
+# `ingest reconcile`, `ingest backfill` by hand with --overrides (grants: iam.tf).
 resource "aws_ecs_task_definition" "cli" {
   family                   = "${var.name}-cli"
   requires_compatibilities = ["FARGATE"]

@@ -54,9 +54,16 @@ resource "aws_iam_role_policy" "task" {
   policy = local.task_policies[each.key]
 }
 
-# The one-off CLI task (`ingest migrate`) needs the database only: no AWS API grants.
-# (`ingest bootstrap` is for moto/LocalStack; here Terraform owns the topology.)
+# The one-off CLI task: `ingest migrate` needs the database only; `ingest dlq`, `reconcile`
+# and `backfill` get what services.tf's cli_task lists. (`ingest bootstrap` is for
+# moto/LocalStack; here Terraform owns the topology.)
 resource "aws_iam_role" "cli" {
   name               = "${var.name}-cli"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role_policy" "cli" {
+  name   = "${var.name}-cli"
+  role   = aws_iam_role.cli.id
+  policy = local.cli_task_policy
 }

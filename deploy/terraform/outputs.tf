@@ -14,7 +14,7 @@ output "buckets" {
 }
 
 output "ecr_repositories" {
-  description = "Image → repository URL (push ingest-<service>:<image_tag> here)."
+  description = "Image → repository URL (<name>-<image>, tags: the commit SHA, and deployed-<environment>-... once it ran: ecr.tf)."
   value       = { for name, r in aws_ecr_repository.image : name => r.repository_url }
 }
 
@@ -23,7 +23,7 @@ output "cluster" {
 }
 
 output "cli_task_definition" {
-  description = "For `aws ecs run-task` (ingest migrate)."
+  description = "For `aws ecs run-task` (ingest migrate, dlq, reconcile, backfill): the revision Terraform registered; the deploy workflow registers later ones of the same family."
   value       = aws_ecs_task_definition.cli.arn
 }
 
@@ -57,4 +57,17 @@ output "event_buses" {
 output "dashboard" {
   description = "The CloudWatch dashboard of queues, services and alarms."
   value       = aws_cloudwatch_dashboard.ingest.dashboard_name
+}
+
+output "github_environment_variables" {
+  description = "The variables of GitHub environment var.environment that deploy.yml and rollback.yml read (Settings → Environments → Variables); null without var.github_repository."
+  value = local.github_deploy ? {
+    AWS_REGION           = local.region
+    AWS_DEPLOY_ROLE_ARN  = aws_iam_role.github_deploy[0].arn
+    NAME_PREFIX          = var.name
+    ECS_CLUSTER          = aws_ecs_cluster.this.name
+    CLI_SUBNETS          = join(",", var.private_subnet_ids)
+    CLI_SECURITY_GROUP   = aws_security_group.tasks.id
+    CLI_ASSIGN_PUBLIC_IP = var.assign_public_ip ? "ENABLED" : "DISABLED"
+  } : null
 }

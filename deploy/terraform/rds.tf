@@ -1,11 +1,18 @@
 # PostgreSQL 15 (placeholder size: see variables). The services read one DSN, DATABASE_URL,
-# which ECS injects from Secrets Manager; the password is generated here, so it is in the
-# Terraform state: keep the state encrypted, or replace this with RDS-managed credentials
-# (manage_master_user_password) and a DSN secret written by your rotation tooling.
+# which ECS injects from the Secrets Manager secret below (the execution role reads it).
+#
+# The password never reaches the Terraform state: Secrets Manager generates it (an ephemeral
+# resource, opened again on every run and never stored), and it is handed to RDS and to the
+# DSN secret through write-only arguments, which Terraform sends only when their *_version
+# changes. One run sets both from the same value; later runs send neither. To change the
+# password, raise var.db_password_version and apply, then replace the running tasks (they
+# read DATABASE_URL when they start): see deploy/README.md, "Database password".
+# (RDS-managed credentials, manage_master_user_password, rotate every 7 days by default:
+# tasks that read the password once at start would fail to reconnect after a rotation.)
 
-resource "random_password" "db" {
-  length  = 32
-  special = false # the password goes into a URL
+ephemeral "aws_secretsmanager_random_password" "db" {
+  password_length     = 32
+  exclude_punctuation = true # the password goes into a URL
 }
 
 resource "aws_db_subnet_group" "db" {
@@ -38,10 +45,11 @@ resource "aws_db_instance" "db" {
   storage_type          = "gp3"
   storage_encrypted     = true
 
-  db_name  = "ingest"
-  username = "ingest"
-  password = random_password.db.result
-  port     = 5432
+  db_name             = "ingest"
+  username            = "ingest"
+  password_wo         = ephemeral.aws_secretsmanager_random_password.db.random_password
+  password_wo_version = var.db_password_version
+  port                = 5432
 
   db_subnet_group_name   = aws_db_subnet_group.db.name
   vpc_security_group_ids = [aws_security_group.db.id]
@@ -61,6 +69,8 @@ resource "aws_secretsmanager_secret" "database_url" {
 }
 
 resource "aws_secretsmanager_secret_version" "database_url" {
-  secret_id     = aws_secretsmanager_secret.database_url.id
-  secret_string = "postgresql://${aws_db_instance.db.username}:${random_password.db.result}@${aws_db_instance.db.address}:${aws_db_instance.db.port}/${aws_db_instance.db.db_name}?sslmode=require"
+  secret_id = aws_secretsmanager_secret.database_url.id
+  # The DSN with the password RDS was given in the same run (same ephemeral value).
+  secret_string_wo         = "postgresql://${aws_db_instance.db.username}:${ephemeral.aws_secretsmanager_random_password.db.random_password}@${aws_db_instance.db.address}:${aws_db_instance.db.port}/${aws_db_instance.db.db_name}?sslmode=require"
+  secret_string_wo_version = var.db_password_version
 }

@@ -80,6 +80,73 @@ locals {
     }
   }
 
+  # The one-off CLI task (ecs.tf, role aws_iam_role.cli). `ingest migrate` needs the database
+  # only; the operators' commands run in the same task definition with --overrides:
+  #
+  #   ingest dlq list|redrive <queue>  any queue of topology.json: read, hide (change the
+  #                                    visibility of) and delete its DLQ's messages; send them
+  #                                    back to the queue
+  #   ingest reconcile                 list uploads/ ; send S3 events to the batch queue
+  #   ingest backfill                  read originals/ (a missing one is reported: `lists`) ;
+  #                                    write renditions to the previews bucket
+  #
+  # `dead_letters`: the queue roles whose DLQ it may read; `sends`: queues it may send to.
+  # Not `ingest bootstrap` (Terraform owns the topology), `upload`, `events tail` or `demo`:
+  # those run on a workstation with a person's credentials.
+  cli_task = {
+    dead_letters = keys(local.queues)
+    sends        = keys(local.queues)
+    lists        = ["uploads"]
+    s3 = [
+      { bucket = "uploads", keys = "originals/*", actions = ["s3:GetObject"] },
+      { bucket = "previews", keys = "*", actions = ["s3:PutObject"] },
+    ]
+  }
+
+  # Reading a DLQ through, holding what was read (ingest_cli.dlq): no GetQueueAttributes.
+  dead_letter_actions = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueUrl",
+  ]
+
+  cli_task_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
+      [
+        {
+          Sid      = "ReadDeadLetters"
+          Effect   = "Allow"
+          Action   = local.dead_letter_actions
+          Resource = [for q in local.cli_task.dead_letters : local.dead_letter_arns[q]]
+        },
+        {
+          Sid      = "Send"
+          Effect   = "Allow"
+          Action   = local.send_actions
+          Resource = [for q in local.cli_task.sends : local.queue_arns[q]]
+        },
+      ],
+      [
+        for b in [local.cli_task.lists] : {
+          Sid      = "List"
+          Effect   = "Allow"
+          Action   = ["s3:ListBucket"]
+          Resource = [for role in b : local.bucket_arns[role]]
+        } if length(b) > 0
+      ],
+      [
+        for i, grant in local.cli_task.s3 : {
+          Sid      = "S3${i}"
+          Effect   = "Allow"
+          Action   = grant.actions
+          Resource = ["${local.bucket_arns[grant.bucket]}/${grant.keys}"]
+        }
+      ],
+    )
+  })
+
   consume_actions = [
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",

@@ -116,9 +116,57 @@ variable "assign_public_ip" {
 # --- services ----------------------------------------------------------------------------------
 
 variable "image_tag" {
-  description = "Tag of the images in the ECR repositories ingest-<service> (built from deploy/docker/Dockerfile)."
+  description = <<-EOT
+    Tag (a commit SHA) of the images in the ECR repositories <name>-<service> that the task
+    definitions Terraform registers run: the first deployment, and the template of later ones.
+    After that the deploy workflow (.github/workflows/deploy.yml) registers a revision per
+    commit with its own tag and rolls the services; Terraform leaves their task definition be.
+    Never "latest": the repositories' tags are immutable, and a deployment names what it runs.
+  EOT
   type        = string
-  default     = "latest"
+
+  validation {
+    condition     = var.image_tag != "latest" && can(regex("^[0-9A-Za-z_][0-9A-Za-z_.-]{0,127}$", var.image_tag))
+    error_message = "image_tag names one build (the commit SHA the workflow tags it with), never \"latest\"."
+  }
+}
+
+variable "images_kept" {
+  description = <<-EOT
+    ECR lifecycle (ecr.tf): per repository, how many of the most recent images deployed to this
+    environment (tagged deployed-<environment>-...) are kept, and, separately, how many of the
+    most recent images never deployed. 3 = the rollback workflow's choice.
+  EOT
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.images_kept >= 2
+    error_message = "Keep at least 2 images: the deployed one and one to roll back to."
+  }
+}
+
+variable "environment" {
+  description = "The deployment environment this stack is (the GitHub environment of the workflows; the deployed-<environment>- tags of ecr.tf)."
+  type        = string
+  default     = "production"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*$", var.environment))
+    error_message = "environment: lower-case letters, digits and dashes (it goes into image tags)."
+  }
+}
+
+variable "github_repository" {
+  description = "owner/name of the GitHub repository whose workflows deploy here (github.tf): its jobs in GitHub environment var.environment may assume the deploy role through OIDC. Empty: no deploy role."
+  type        = string
+  default     = ""
+}
+
+variable "github_oidc_provider_arn" {
+  description = "ARN of the account's existing IAM OIDC provider for token.actions.githubusercontent.com (one per account). Empty: github.tf creates it."
+  type        = string
+  default     = ""
 }
 
 variable "services" {
@@ -248,6 +296,12 @@ variable "db_multi_az" {
   description = "Standby in a second AZ."
   type        = bool
   default     = false
+}
+
+variable "db_password_version" {
+  description = "Raise it to give the database a new password (rds.tf); the DSN secret follows in the same run. Replace the running tasks afterwards."
+  type        = number
+  default     = 1
 }
 
 variable "db_deletion_protection" {

@@ -9,11 +9,14 @@ periods against the drain timeout, and the Dockerfile's COPY sources against the
 context. Settings are resolved from the container's environment only, never the test's.
 The domain events' topic and bus, the alarms, the dashboard and the OpenTelemetry
 collectors are checked against topology.json, the outbox, the consumer's outcomes and the
-metrics the services export.
+metrics the services export. Each task role's IAM actions are checked against the AWS calls
+its code makes (an ast scan of the sources), and the delivery workflows, ECR and the
+provider lock against the packages, the Dockerfile and versions.tf.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import json
@@ -1181,3 +1184,522 @@ def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() 
     assert '"*"' not in resource, f"the collector may write every log group: {resource}"
     group = terraform_resources("aws_cloudwatch_log_group")["metrics"][1]
     assert attribute(group, "name") == "local.metrics_log_group"
+
+
+# --- 11. each task role is granted the AWS calls its code makes, and no more -----------------
+#
+# What a deployable calls, read from its source (ast, never imported):
+#
+# 1. Its code: every module of services/<svc>/src (for the CLI task: the subcommands it runs in
+#    AWS, CLI_TASK_ROOTS), plus the workspace modules they import, transitively.
+# 2. From those functions, the calls it makes: `f(...)` (a function, or a class: its dunder
+#    methods) in module M reaches every f of M and of the modules M imports; `x.f(...)` every
+#    method or function f of those modules (the objects are handed around: self.aws). An
+#    over-approximation by name, bounded by the modules the deployable imports.
+# 3. The AWS operations in the reached functions: `<x>.s3|sqs|sns|events.<operation>(...)` and
+#    `<x>.<client>.get_paginator("<operation>")` (all of them go through ingest_common.aws.Aws's
+#    clients), mapped to IAM actions: CamelCase(operation) under the client's prefix, except for
+#    IAM_ACTIONS_OF (batch calls, heads, lists). A function that handles a missing object
+#    (it names NoSuchKey) needs s3:ListBucket: without it S3 answers 403, not 404.
+#
+# What Terraform grants: services.tf's task_policies (per service: the statements whose
+# svc.<field> guard is non-empty, their Action lists) and cli_task_policy, plus nothing else
+# of the task roles but collector.tf's telemetry policy (the collector container's, not the
+# code's: not compared).
+
+AWS_CLIENTS = {"s3": "s3", "sqs": "sqs", "sns": "sns", "events": "events"}
+IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
+    ("s3", "head_object"): frozenset({"s3:GetObject"}),
+    ("s3", "list_objects_v2"): frozenset({"s3:ListBucket"}),
+    ("s3", "delete_objects"): frozenset({"s3:DeleteObject"}),
+    # garbage.tag_rejected_upload tags the one version (VersionId) in a versioned bucket.
+    ("s3", "put_object_tagging"): frozenset({"s3:PutObjectTagging", "s3:PutObjectVersionTagging"}),
+    ("sqs", "send_message_batch"): frozenset({"sqs:SendMessage"}),
+    ("sqs", "delete_message_batch"): frozenset({"sqs:DeleteMessage"}),
+    ("sqs", "change_message_visibility_batch"): frozenset({"sqs:ChangeMessageVisibility"}),
+    ("sns", "publish_batch"): frozenset({"sns:Publish"}),
+    # The S3 dependency probe counts any answer below 500 as S3 being there, 403 included
+    # (runtime/dependencies.py): it needs no grant.
+    ("s3", "head_bucket"): frozenset(),
+}
+MISSING_OBJECT_CODES = ("NoSuchKey",)  # naming it: the code relies on 404 for a missing key
+# Granted although no code path of the deployable calls it, and why.
+ALLOWED_UNUSED: dict[str, dict[str, str]] = {}
+# The CLI task's subcommands besides migrate (services.tf cli_task): their modules, all of them.
+CLI_TASK_ROOTS = ("ingest_cli.dlq", "ingest_cli.reconcile", "ingest_cli.backfill")
+CLI_TASK_FUNCTIONS = ("ingest_cli.main.cmd_migrate", "ingest_cli.main.cmd_dlq")
+SOURCE_ROOTS = [
+    ROOT / "libs" / "common" / "src",
+    *(path / "src" for path in PACKAGES.values()),
+]
+
+
+@dataclass
+class Unit:
+    """A function or method (nested functions included in it) of the workspace's code."""
+
+    module: str
+    qualname: str
+    calls: set[str] = field(default_factory=set)  # f(...): names called
+    method_calls: set[str] = field(default_factory=set)  # x.f(...): attribute names called
+    operations: set[tuple[str, str]] = field(default_factory=set)  # (client, operation)
+    missing_object: bool = False
+
+
+@dataclass
+class Module:
+    name: str
+    imports: set[str] = field(default_factory=set)  # workspace modules, also TYPE_CHECKING ones
+    runtime_imports: set[str] = field(default_factory=set)  # without TYPE_CHECKING ones
+    units: list[Unit] = field(default_factory=list)
+    classes: set[str] = field(default_factory=set)
+
+
+def _module_names() -> dict[str, Path]:
+    modules = {}
+    for root in SOURCE_ROOTS:
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _client_call(call: ast.Call) -> tuple[str, str] | None:
+    """(client, operation) of `<x>.<client>.<operation>(...)` or `<x>.<client>.get_paginator("op")`."""
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)):
+        return None
+    client = func.value.attr
+    if client not in AWS_CLIENTS:
+        return None
+    owner = func.value.value
+    if isinstance(owner, ast.Attribute) and owner.attr == "meta":
+        return None  # s3.meta.events: botocore's event hooks, not the EventBridge client
+    if func.attr == "get_paginator":
+        if (
+            call.args
+            and isinstance(call.args[0], ast.Constant)
+            and isinstance(call.args[0].value, str)
+        ):
+            return (client, call.args[0].value)
+        return None
+    if func.attr.startswith("_") or func.attr in ("meta", "can_paginate"):
+        return None
+    return (client, func.attr)
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                for inner in ast.walk(child):
+                    if hasattr(inner, "lineno"):
+                        lines.add(inner.lineno)
+    return lines
+
+
+def _unit(
+    module: str, node: ast.FunctionDef | ast.AsyncFunctionDef, qualname: str, gone: set[str]
+) -> Unit:
+    """What one function calls: names, methods, AWS operations; whether it handles a missing
+    object (names NoSuchKey, or a module constant `gone` that holds it)."""
+    unit = Unit(module, qualname)
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Call):
+            if (op := _client_call(inner)) is not None:
+                unit.operations.add(op)
+            if isinstance(inner.func, ast.Name):
+                unit.calls.add(inner.func.id)
+            elif isinstance(inner.func, ast.Attribute):
+                unit.method_calls.add(inner.func.attr)
+        elif (isinstance(inner, ast.Constant) and inner.value in MISSING_OBJECT_CODES) or (
+            isinstance(inner, ast.Name) and inner.id in gone
+        ):
+            unit.missing_object = True
+    return unit
+
+
+@cache
+def workspace_modules() -> dict[str, Module]:
+    names = _module_names()
+    modules: dict[str, Module] = {}
+    for name, path in names.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        module = Module(name)
+        typing_only = _type_checking_lines(tree)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1]
+                        + ([base] if base else [])
+                    )
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            for target in targets:
+                if target in names and target != name:
+                    module.imports.add(target)
+                    if isinstance(node, ast.stmt) and node.lineno not in typing_only:
+                        module.runtime_imports.add(target)
+        # Module-level names bound to something that names a missing-object code (_GONE = ...).
+        gone_names = {
+            t.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            and any(code in ast.unparse(node.value) for code in MISSING_OBJECT_CODES)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                module.units.append(_unit(name, node, node.name, gone_names))
+            elif isinstance(node, ast.ClassDef):
+                module.classes.add(node.name)
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        qualname = f"{node.name}.{item.name}"
+                        module.units.append(_unit(name, item, qualname, gone_names))
+        modules[name] = module
+    return modules
+
+
+def reachable_units(root_modules: list[str], root_functions: tuple[str, ...] = ()) -> list[Unit]:
+    """The functions reached from every function of `root_modules` (and `root_functions`,
+    module.qualname), following calls by name within each caller's module and its imports."""
+    modules = workspace_modules()
+    closure, todo = set(), [*root_modules, *(f.rsplit(".", 1)[0] for f in root_functions)]
+    while todo:
+        name = todo.pop()
+        if name not in closure:
+            closure.add(name)
+            todo.extend(modules[name].runtime_imports)
+    by_name: dict[str, dict[str, list[Unit]]] = {}  # module → called name → units
+    for name in closure:
+        index: dict[str, list[Unit]] = {}
+        for unit in modules[name].units:
+            cls, _, method = unit.qualname.rpartition(".")
+            index.setdefault(method, []).append(unit)
+            if cls and method.startswith("__") and method.endswith("__"):
+                index.setdefault(cls, []).append(unit)  # Foo(...), async with Foo(...)
+        by_name[name] = index
+    reached: dict[int, Unit] = {}
+    todo_units = [unit for name in root_modules for unit in modules[name].units] + [
+        unit
+        for qualified in root_functions
+        for unit in modules[qualified.rsplit(".", 1)[0]].units
+        if unit.qualname == qualified.rsplit(".", 1)[1]
+    ]
+    while todo_units:
+        unit = todo_units.pop()
+        if id(unit) in reached:
+            continue
+        reached[id(unit)] = unit
+        scope = [unit.module, *(m for m in modules[unit.module].imports if m in closure)]
+        for called in unit.calls:
+            for module_name in scope:
+                todo_units.extend(by_name.get(module_name, {}).get(called, []))
+        # x.f(...): the object may come from anywhere (self.aws is an Aws the runtime hands
+        # over), so every method or function f of the closure.
+        for called in unit.method_calls:
+            for module_name in closure:
+                todo_units.extend(by_name[module_name].get(called, []))
+    return list(reached.values())
+
+
+def iam_actions(client: str, operation: str) -> frozenset[str]:
+    if (client, operation) in IAM_ACTIONS_OF:
+        return IAM_ACTIONS_OF[(client, operation)]
+    return frozenset({f"{AWS_CLIENTS[client]}:{''.join(w.title() for w in operation.split('_'))}"})
+
+
+def needed_actions(units: list[Unit]) -> dict[str, set[str]]:
+    """IAM action → the functions that need it."""
+    needed: dict[str, set[str]] = {}
+    for unit in units:
+        for client, operation in unit.operations:
+            for action in iam_actions(client, operation):
+                needed.setdefault(action, set()).add(f"{unit.module}.{unit.qualname}")
+        if unit.missing_object:
+            needed.setdefault("s3:ListBucket", set()).add(f"{unit.module}.{unit.qualname} (404)")
+    return needed
+
+
+def terraform_local_list(name: str) -> list[str]:
+    found = re.search(
+        rf"^\s*{name}\s*=\s*\[([^\]]*)\]", terraform_code(TERRAFORM / "services.tf"), re.M
+    )
+    assert found, f"services.tf: no local {name}"
+    return hcl_strings(found[1])
+
+
+def granted_by_policy(
+    policy: str, fields: dict[str, list[str]], grants: list[tuple[str, str, list[str]]]
+) -> set[str]:
+    """The actions of a jsonencode({... Statement = ...}) policy of services.tf: statements
+    under `for x in [<...>.<field>] : {...} if length(x) > 0` count when `fields[field]` is
+    non-empty; `Action = grant.actions` is every action of `grants`; `local.<list>` is read."""
+    granted: set[str] = set()
+    for match in re.finditer(r"\bAction\s*=\s*(.+?)\s*$", policy, re.M):
+        start, _ = enclosing_block(policy, match.start())
+        opening = policy[policy.rfind("\n", 0, start) + 1 : start]
+        guard = re.search(r"for \w+ in \[[\w.]*?\.(\w+)\]", opening)
+        if guard and not fields[guard[1]]:
+            continue
+        expression = match[1]
+        if expression.startswith("["):
+            granted.update(hcl_strings(expression))
+        elif expression.startswith("local."):
+            granted.update(terraform_local_list(expression.removeprefix("local.")))
+        elif expression == "grant.actions":
+            granted.update(action for _, _, actions in grants for action in actions)
+        else:
+            raise AssertionError(f"services.tf: cannot read Action = {expression}")
+    return granted
+
+
+def terraform_granted_actions() -> dict[str, set[str]]:
+    """Deployable (the services, and "cli") → the IAM actions Terraform grants its task role."""
+    code = terraform_code(TERRAFORM / "services.tf")
+    services_policy = hcl_block(code, "task_policies = {")
+    granted = {
+        name: granted_by_policy(services_policy, svc, svc["s3"])
+        for name, svc in terraform_services().items()
+    }
+    cli = hcl_block(code, "cli_task = {")
+    cli_grants = [
+        (bucket, keys, hcl_strings(actions))
+        for bucket, keys, actions in re.findall(
+            r'\{\s*bucket\s*=\s*"(\w+)",\s*keys\s*=\s*"([^"]*)",\s*actions\s*=\s*\[([^\]]*)\]', cli
+        )
+    ]
+    lists = re.search(r"\blists\s*=\s*\[([^\]]*)\]", cli)
+    granted["cli"] = granted_by_policy(
+        hcl_block(code, "cli_task_policy = jsonencode({"),
+        {"lists": hcl_strings(lists[1]) if lists else []},
+        cli_grants,
+    )
+    return granted
+
+
+def deployable_needs(name: str) -> dict[str, set[str]]:
+    modules = workspace_modules()
+    if name == "cli":
+        return needed_actions(reachable_units(list(CLI_TASK_ROOTS), CLI_TASK_FUNCTIONS))
+    package = f"ingest_{name}"
+    roots = [m for m in modules if m == package or m.startswith(package + ".")]
+    return needed_actions(reachable_units(roots))
+
+
+def test_the_code_scan_sees_the_aws_calls_it_must() -> None:
+    """The scan is alive: known calls are found where they are (guards a stale regex or a
+    refactoring that hides the clients from it)."""
+    batcher = deployable_needs("batcher")
+    assert "ingest_batcher.handler.BatchHandler._open" in batcher["s3:GetObject"] or any(
+        f.startswith("ingest_batcher.handler.") for f in batcher["s3:GetObject"]
+    ), batcher["s3:GetObject"]
+    assert any("(404)" in f for f in batcher["s3:ListBucket"]), "the batcher's object-gone path"
+    assert "sns:Publish" in batcher
+    assert "events:PutEvents" in batcher
+    assert "sqs:ReceiveMessage" in deployable_needs("indexer"), "the consumer's receive"
+    cli = deployable_needs("cli")
+    assert {"sqs:ReceiveMessage", "sqs:SendMessage", "s3:ListBucket", "s3:PutObject"} <= set(cli)
+    assert "sqs:CreateQueue" not in cli, "ingest bootstrap is not run by the CLI task"
+
+
+@pytest.mark.parametrize("name", [*sorted(terraform_services()), "cli"])
+def test_each_task_role_is_granted_what_its_code_calls_and_no_more(name: str) -> None:
+    """Every IAM action the deployable's code needs is granted to its task role in
+    services.tf, and every action granted is needed (or allowed, with a reason, in
+    ALLOWED_UNUSED). Remove a grant, or add a call, and this fails."""
+    needs = deployable_needs(name)
+    granted = terraform_granted_actions()[name]
+    missing = {action: sorted(where) for action, where in needs.items() if action not in granted}
+    assert not missing, f"{name}'s task role lacks what its code calls:\n" + "\n".join(
+        f"  {action}: {', '.join(where)}" for action, where in sorted(missing.items())
+    )
+    unused = granted - set(needs) - set(ALLOWED_UNUSED.get(name, {}))
+    assert not unused, (
+        f"{name}'s task role is granted {sorted(unused)}, which no code path of it calls"
+        " (remove the grant, or explain it in ALLOWED_UNUSED)"
+    )
+
+
+# --- 12. delivery: images, ECR, the workflows ------------------------------------------------
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+DEPLOY_SCRIPT = ROOT / ".github" / "scripts" / "ecs-deploy.sh"
+
+
+def workflow(name: str) -> dict[Any, Any]:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    assert isinstance(data, dict), f"{name} is not a mapping"
+    return data
+
+
+def test_every_action_is_pinned_by_commit_and_checkout_keeps_no_credentials() -> None:
+    """`uses: owner/repo@<40 hex>  # vX.Y.Z` (a tag can be moved, a commit cannot), local
+    reusable workflows aside; every checkout has persist-credentials: false."""
+    problems = []
+    for path in sorted(WORKFLOWS.glob("*.y*ml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = re.match(r"^\s*(?:-\s*)?uses:\s*(\S+)(.*)$", line)
+            if not match or match[1].startswith("./"):
+                continue
+            if not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", match[1]):
+                problems.append(f"{path.name}:{number}: {match[1]} is not pinned to a commit")
+            elif not re.match(r"\s*#\s*v\d+(\.\d+)*\b", match[2]):
+                problems.append(f"{path.name}:{number}: {match[1]} has no `# vX.Y.Z` comment")
+        data = yaml.safe_load(path.read_text())
+        for job_name, job in data.get("jobs", {}).items():
+            for step in job.get("steps", []):
+                checkout = str(step.get("uses", "")).startswith("actions/checkout@")
+                if checkout and (step.get("with") or {}).get("persist-credentials") is not False:
+                    problems.append(f"{path.name}: job {job_name} checks out with credentials")
+    assert not problems, "\n".join(problems)
+
+
+def test_deploy_builds_every_image_once_then_migrates_then_rolls_every_service() -> None:
+    jobs = workflow("deploy.yml")["jobs"]
+    on = workflow("deploy.yml")[True]  # PyYAML reads the key `on` as True
+    assert on["push"]["branches"] == ["main", "develop"]
+    built = set(jobs["build"]["strategy"]["matrix"]["image"])
+    assert built == set(PACKAGES), (
+        f"deploy.yml builds {sorted(built)}, the packages are {sorted(PACKAGES)}"
+    )
+    rolled = set(jobs["roll"]["strategy"]["matrix"]["service"])
+    assert rolled == set(SERVICES), (
+        f"deploy.yml rolls {sorted(rolled)}, the services are {sorted(SERVICES)}"
+    )
+    assert jobs["build"]["needs"] == "ci"
+    assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
+    assert jobs["migrate"]["needs"] == "build", "migrate must wait for every image"
+    assert jobs["roll"]["needs"] == "migrate", "no service may roll before migrate succeeded"
+    for name, job in jobs.items():
+        if name == "ci":
+            continue
+        assert job["permissions"] == {"contents": "read", "id-token": "write"}, name
+        assert "main" in job["environment"], name
+        assert "production" in job["environment"], name
+        creds = [s for s in job["steps"] if "configure-aws-credentials" in str(s.get("uses"))]
+        assert creds, f"{name}: no aws-actions/configure-aws-credentials"
+        assert "role-to-assume" in creds[0]["with"], f"{name}: no OIDC role"
+        assert "aws-access-key-id" not in creds[0]["with"], f"{name}: long-lived keys"
+    assert workflow("deploy.yml")["permissions"] == {}
+    # The image tag is the commit; nothing deploys `latest`.
+    assert workflow("deploy.yml")["env"]["IMAGE_TAG"] == "${{ github.sha }}"
+    for text in (DEPLOY_SCRIPT.read_text(), (WORKFLOWS / "deploy.yml").read_text()):
+        assert not re.search(r":latest\b|tag[= ]+latest\b", text), "something deploys latest"
+    # Targets: the services' and the CLI's stages of the Dockerfile.
+    script = DEPLOY_SCRIPT.read_text()
+    stages = {stage.name for stage in dockerfile_stages()}
+    for target in re.findall(r"--target (\w+)", script):
+        assert target in stages, f"ecs-deploy.sh builds target {target}, not a Dockerfile stage"
+    assert set(re.findall(r"--target (\w+)", script)) == set(STAGE_OF.values())
+
+
+def test_rollback_offers_the_services_and_the_images_ecr_keeps() -> None:
+    dispatch = workflow("rollback.yml")[True]["workflow_dispatch"]["inputs"]
+    assert set(dispatch["service"]["options"]) == set(SERVICES)
+    assert dispatch["image_tag"]["default"] == "previous"
+    assert set(dispatch["environment"]["options"]) == {"staging", "production"}
+    assert workflow("rollback.yml")["concurrency"]["group"] == "deploy-${{ inputs.environment }}"
+    assert (
+        (workflow("deploy.yml")["concurrency"]["group"])
+        == "deploy-${{ github.ref_name == 'main' && 'production' || 'staging' }}"
+    ), "deploy and rollback must share a concurrency group per environment"
+
+
+def test_ecr_keeps_three_immutable_images_and_the_workflows_tag_what_it_keeps() -> None:
+    """Immutable tags, scan on push, and a lifecycle policy per repository whose first rule
+    keeps the images tagged with the prefix that ecs-deploy.sh gives a deployed image."""
+    repository = terraform_resources("aws_ecr_repository")["image"][1]
+    assert attribute(repository, "image_tag_mutability") == '"IMMUTABLE"'
+    assert re.search(r"scan_on_push\s*=\s*true", repository)
+    assert attribute(repository, "for_each") == "local.images"
+    policy = terraform_resources("aws_ecr_lifecycle_policy")["keep"][1]
+    assert attribute(policy, "for_each") == "aws_ecr_repository.image"
+    ecr = terraform_code(TERRAFORM / "ecr.tf")
+    prefix = re.search(r'deployed_tag_prefix\s*=\s*"([^"]+)"', ecr)
+    assert prefix
+    assert prefix[1] == "deployed-${var.environment}-"
+    rules = re.findall(r"rulePriority\s*=\s*(\d+)", policy)
+    assert rules == ["1", "2"], rules
+    first, second = policy.split("rulePriority = 2")
+    assert "tagPrefixList = [local.deployed_tag_prefix]" in first
+    assert 'countType     = "imageCountMoreThan"' in first
+    assert 'tagStatus   = "any"' in second  # the rest: the newest never-deployed ones
+    script = DEPLOY_SCRIPT.read_text()
+    assert 'echo "deployed-${DEPLOY_ENVIRONMENT}-' in script, "the deploy tag's prefix moved"
+    assert '--arg prefix "deployed-${DEPLOY_ENVIRONMENT}-"' in script, "rollback's prefix moved"
+    default = re.search(
+        r'variable "images_kept" \{.*?default\s*=\s*(\d+)', terraform_text("variables.tf"), re.S
+    )
+    assert default
+    assert default[1] == "3"
+    assert 'IMAGES_KEPT="${IMAGES_KEPT:-3}"' in script
+
+
+def test_services_roll_back_on_the_circuit_breaker_and_their_error_rate_alarm() -> None:
+    service = terraform_resources("aws_ecs_service")["service"][1]
+    breaker = hcl_block(service, "deployment_circuit_breaker {")
+    assert re.search(r"enable\s*=\s*true", breaker)
+    assert re.search(r"rollback\s*=\s*true", breaker)
+    alarms = hcl_block(service, "alarms {")
+    assert re.search(r"enable\s*=\s*true", alarms)
+    assert re.search(r"rollback\s*=\s*true", alarms)
+    assert "aws_cloudwatch_metric_alarm.error_rate[each.key].alarm_name" in alarms
+    assert "error_rate" in terraform_resources("aws_cloudwatch_metric_alarm")
+    # The workflows own the task definition after creation.
+    ignored = re.search(r"ignore_changes\s*=\s*\[([^\]]*)\]", service)
+    assert ignored
+    assert "task_definition" in ignored[1]
+    assert "desired_count" in ignored[1]
+
+
+def test_terraform_needs_only_the_providers_the_lock_file_pins() -> None:
+    """Every provider required is in .terraform.lock.hcl (make deploy-check inits with
+    -lockfile=readonly from the mirror); no resource of a provider that is not required
+    (random_password was one: the password is now ephemeral and write-only)."""
+    versions = terraform_code(TERRAFORM / "versions.tf")
+    required = set(re.findall(r'source\s*=\s*"([\w-]+/[\w-]+)"', versions))
+    lock = (TERRAFORM / ".terraform.lock.hcl").read_text()
+    locked = set(re.findall(r'provider "registry\.terraform\.io/([\w-]+/[\w-]+)"', lock))
+    assert required == locked, (
+        f"versions.tf requires {sorted(required)}, the lock pins {sorted(locked)}"
+    )
+    local_names = {source.split("/")[1] for source in required}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for kind in re.findall(
+            r'^(?:resource|data|ephemeral)\s+"(\w+?)_', terraform_code(path), re.M
+        ):
+            assert kind in local_names, f"{path.name}: a {kind}_* resource, but no {kind} provider"
+    rds = terraform_resources("aws_db_instance")["db"][1]
+    assert attribute(rds, "password") is None, "the password would be in the state"
+    assert attribute(rds, "password_wo") is not None
+    secret = terraform_resources("aws_secretsmanager_secret_version")["database_url"][1]
+    assert attribute(secret, "secret_string") is None
+    assert attribute(secret, "secret_string_wo")
+    assert attribute(rds, "password_wo_version") == attribute(secret, "secret_string_wo_version"), (
+        "the database and the DSN secret must change password in the same run"
+    )
+
+
+def test_the_cli_task_runs_migrate_with_its_own_role() -> None:
+    task = terraform_resources("aws_ecs_task_definition")["cli"][1]
+    assert attribute(task, "task_role_arn") == "aws_iam_role.cli.arn"
+    assert 'command   = ["migrate"]' in task
+    policy = terraform_resources("aws_iam_role_policy")["cli"][1]
+    assert attribute(policy, "role") == "aws_iam_role.cli.id"
+    assert attribute(policy, "policy") == "local.cli_task_policy"
+    script = DEPLOY_SCRIPT.read_text()
+    assert '"${NAME_PREFIX}-cli" cli' in script, "migrate runs another task definition family"
+    family = attribute(task, "family")
+    assert family == '"${var.name}-cli"', family
