@@ -375,7 +375,9 @@ async def test_indexer_ranks_title_over_description(aws: Aws, db: asyncpg.Pool) 
         hits = await PostgresSearch(connection).search("weather")
     assert [h.title for h in hits] == ["Weather forecast", "Office"]
     assert hits[0].rank > hits[1].rank
-    assert hits[0].document["cover_key"].startswith("renditions/")
+    assert hits[0].renditions is not None
+    assert hits[0].renditions.startswith("renditions/")
+    assert hits[0].renditions.endswith(".png")
 
 
 @pytest.mark.parametrize("body", ['{"kind": "index_product"}', "not json"])

@@ -108,6 +108,7 @@ async def end_state(
             for r in await connection.fetch("SELECT product_id, document FROM search_documents")
         }
         documents = {p["id"]: await product_document(connection, p["id"]) for p in products}
+        icons = await connection.fetch("SELECT product_id, image_id FROM search_icons")
     finally:
         await connection.close()
 
@@ -135,7 +136,7 @@ async def end_state(
     await _check_renditions(aws, settings.previews_bucket, images, spec, state)
     await _check_originals(aws, settings.uploads_bucket, images, state)
     await _check_mosaics(aws, settings.previews_bucket, families, previews, images, products, state)
-    _check_search(products, indexed, documents, problems)
+    _check_search(products, indexed, documents, images, icons, problems)
 
     for queue in load_topology(settings).queues:
         count = sum(await queue_counts(aws, queue.dead_letter_name))
@@ -229,15 +230,31 @@ def _check_search(
     products: list[Any],
     indexed: dict[uuid.UUID, Any],
     documents: dict[uuid.UUID, Any],
+    images: list[Any],
+    icons: list[Any],
     problems: list[str],
 ) -> None:
+    """Every product with a ready image is searchable with its current document, and its
+    searchable icons are exactly its ready images; nothing else is searchable."""
+    icons_of: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for icon in icons:
+        icons_of.setdefault(icon["product_id"], set()).add(icon["image_id"])
     for product in products:
         document = indexed.get(product["id"])
+        searchable_icons = icons_of.get(product["id"], set())
         if product["images_ready"] == 0:
-            if document is not None:
+            if document is not None or searchable_icons:
                 problems.append(f"product {product['id']} is searchable with nothing ready")
             continue
         if document is None:
             problems.append(f"product {product['id']} is not searchable")
         elif document != documents[product["id"]]:
             problems.append(f"product {product['id']} is indexed with an old document")
+        ready = {
+            i["id"] for i in images if i["product_id"] == product["id"] and i["status"] == "ready"
+        }
+        if searchable_icons != ready:
+            problems.append(
+                f"product {product['id']}: {len(searchable_icons - ready)} searchable icon(s)"
+                f" not ready, {len(ready - searchable_icons)} ready image(s) not searchable"
+            )

@@ -1,7 +1,9 @@
-"""What one index message does: the product's current document → the search backend.
+"""What one index message does: the product's current document → search (its set and its
+icons, ingest_common.search.index_product).
 
 The document is read fresh from the database view every time, so duplicates and
-out-of-order messages converge on the same, latest state.
+out-of-order messages converge on the same, latest state; search is written, and
+product.indexed told, only when the document changed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from ingest_common.events import ProductIndexed, emit
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import ServiceHandler
 from ingest_common.schemas.messages import IndexProduct
-from ingest_common.search import PostgresSearch, product_document
+from ingest_common.search import index_product
 
 from ingest_indexer.settings import IndexerSettings
 
@@ -29,27 +31,20 @@ class IndexHandler(ServiceHandler[IndexProduct, IndexerSettings]):
             upload_id=str(message.upload_id), product_id=str(message.product_id)
         )
         async with self.db.acquire() as connection, connection.transaction():
-            document = await product_document(connection, message.product_id)
-            if document is None:
+            indexed = await index_product(connection, message.product_id)
+            if indexed is None:
                 raise PermanentError(f"product {message.product_id} does not exist")
-            # Locked: two index messages of one product settle one after the other.
-            before = await connection.fetchval(
-                "SELECT document FROM search_documents WHERE product_id = $1 FOR UPDATE",
-                message.product_id,
-            )
-            backend = PostgresSearch(connection)
-            if document["images_ready"] == 0:
-                await backend.delete(message.product_id)  # nothing to show: not searchable
-                log.info("indexer.removed")
-            else:
-                await backend.upsert(document)
-                log.info("indexer.indexed", title=document["title"])
             await connection.execute(
                 "UPDATE products SET indexed_at = now() WHERE id = $1", message.product_id
             )
-            searchable = document["images_ready"] > 0
-            if before == (document if searchable else None):
+            if not indexed.changed:
+                log.info("indexer.unchanged")
                 return  # a repeat: nothing changed in search, nothing to tell
+            document = indexed.document
+            if indexed.searchable:
+                log.info("indexer.indexed", title=document["title"])
+            else:
+                log.info("indexer.removed")  # nothing to show: not searchable
             await emit(
                 connection,
                 ProductIndexed(
@@ -57,7 +52,7 @@ class IndexHandler(ServiceHandler[IndexProduct, IndexerSettings]):
                     upload_id=message.upload_id,
                     title=document["title"],
                     family=document["family"],
-                    searchable=searchable,
+                    searchable=indexed.searchable,
                 ),
                 subject=message.product_id,
             )
