@@ -18,6 +18,7 @@ demo: install
 
 # The outage cases wait out minutes-long faults: they run in parallel beside the rest.
 test: install
+	bash tools/ensure_browser.sh  # Chromium and ChromeDriver for tests/browser (apt, once)
 	$(UV) run --frozen pytest -n 4 --dist loadgroup
 
 lint: install

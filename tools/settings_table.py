@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import cast
 
+from ingest_api.settings import ApiSettings
 from ingest_batcher.settings import BatcherSettings
 from ingest_common.settings import IngestSettings
 from ingest_indexer.settings import IndexerSettings
@@ -23,6 +24,7 @@ SERVICE_SETTINGS: dict[str, type[IngestSettings]] = {
     "processor": ProcessorSettings,
     "previewer": PreviewerSettings,
     "indexer": IndexerSettings,
+    "api": ApiSettings,
 }
 # Commands with settings of their own beyond a service's (shown once, not per service).
 COMMAND_SETTINGS: dict[str, tuple[type[IngestSettings], type[IngestSettings]]] = {

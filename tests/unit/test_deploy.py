@@ -590,19 +590,23 @@ def hcl_strings(text: str) -> list[str]:
 
 
 def terraform_services() -> dict[str, dict[str, Any]]:
-    """services.tf's `services`: per service its queue, the role lists (sends, reads,
-    lists, topics, buses) and its S3 grants as (bucket, keys, actions)."""
+    """services.tf's `services`: per service its queue (None: it consumes none), the role
+    lists (sends, reads, lists, topics, buses), its S3 grants as (bucket, keys, actions),
+    and what service_grants derives: `consumes` (queue + also_consumes) and `queues`
+    (consumes + sends)."""
     block = hcl_block(terraform_text("services.tf"), "services = {")
     services: dict[str, dict[str, Any]] = {}
     for name in re.findall(r"^    (\w+) = \{", block, re.M):
         body = hcl_block(block, f"    {name} = {{")
-        queue = re.search(r'queue\s*=\s*"(\w+)"', body)
-        assert queue, f"services.tf: {name} consumes no queue"
+        queue = re.search(r'\bqueue\s*=\s*(?:"(\w+)"|(null))\s*$', body, re.M)
+        assert queue, f'services.tf: {name} has no `queue = "<role>"` (or null)'
         entry: dict[str, Any] = {"queue": queue[1]}
         for field_name in ("also_consumes", "sends", "reads", "lists", "topics", "buses"):
             found = re.search(rf"\b{field_name}\s*=\s*\[([^\]]*)\]", body)
             assert found, f"services.tf: {name} has no {field_name} list"
             entry[field_name] = hcl_strings(found[1])
+        entry["consumes"] = [entry["queue"], *entry["also_consumes"]] if entry["queue"] else []
+        entry["queues"] = list(dict.fromkeys(entry["consumes"] + entry["sends"]))
         entry["s3"] = [
             (bucket, keys, hcl_strings(actions))
             for bucket, keys, actions in re.findall(
@@ -627,7 +631,12 @@ def test_task_roles_name_only_declared_queues_and_buckets() -> None:
     services = terraform_services()
     assert set(services) == set(SERVICES), f"services.tf grants {sorted(services)}"
     for name, svc in services.items():
-        assert svc["queue"] in queues, f"services.tf: {name} consumes unknown {svc['queue']}"
+        assert svc["queue"] is None or svc["queue"] in queues, (
+            f"services.tf: {name} consumes unknown {svc['queue']}"
+        )
+        assert svc["queue"] is not None or not svc["also_consumes"], (
+            f"services.tf: {name} has no queue but also_consumes {svc['also_consumes']}"
+        )
         for field_name in ("also_consumes", "sends", "reads"):
             unknown = set(svc[field_name]) - queues
             assert not unknown, f"services.tf: {name}.{field_name} names no queue: {unknown}"
@@ -643,14 +652,50 @@ def test_task_roles_name_only_declared_queues_and_buckets() -> None:
             assert all(a.startswith("s3:") and a != "s3:ListBucket" for a in actions), actions
 
 
+def queues_consumed_in_code(package: str) -> list[str]:
+    """The topology's queue roles that `ingest_<package>.main` consumes: its
+    `Consumes(settings.<queue setting>, ...)` of runtime.service.run_service."""
+    source = (PACKAGES[package] / "src" / f"ingest_{package}" / "main.py").read_text()
+    role_of = {q["setting"]: role for role, q in topology_file()["queues"].items()}
+    settings = re.findall(r"Consumes\(\s*settings\.(\w+)", source)
+    assert all(s in role_of for s in settings), f"{package} consumes {settings}"
+    return [role_of[s] for s in settings]
+
+
+def test_each_service_consumes_in_terraform_what_its_code_consumes() -> None:
+    """services.tf's queue + also_consumes are the queues main.py hands run_service; a
+    service that consumes none (the api) has `queue = null` and no consumer grants."""
+    for name, svc in terraform_services().items():
+        in_code = queues_consumed_in_code(name)
+        assert sorted(svc["consumes"]) == sorted(in_code), (
+            f"services.tf: {name} consumes {svc['consumes']}, its main.py {in_code}"
+        )
+        if in_code:
+            assert svc["queue"] == in_code[0], f"{name}: autoscaling follows {svc['queue']}"
+    assert terraform_services()["api"]["queue"] is None
+    consumers = re.search(r"^\s*consumers\s*=\s*(.+)$", terraform_text("services.tf"), re.M)
+    assert consumers
+    assert consumers[1] == "{ for name, svc in local.services : name => svc if svc.queue != null }"
+
+
 def test_every_consumer_may_send_to_its_own_queue_and_dead_letter_queue() -> None:
     """An outage hands a message back by sending it again; invalid ones go to the DLQ."""
-    policies = hcl_block(terraform_text("services.tf"), "task_policies = {")
-    statement = re.search(r'Sid\s*=\s*"Send"(.*?)\}\s*,', policies, re.S)
+    code = terraform_code(TERRAFORM / "services.tf")
+    grants = hcl_block(code, "service_grants = {")
+    derived = "svc.queue == null ? [] : concat([svc.queue], svc.also_consumes)"
+    assert f"consumes = {derived}" in grants, "services.tf: consumes is not queue + also_consumes"
+    assert f"queues   = distinct(concat({derived}, svc.sends))" in grants
+    policies = hcl_block(code, "task_policies = {")
+    assert "for name, svc in local.service_grants : name => jsonencode({" in policies
+    statement = re.search(r'Sid\s*=\s*"Send"(.*?)\}\s*if length', policies, re.S)
     assert statement, "services.tf: no Send statement"
-    consumed = "for q in concat([svc.queue], svc.also_consumes) :"
-    assert f"[{consumed} local.queue_arns[q]]" in statement[1], "consumers cannot re-send"
-    assert f"[{consumed} local.dead_letter_arns[q]]" in statement[1], "no send to the DLQ"
+    assert "[for role in svc.consumes : local.queue_arns[role]]" in statement[1], (
+        "consumers cannot re-send"
+    )
+    assert "[for role in svc.consumes : local.dead_letter_arns[role]]" in statement[1], (
+        "no send to the DLQ"
+    )
+    assert "[for role in svc.sends : local.queue_arns[role]]" in statement[1]
 
 
 def test_the_batcher_may_delete_what_the_garbage_sweep_deletes() -> None:
@@ -915,7 +960,9 @@ def test_the_alarms_cover_every_queue_dead_letter_queue_and_service() -> None:
         assert attribute(body, "dimensions") == f"{{ QueueName = {queue} }}", name
     assert attribute(alarms["message_age"][1], "metric_name") == '"ApproximateAgeOfOldestMessage"'
     error_rate = alarms["error_rate"][1]
-    assert attribute(error_rate, "for_each") == "local.services", "no error rate per service"
+    assert attribute(error_rate, "for_each") == "local.consumers", "no error rate per consumer"
+    api = {name for name in alarms if name.startswith("api_")}
+    assert api == {"api_5xx_rate", "api_response_time"}, f"the api's alarms: {api}"
     # The dimension service.name is the settings' service_name, which is the service's key.
     for package in SERVICES:
         default = settings_class(package).model_fields["service_name"].default
@@ -1040,7 +1087,7 @@ def test_the_dashboard_shows_every_queue_dead_letter_queue_and_service() -> None
     ):
         pattern = rf'for role, q in local\.queues :\s*\["AWS/SQS", "{metric}", "QueueName", {re.escape(name)},'
         assert re.search(pattern, dashboard), f"dashboard.tf: no {metric} of every {name}"
-    per_service = r"for name in keys\(local\.services\) :[^\]]*\[var\.metrics_namespace, \"{}\""
+    per_service = r"for name in keys\(local\.consumers\) :[^\]]*\[var\.metrics_namespace, \"{}\""
     for metric in ("ingest.messages", "ingest.message.duration"):
         assert re.search(per_service.format(re.escape(metric)), dashboard), (
             f"dashboard.tf: no {metric} of every service"
@@ -1221,6 +1268,9 @@ IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     # The S3 dependency probe counts any answer below 500 as S3 being there, 403 included
     # (runtime/dependencies.py): it needs no grant.
     ("s3", "head_bucket"): frozenset(),
+    # A presigned POST form (the api's upload forms) is signed locally, and S3 checks the
+    # upload against the signer's rights: the role that signs needs s3:PutObject on the key.
+    ("s3", "generate_presigned_post"): frozenset({"s3:PutObject"}),
 }
 MISSING_OBJECT_CODES = ("NoSuchKey",)  # naming it: the code relies on 404 for a missing key
 # Granted although no code path of the deployable calls it, and why.
@@ -1244,6 +1294,7 @@ class Unit:
     method_calls: set[str] = field(default_factory=set)  # x.f(...): attribute names called
     operations: set[tuple[str, str]] = field(default_factory=set)  # (client, operation)
     missing_object: bool = False
+    names: set[str] = field(default_factory=set)  # every name it reads (classes it may make)
 
 
 @dataclass
@@ -1253,6 +1304,9 @@ class Module:
     runtime_imports: set[str] = field(default_factory=set)  # without TYPE_CHECKING ones
     units: list[Unit] = field(default_factory=list)
     classes: set[str] = field(default_factory=set)
+    defined: set[str] = field(default_factory=set)  # its top-level functions and classes
+    bases: dict[str, set[str]] = field(default_factory=dict)  # class → the names of its bases
+    module_level_names: set[str] = field(default_factory=set)  # read outside any function
 
 
 def _module_names() -> dict[str, Path]:
@@ -1290,6 +1344,15 @@ def _client_call(call: ast.Call) -> tuple[str, str] | None:
     return (client, func.attr)
 
 
+def _names_outside_functions(statement: ast.stmt) -> set[str]:
+    """Names read by module-level code and class bodies (a registry of classes, say)."""
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+        return set()
+    if isinstance(statement, ast.ClassDef):
+        return set().union(*(_names_outside_functions(item) for item in statement.body))
+    return {inner.id for inner in ast.walk(statement) if isinstance(inner, ast.Name)}
+
+
 def _type_checking_lines(tree: ast.Module) -> set[int]:
     lines: set[int] = set()
     for node in ast.walk(tree):
@@ -1307,7 +1370,12 @@ def _unit(
     """What one function calls: names, methods, AWS operations; whether it handles a missing
     object (names NoSuchKey, or a module constant `gone` that holds it)."""
     unit = Unit(module, qualname)
+    names_404 = False
     for inner in ast.walk(node):
+        if isinstance(inner, ast.Name):
+            unit.names.add(inner.id)
+        if isinstance(inner, ast.Constant) and inner.value in (404, "404"):
+            names_404 = True
         if isinstance(inner, ast.Call):
             if (op := _client_call(inner)) is not None:
                 unit.operations.add(op)
@@ -1319,6 +1387,9 @@ def _unit(
             isinstance(inner, ast.Name) and inner.id in gone
         ):
             unit.missing_object = True
+    # A head or get of an object that tells a missing one by its 404 (not NoSuchKey's name).
+    if names_404 and unit.operations & {("s3", "head_object"), ("s3", "get_object")}:
+        unit.missing_object = True
     return unit
 
 
@@ -1359,10 +1430,18 @@ def workspace_modules() -> dict[str, Module]:
         }
 
         for node in tree.body:
+            module.module_level_names |= _names_outside_functions(node)
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                module.defined.add(node.name)
                 module.units.append(_unit(name, node, node.name, gone_names))
             elif isinstance(node, ast.ClassDef):
                 module.classes.add(node.name)
+                module.defined.add(node.name)
+                module.bases[node.name] = {
+                    base.id if isinstance(base, ast.Name) else base.attr
+                    for base in (b.value if isinstance(b, ast.Subscript) else b for b in node.bases)
+                    if isinstance(base, ast.Name | ast.Attribute)
+                }
                 for item in node.body:
                     if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
                         qualname = f"{node.name}.{item.name}"
@@ -1373,7 +1452,10 @@ def workspace_modules() -> dict[str, Module]:
 
 def reachable_units(root_modules: list[str], root_functions: tuple[str, ...] = ()) -> list[Unit]:
     """The functions reached from every function of `root_modules` (and `root_functions`,
-    module.qualname), following calls by name within each caller's module and its imports."""
+    module.qualname), following calls by name within each caller's module and its imports
+    (a function of the caller's own module shadows an imported one of the same name), and
+    method calls to the methods of the classes the reached code names (a class nothing
+    reached names makes no object: its methods run only through a subclass, also named)."""
     modules = workspace_modules()
     closure, todo = set(), [*root_modules, *(f.rsplit(".", 1)[0] for f in root_functions)]
     while todo:
@@ -1390,27 +1472,56 @@ def reachable_units(root_modules: list[str], root_functions: tuple[str, ...] = (
             if cls and method.startswith("__") and method.endswith("__"):
                 index.setdefault(cls, []).append(unit)  # Foo(...), async with Foo(...)
         by_name[name] = index
-    reached: dict[int, Unit] = {}
-    todo_units = [unit for name in root_modules for unit in modules[name].units] + [
+    classes_named: dict[str, list[tuple[str, str]]] = {}  # class name → (module, class)
+    for name in closure:
+        for cls in modules[name].classes:
+            classes_named.setdefault(cls, []).append((name, cls))
+
+    live: set[tuple[str, str]] = set()  # (module, class) whose objects may exist
+    waiting: dict[tuple[str, str], list[Unit]] = {}  # methods called before their class lived
+    todo_units: list[Unit] = []
+
+    def name_classes(names: set[str]) -> None:
+        pending = [c for n in names for c in classes_named.get(n, [])]
+        while pending:
+            owner = pending.pop()
+            if owner in live:
+                continue
+            live.add(owner)
+            todo_units.extend(waiting.pop(owner, []))
+            for base in modules[owner[0]].bases.get(owner[1], set()):
+                pending.extend(classes_named.get(base, []))
+
+    for name in closure:
+        name_classes(modules[name].module_level_names)
+    todo_units += [unit for name in root_modules for unit in modules[name].units] + [
         unit
         for qualified in root_functions
         for unit in modules[qualified.rsplit(".", 1)[0]].units
         if unit.qualname == qualified.rsplit(".", 1)[1]
     ]
+    reached: dict[int, Unit] = {}
     while todo_units:
         unit = todo_units.pop()
         if id(unit) in reached:
             continue
         reached[id(unit)] = unit
-        scope = [unit.module, *(m for m in modules[unit.module].imports if m in closure)]
+        name_classes(unit.names)
+        imported = [m for m in modules[unit.module].imports if m in closure]
         for called in unit.calls:
-            for module_name in scope:
+            own = called in modules[unit.module].defined
+            for module_name in [unit.module] if own else [unit.module, *imported]:
                 todo_units.extend(by_name.get(module_name, {}).get(called, []))
         # x.f(...): the object may come from anywhere (self.aws is an Aws the runtime hands
-        # over), so every method or function f of the closure.
+        # over), so every function f of the closure and every method f of a class named.
         for called in unit.method_calls:
             for module_name in closure:
-                todo_units.extend(by_name[module_name].get(called, []))
+                for target in by_name[module_name].get(called, []):
+                    cls = target.qualname.rpartition(".")[0]
+                    if cls and (module_name, cls) not in live:
+                        waiting.setdefault((module_name, cls), []).append(target)
+                    else:
+                        todo_units.append(target)
     return list(reached.values())
 
 
@@ -1512,6 +1623,12 @@ def test_the_code_scan_sees_the_aws_calls_it_must() -> None:
     cli = deployable_needs("cli")
     assert {"sqs:ReceiveMessage", "sqs:SendMessage", "s3:ListBucket", "s3:PutObject"} <= set(cli)
     assert "sqs:CreateQueue" not in cli, "ingest bootstrap is not run by the CLI task"
+    # The api: upload forms (PutObject), heads of uploads/ that tell a missing ZIP by its
+    # 404 (ListBucket), and none of the consumers' queue calls: it runs no Consumer.
+    api = deployable_needs("api")
+    assert any(f.startswith("ingest_api.app.") for f in api["s3:PutObject"]), api
+    assert any("(404)" in f for f in api["s3:ListBucket"]), "the api's object_exists"
+    assert not any(action.startswith("sqs:") for action in api), sorted(api)
 
 
 @pytest.mark.parametrize("name", [*sorted(terraform_services()), "cli"])
@@ -1656,6 +1773,8 @@ def test_services_roll_back_on_the_circuit_breaker_and_their_error_rate_alarm() 
     assert re.search(r"enable\s*=\s*true", alarms)
     assert re.search(r"rollback\s*=\s*true", alarms)
     assert "aws_cloudwatch_metric_alarm.error_rate[each.key].alarm_name" in alarms
+    # The api consumes no message: its 5xx rate is its deployment alarm.
+    assert 'each.key == "api" ? [aws_cloudwatch_metric_alarm.api_5xx_rate.alarm_name] :' in alarms
     assert "error_rate" in terraform_resources("aws_cloudwatch_metric_alarm")
     # The workflows own the task definition after creation.
     ignored = re.search(r"ignore_changes\s*=\s*\[([^\]]*)\]", service)
@@ -1703,3 +1822,248 @@ def test_the_cli_task_runs_migrate_with_its_own_role() -> None:
     assert '"${NAME_PREFIX}-cli" cli' in script, "migrate runs another task definition family"
     family = attribute(task, "family")
     assert family == '"${var.name}-cli"', family
+
+
+# --- 13. the HTTP API: its image, compose service, load balancer, CORS ----------------------
+
+
+def test_the_dependency_layer_copies_every_workspace_members_manifest() -> None:
+    """uv sync --no-install-workspace needs every member's pyproject.toml to see the
+    workspace: each one is copied before the first `uv sync`."""
+    builder = next(stage for stage in dockerfile_stages() if stage.name == "builder")
+    copied: set[str] = set()
+    for keyword, args in builder.instructions:
+        if keyword == "RUN" and "uv sync" in args:
+            break
+        if keyword == "COPY":
+            copied.update(posixpath.normpath(w) for w in shlex.split(args)[:-1] if "--" not in w)
+    members = {
+        (path / "pyproject.toml").relative_to(ROOT).as_posix()
+        for path in [ROOT / "libs" / "common", *PACKAGES.values()]
+    }
+    assert members <= copied, f"the dependency layer lacks {sorted(members - copied)}"
+
+
+def api_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    return container_settings(settings_class("api"), env, monkeypatch)
+
+
+def test_compose_publishes_the_api_port_and_checks_its_readiness(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name, service, build = compose_service_for("api")
+    env = image_environment(stage_chain(build.target)) | compose_environment(service)
+    settings = api_settings(env, monkeypatch)
+    published = [str(p) for p in service.get("ports", [])]
+    targets = {int(interpolate(p).rsplit(":", 1)[1]) for p in published}
+    assert targets == {settings.api_port}, f"compose {name} publishes {published}"
+    assert all(interpolate(p).startswith("127.0.0.1:") for p in published), "not on loopback"
+    test = service["healthcheck"]["test"]
+    assert "/readyz" in test[-1], f"compose {name}: the health check is not readiness: {test}"
+
+
+def terraform_number(path: str, name: str) -> int:
+    found = re.search(rf"^\s*{name}\s*=\s*(\d+)\s*$", terraform_code(TERRAFORM / path), re.M)
+    assert found, f"{path}: no `{name} = <number>`"
+    return int(found[1])
+
+
+def test_the_api_load_balancer_forwards_to_the_api_port_and_checks_readiness(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The target group, the container's port mappings and the ECS service's load_balancer
+    are the port the API listens on in the task; the ALB's health check asks /readyz on its
+    health port (the API's own port has none)."""
+    api_port = terraform_number("api.tf", "api_port")
+    health_port = terraform_number("ecs.tf", "health_port")
+    services_tf = terraform_code(TERRAFORM / "services.tf")
+    assert 'name == "api" ? { INGEST_API_PORT = tostring(local.api_port) } : {}' in services_tf
+    env = (
+        image_environment(stage_chain("service"))
+        | terraform_service_environment()
+        | {"INGEST_API_PORT": str(api_port)}
+    )
+    settings = api_settings(env, monkeypatch)
+    assert settings.api_port == api_port
+    assert settings.health_port == health_port, "the ALB would probe another port"
+
+    group = terraform_resources("aws_lb_target_group")["api"][1]
+    assert attribute(group, "port") == "local.api_port"
+    assert attribute(group, "target_type") == '"ip"', "awsvpc tasks register by IP"
+    check = hcl_block(group, "health_check {")
+    assert attribute(check, "path") == '"/readyz"'
+    assert attribute(check, "port") == "tostring(local.health_port)"
+    health = (ROOT / "libs/common/src/ingest_common/runtime/health.py").read_text()
+    assert 'add_get("/readyz"' in health, "the health server has no /readyz"
+
+    task = terraform_resources("aws_ecs_task_definition")["service"][1]
+    mappings = hcl_block(task, 'portMappings = each.key == "api" ? [')
+    assert re.findall(r"containerPort = local\.(\w+)", mappings) == ["api_port", "health_port"]
+    service = terraform_resources("aws_ecs_service")["service"][1]
+    balancer = hcl_block(service, 'dynamic "load_balancer" {')
+    assert (
+        attribute(balancer, "for_each") == 'each.key == "api" ? [aws_lb_target_group.api.arn] : []'
+    )
+    assert attribute(balancer, "container_port") == "local.api_port"
+    assert attribute(balancer, "container_name") == "each.key"
+
+
+def test_the_api_load_balancer_speaks_tls_and_redirects_http() -> None:
+    listeners = terraform_resources("aws_lb_listener")
+    https, http = listeners["api_https"][1], listeners["api_http"][1]
+    assert attribute(https, "port") == "443"
+    assert attribute(https, "protocol") == '"HTTPS"'
+    assert attribute(https, "certificate_arn") == "var.api_certificate_arn"
+    assert "TLS13" in (attribute(https, "ssl_policy") or ""), "an old TLS policy"
+    assert attribute(hcl_block(https, "default_action {"), "target_group_arn") == (
+        "aws_lb_target_group.api.arn"
+    )
+    assert attribute(http, "port") == "80"
+    redirect = hcl_block(http, "redirect {")
+    assert attribute(redirect, "protocol") == '"HTTPS"'
+    assert attribute(redirect, "port") == '"443"'
+    lb = terraform_resources("aws_lb")["api"][1]
+    assert attribute(lb, "internal") == "false"
+    assert attribute(lb, "subnets") == "var.public_subnet_ids"
+    assert attribute(lb, "drop_invalid_header_fields") == "true"
+
+
+def test_the_load_balancer_keeps_event_streams_open_and_drains_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle connection outlives the ALB's idle timeout only if the heartbeat comes more
+    often; aiohttp's keep-alive must outlast the ALB's (else the ALB reuses a connection the
+    task just closed: a 502). A deregistered task gets SIGTERM after the deregistration
+    delay: ordinary requests are done by then, streams end on SIGTERM and reconnect."""
+    from aiohttp import web_protocol
+
+    settings = api_settings(
+        image_environment(stage_chain("service")) | terraform_service_environment(), monkeypatch
+    )
+    idle = terraform_number("api.tf", "api_idle_timeout")
+    keepalive = inspect_default(web_protocol.RequestHandler, "keepalive_timeout")
+    assert settings.api_heartbeat_interval < idle < keepalive, (
+        f"heartbeat {settings.api_heartbeat_interval} s, ALB idle {idle} s, aiohttp keep-alive"
+        f" {keepalive} s"
+    )
+    lb = terraform_resources("aws_lb")["api"][1]
+    assert attribute(lb, "idle_timeout") == "local.api_idle_timeout"
+    delay = terraform_number("api.tf", "api_deregistration_time")
+    group = terraform_resources("aws_lb_target_group")["api"][1]
+    assert attribute(group, "deregistration_delay") == "local.api_deregistration_time"
+    assert 0 < delay <= settings.drain_timeout, f"deregistration delay {delay} s"
+    assert settings.api_stream_timeout > idle
+
+
+def inspect_default(function: Any, parameter: str) -> float:
+    import inspect
+
+    default = inspect.signature(function).parameters[parameter].default
+    assert isinstance(default, int | float), f"{function.__qualname__}({parameter}=...)"
+    return float(default)
+
+
+def test_only_the_load_balancer_reaches_the_api_tasks() -> None:
+    """The ALB is open on 443 and 80 to var.api_allowed_cidrs; the api's tasks accept their
+    two ports from the ALB's security group and nothing else; the shared task group has no
+    ingress at all."""
+    groups = terraform_resources("aws_security_group")
+    assert "ingress" not in groups["tasks"][1], "the tasks' shared group lets something in"
+    assert "ingress" not in groups["api_tasks"][1]
+    ingress = terraform_resources("aws_vpc_security_group_ingress_rule")
+    assert set(ingress) == {"api_lb", "api_tasks"}, sorted(ingress)
+    tasks_rule = ingress["api_tasks"][1]
+    assert attribute(tasks_rule, "for_each") == "local.api_task_ports"
+    assert attribute(tasks_rule, "security_group_id") == "aws_security_group.api_tasks.id"
+    assert attribute(tasks_rule, "referenced_security_group_id") == "aws_security_group.api_lb.id"
+    assert attribute(tasks_rule, "cidr_ipv4") is None
+    ports = hcl_block(terraform_code(TERRAFORM / "api.tf"), "api_task_ports = {")
+    assert dict(re.findall(r"(\w+)\s*=\s*local\.(\w+)", ports)) == {
+        "api": "api_port",
+        "health": "health_port",
+    }
+    lb_rule = ingress["api_lb"][1]
+    assert attribute(lb_rule, "security_group_id") == "aws_security_group.api_lb.id"
+    assert "setproduct([443, 80], var.api_allowed_cidrs)" in (attribute(lb_rule, "for_each") or "")
+    service = terraform_resources("aws_ecs_service")["service"][1]
+    assert attribute(service, "security_groups") == (
+        'each.key == "api" ? [aws_security_group.tasks.id, aws_security_group.api_tasks.id]'
+        " : [aws_security_group.tasks.id]"
+    )
+
+
+def test_the_uploads_bucket_cors_comes_from_the_topology() -> None:
+    """Every field of topology.json's cors rules reaches aws_s3_bucket_cors_configuration;
+    a rule's origins_setting is a setting (INGEST_API_CORS_ORIGINS) whose value Terraform
+    holds in a variable, defaulting to the API's own origin."""
+    topology = topology_file()
+    rules = [r for b in topology["buckets"].values() for r in b.get("cors", [])]
+    assert rules, "topology.json declares no cors rule"
+    topology_tf = hcl_block(terraform_code(TERRAFORM / "topology.tf"), "cors_rules = {")
+    assert "for r in try(b.cors, []) :" in topology_tf
+    for rule in rules:
+        for key in rule:
+            assert f"r.{key}" in topology_tf, f"topology.tf ignores the cors rules' {key!r}"
+    cors = terraform_resources("aws_s3_bucket_cors_configuration")["bucket"][1]
+    assert "local.cors_rules" in (attribute(cors, "for_each") or "")
+    for argument, field_name in (
+        ("allowed_origins", "origins"),
+        ("allowed_methods", "methods"),
+        ("allowed_headers", "headers"),
+        ("expose_headers", "expose_headers"),
+        ("max_age_seconds", "max_age_seconds"),
+        ("id", "id"),
+    ):
+        assert attribute(cors, argument) == f"cors_rule.value.{field_name}", argument
+    settings = {r["origins_setting"] for r in rules if "origins_setting" in r}
+    held = hcl_block(terraform_code(TERRAFORM / "api.tf"), "cors_origin_settings = {")
+    for setting in settings:
+        assert setting in settings_class("api").model_fields, f"{setting} is no api setting"
+        assert re.search(rf"^\s*{setting}\s*=\s*.*var\.{setting}\b", held, re.M), (
+            f"api.tf: cors_origin_settings does not hold {setting} from var.{setting}"
+        )
+        assert f"INGEST_{setting.upper()}" in terraform_text("variables.tf")
+    assert "[local.api_origin]" in held, "the default origin is not the API's own"
+
+
+def test_the_api_task_role_may_only_sign_and_read_uploads() -> None:
+    """Least privilege, besides what the code scan checks: no queue, no event, S3 only on
+    uploads/* of the uploads bucket."""
+    api = terraform_services()["api"]
+    for field_name in ("consumes", "queues", "reads", "topics", "buses"):
+        assert api[field_name] == [], f"services.tf: the api's {field_name} {api[field_name]}"
+    assert api["lists"] == ["uploads"]
+    assert api["s3"] == [("uploads", "uploads/*", ["s3:PutObject", "s3:GetObject"])]
+
+
+def test_the_api_request_metric_reaches_cloudwatch_by_attributes_it_has() -> None:
+    """ingest_api.app records http.server.request.duration with the method, the route and
+    the status: the collector's awsemf keeps it, by service and by route."""
+    source = (PACKAGES["api"] / "src" / "ingest_api" / "app.py").read_text()
+    names = set(re.findall(r'create_\w+\(\s*"([\w.]+)"', source))
+    assert names == {"http.server.request.duration"}, names
+    recorded = set(re.findall(r'"(http\.[\w.]+)":', source))
+    assert {"http.route", "http.request.method", "http.response.status_code"} <= recorded
+    for metric in names:
+        sets = [
+            d
+            for selectors, dims in emf_declarations()
+            if any(re.search(s, metric) for s in selectors)
+            for d in dims
+        ]
+        assert frozenset({"service.name"}) in sets, f"ecs-collector.yaml: awsemf drops {metric}"
+        for dims in sets:
+            assert dims - {"service.name"} <= recorded, f"{metric} by {sorted(dims)}"
+
+
+def test_base_images_are_literal_and_the_builder_matches_the_runtime() -> None:
+    """Dependabot reads only literal FROM lines (dependabot-core#2057); the venv built in
+    the builder runs in the runtime, so both are the same Python image."""
+    stages = {stage.name: stage for stage in dockerfile_stages()}
+    for stage in stages.values():
+        assert "$" not in stage.base, f"FROM {stage.base} AS {stage.name}: an ARG hides it"
+    assert stages["builder"].base == stages["runtime"].base
+    python = re.search(r"^python:(\d+\.\d+)-", stages["runtime"].base)
+    assert python, stages["runtime"].base
+    env = image_environment(stage_chain("builder"))
+    assert env["UV_PYTHON"] == f"/usr/local/bin/python{python[1]}"

@@ -124,3 +124,20 @@ def test_terraform_takes_the_lifecycle_rules_from_the_file() -> None:
     assert not literal_days, f"s3.tf hard-codes {literal_days}: declare it in topology.json"
     # One lifecycle configuration per bucket: S3 keeps only one, the last put wins.
     assert len(re.findall(r'resource\s+"aws_s3_bucket_lifecycle_configuration"', s3)) == 1
+
+
+def test_the_uploads_bucket_lets_browsers_post_from_the_configured_origins() -> None:
+    """The API's upload forms are POSTed by browsers straight to the uploads bucket."""
+    from ingest_api.settings import ApiSettings
+
+    buckets = {b.role: b for b in load_topology(IngestSettings()).buckets}
+    (rule,) = buckets["uploads"].cors
+    assert rule.methods == ("POST",)
+    assert rule.origins == ("*",)  # settings without INGEST_API_CORS_ORIGINS: the file's
+    assert "*" in rule.headers
+    assert "ETag" in rule.expose_headers
+    assert buckets["previews"].cors == ()
+    origins = ("https://shop.example", "https://admin.example")
+    api = {b.role: b for b in load_topology(ApiSettings(api_cors_origins=origins)).buckets}
+    assert api["uploads"].cors[0].origins == origins
+    assert ApiSettings().api_cors_origins == rule.origins

@@ -66,6 +66,12 @@ class IngestSettings(BaseSettings):
     alarms_topic: str = Field(
         "ingest-alarms", description="SNS topic the CloudWatch alarms notify (a person)"
     )
+    # Shared, not the API's alone: `ingest bootstrap` writes it into the uploads bucket's CORS.
+    api_cors_origins: tuple[str, ...] = Field(
+        ("*",),
+        description="browser origins that may POST upload forms to the uploads bucket (a JSON"
+        " list), the bucket's CORS rule",
+    )
 
     # --- database ------------------------------------------------------------------------
     db_pool_min: int = Field(1, ge=0, description="connections kept open per process")

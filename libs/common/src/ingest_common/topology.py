@@ -1,5 +1,5 @@
-"""The AWS topology (buckets with lifecycle rules, queues with DLQs, S3 → SQS notifications,
-SNS topics, EventBridge buses with their rules) as data.
+"""The AWS topology (buckets with lifecycle and CORS rules, queues with DLQs, S3 → SQS
+notifications, SNS topics, EventBridge buses with their rules) as data.
 
 `topology.json` beside this file is the single declaration; `apply` creates it against
 any AWS-protocol endpoint (idempotently), and deploy/terraform reads the same file.
@@ -64,11 +64,28 @@ class LifecycleRule:
 
 
 @dataclass(frozen=True)
+class CorsRule:
+    """One S3 CORS rule: which browser origins may send which methods to the bucket."""
+
+    id: str
+    origins: tuple[str, ...]
+    methods: tuple[str, ...]
+    headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.origins or not self.methods:
+            raise ValueError(f"CORS rule {self.id!r} needs origins and methods")
+
+
+@dataclass(frozen=True)
 class BucketSpec:
     role: str
     name: str
     notifications: tuple[Notification, ...]
     lifecycle: tuple[LifecycleRule, ...] = ()
+    cors: tuple[CorsRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +177,7 @@ def load_topology(settings: IngestSettings) -> Topology:
                 for n in spec["notifications"]
             ),
             lifecycle=tuple(_lifecycle_rule(r) for r in spec.get("lifecycle", [])),
+            cors=tuple(_cors_rule(r, settings) for r in spec.get("cors", [])),
         )
         for role, spec in raw["buckets"].items()
     )
@@ -191,6 +209,21 @@ def _lifecycle_rule(raw: dict[str, Any]) -> LifecycleRule:
     )
 
 
+def _cors_rule(raw: dict[str, Any], settings: IngestSettings) -> CorsRule:
+    """Origins come from the setting the rule names (INGEST_API_CORS_ORIGINS), else the
+    file's defaults."""
+    setting = raw.get("origins_setting")
+    origins = (getattr(settings, setting) if setting else None) or raw["default_origins"]
+    return CorsRule(
+        id=raw["id"],
+        origins=tuple(origins),
+        methods=tuple(raw["methods"]),
+        headers=tuple(raw.get("headers", ())),
+        expose_headers=tuple(raw.get("expose_headers", ())),
+        max_age_seconds=raw.get("max_age_seconds"),
+    )
+
+
 async def apply_topology(aws: Aws, topology: Topology) -> None:
     arns: dict[str, str] = {}
     for queue in topology.queues:
@@ -198,6 +231,7 @@ async def apply_topology(aws: Aws, topology: Topology) -> None:
     for bucket in topology.buckets:
         await _ensure_bucket(aws, bucket.name)
         await _apply_lifecycle(aws, bucket)
+        await _apply_cors(aws, bucket)
         if bucket.notifications:
             await _allow_s3_to_send(aws, bucket, topology, arns)
             await _notify(aws, bucket, arns)
@@ -283,6 +317,26 @@ async def _apply_lifecycle(aws: Aws, bucket: BucketSpec) -> None:
     await aws.s3.put_bucket_lifecycle_configuration(
         Bucket=bucket.name, LifecycleConfiguration={"Rules": rules}
     )
+
+
+async def _apply_cors(aws: Aws, bucket: BucketSpec) -> None:
+    """Make the bucket's CORS configuration exactly the declared rules (or none)."""
+    if not bucket.cors:
+        await aws.s3.delete_bucket_cors(Bucket=bucket.name)
+        return
+    rules: list[Any] = []
+    for rule in bucket.cors:
+        entry: dict[str, Any] = {
+            "ID": rule.id,
+            "AllowedOrigins": list(rule.origins),
+            "AllowedMethods": list(rule.methods),
+            "AllowedHeaders": list(rule.headers),
+            "ExposeHeaders": list(rule.expose_headers),
+        }
+        if rule.max_age_seconds is not None:
+            entry["MaxAgeSeconds"] = rule.max_age_seconds
+        rules.append(entry)
+    await aws.s3.put_bucket_cors(Bucket=bucket.name, CORSConfiguration={"CORSRules": rules})
 
 
 async def _allow_s3_to_send(

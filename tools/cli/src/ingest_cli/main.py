@@ -12,7 +12,6 @@ from pathlib import Path
 from ingest_common.aws import Aws
 from ingest_common.db.migrate import migrate
 from ingest_common.db.pool import connect
-from ingest_common.search import PostgresSearch
 from ingest_common.telemetry.tracing import configure_tracing
 from ingest_common.topology import apply_topology, load_topology
 
@@ -71,19 +70,6 @@ async def cmd_status(args: argparse.Namespace, settings: CliSettings) -> int:
         return 1
     print(format_status(status))
     return 0
-
-
-async def cmd_search(args: argparse.Namespace, settings: CliSettings) -> int:
-    connection = await connect(settings.database_url)
-    try:
-        hits = await PostgresSearch(connection).search(args.query, args.limit)
-    finally:
-        await connection.close()
-    for hit in hits:
-        print(f"{hit.rank:6.3f}  {hit.title}  (family {hit.family}, product {hit.product_id})")
-    if not hits:
-        print("no match", file=sys.stderr)
-    return 0 if hits else 1
 
 
 async def cmd_dlq(args: argparse.Namespace, settings: CliSettings) -> int:
@@ -160,10 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="an upload's state, file by file")
     status.add_argument("upload_id")
     status.set_defaults(run=cmd_status)
-    search = commands.add_parser("search", help="search the indexed products")
-    search.add_argument("query")
-    search.add_argument("--limit", type=int, default=10)
-    search.set_defaults(run=cmd_search)
+    from ingest_cli.search import add_search_commands
+
+    add_search_commands(commands)
     dlq = commands.add_parser("dlq", help="list or replay a queue's dead letters")
     dlq.add_argument("action", choices=["list", "redrive"])
     dlq.add_argument("queue", help="a queue (ingest-render) or its DLQ (ingest-render-dlq)")
@@ -176,12 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--depth", type=int, default=None, help="levels to show (default all)")
     trace.set_defaults(run=cmd_trace)
     from ingest_cli.backfill import add_backfill_command
+    from ingest_cli.contributors import add_contributors_command
     from ingest_cli.events import add_events_command
     from ingest_cli.reconcile import add_reconcile_command
 
     add_backfill_command(commands)
     add_reconcile_command(commands)
     add_events_command(commands)
+    add_contributors_command(commands)
     demo = commands.add_parser("demo", help="run the whole pipeline locally on a sample set")
     demo.add_argument("--set", default=str(default_sample()), help="the set folder to upload")
     demo.add_argument("--output", default="demo-output", help="where to save the mosaic and logs")

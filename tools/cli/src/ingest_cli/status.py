@@ -2,60 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from ingest_common.db.pool import Connection
+# The reading is shared with the HTTP API (GET /v1/uploads/{id}): one implementation.
+from ingest_common.upload_status import UploadStatus, load_status
 
-
-@dataclass
-class UploadStatus:
-    upload: dict[str, Any]
-    product: dict[str, Any] | None
-    images: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        if self.upload["status"] in ("rejected", "failed", "superseded"):
-            return True
-        if not self.product or not self.product["completed_at"]:
-            return False
-        product = self.product
-        indexed, previewed = product["indexed_at"], product["previewed_at"]
-        # Done when the mosaic was built after the last change to its images, and the
-        # index holds the product as it is after that.
-        return bool(
-            indexed and previewed and previewed >= product["progressed_at"] and indexed >= previewed
-        )
-
-
-async def load_status(connection: Connection, upload: uuid.UUID) -> UploadStatus | None:
-    row = await connection.fetchrow(
-        "SELECT *, status::text AS status FROM uploads WHERE id = $1", upload
-    )
-    if row is None:
-        return None
-    product = await connection.fetchrow(
-        """SELECT p.*, p.status::text AS status, p.product_type::text AS product_type,
-                  f.slug AS family, f.name AS family_name
-             FROM products p JOIN families f ON f.id = p.family_id WHERE p.id = $1""",
-        row["product_id"],
-    )
-    images = []
-    if product is not None:
-        images = [
-            dict(r)
-            for r in await connection.fetch(
-                """SELECT id, path, title, status::text AS status, failure_reason, width, height,
-                          renditions, warnings, finished_at
-                     FROM images WHERE product_id = $1 AND status <> 'retired'
-                    ORDER BY position""",
-                product["id"],
-            )
-        ]
-    return UploadStatus(dict(row), dict(product) if product else None, images)
+__all__ = ["UploadStatus", "format_status", "load_status", "stage_times"]
 
 
 def format_status(status: UploadStatus) -> str:
