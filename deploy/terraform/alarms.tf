@@ -8,6 +8,10 @@
 #                         ended failed or invalid (sent to the DLQ), from its own metrics
 #   outbox-lag            a domain event has waited var.outbox_lag_alarm_seconds to be
 #                         published for 5 minutes, or no batcher reports the outbox at all
+#   api-5xx-rate          (api.tf) more than var.api_5xx_rate_alarm_threshold of the API's
+#                         requests answered 5xx (by the tasks or by the ALB itself)
+#   api-response-time     (api.tf) the API's p99 response time over
+#                         var.api_response_time_alarm_seconds
 #
 # autoscaling.tf's <service>-oldest-message alarms only add tasks: they notify nobody.
 
@@ -39,10 +43,10 @@ resource "aws_cloudwatch_metric_alarm" "message_age" {
   ok_actions          = local.alarm_actions
 }
 
-# failed + invalid over every outcome, per service (service.name), from the EMF metrics the
+# failed + invalid over every outcome, per consumer (service.name), from the EMF metrics the
 # collectors write (deploy/otel/ecs-collector.yaml declares these dimension sets).
 resource "aws_cloudwatch_metric_alarm" "error_rate" {
-  for_each = local.services
+  for_each = local.consumers
 
   alarm_name          = "${var.name}-${each.key}-error-rate"
   alarm_description   = "More than ${var.error_rate_alarm_threshold * 100}% of ${each.key}'s messages ended failed or invalid (sent to a DLQ) in 3 of the last 5 periods of 5 minutes."

@@ -8,7 +8,9 @@
 #    than max_message_age (work is stuck or slow, even with a short queue), add tasks.
 #
 # The processor is the one that matters (CPU-bound rendering, 8 outputs per image); the
-# others get the same policies with small ranges (var.services).
+# others get the same policies with small ranges (var.services). The api consumes no queue:
+# its task count follows its ALB's requests per task and its CPU (api.tf), within the same
+# min_count..max_count of var.services.
 
 resource "aws_appautoscaling_target" "service" {
   for_each = local.services
@@ -21,7 +23,7 @@ resource "aws_appautoscaling_target" "service" {
 }
 
 resource "aws_appautoscaling_policy" "backlog_per_task" {
-  for_each = local.services
+  for_each = local.consumers
 
   name               = "${var.name}-${each.key}-backlog-per-task"
   policy_type        = "TargetTrackingScaling"
@@ -82,7 +84,7 @@ resource "aws_appautoscaling_policy" "backlog_per_task" {
 }
 
 resource "aws_appautoscaling_policy" "oldest_message" {
-  for_each = local.services
+  for_each = local.consumers
 
   name               = "${var.name}-${each.key}-oldest-message"
   policy_type        = "StepScaling"
@@ -109,7 +111,7 @@ resource "aws_appautoscaling_policy" "oldest_message" {
 }
 
 resource "aws_cloudwatch_metric_alarm" "oldest_message" {
-  for_each = local.services
+  for_each = local.consumers
 
   alarm_name          = "${var.name}-${each.key}-oldest-message"
   alarm_description   = "The oldest message of ${local.queues[local.services[each.key].queue].name} waits longer than ${var.services[each.key].max_message_age} s: add ${each.key} tasks."

@@ -1,7 +1,8 @@
 # One CloudWatch dashboard, "<name>": the queues of topology.json (depth, age of the oldest
-# message, dead letters) from AWS/SQS, the services' own metrics (throughput, failures,
+# message, dead letters) from AWS/SQS, the consumers' own metrics (throughput, failures,
 # handling and render time) from var.metrics_namespace (the collectors' EMF, see
-# deploy/otel/ecs-collector.yaml), the running tasks, and the state of every alarm.
+# deploy/otel/ecs-collector.yaml), the API's requests, 5xx and response time from its ALB
+# (AWS/ApplicationELB), the running tasks of every service, and the state of every alarm.
 
 locals {
   # ids of metric math must start with a lower-case letter
@@ -32,14 +33,14 @@ locals {
     {
       title = "Throughput: messages handled per minute"
       stat  = "Sum"
-      metrics = [for name in keys(local.services) :
+      metrics = [for name in keys(local.consumers) :
         [var.metrics_namespace, "ingest.messages", "service.name", name, { label = name }]
       ]
     },
     {
       title = "Failures: failed, invalid (to the DLQ), retry (backoff), outage (handed back)"
       stat  = "Sum"
-      metrics = concat([for name in keys(local.services) : [
+      metrics = concat([for name in keys(local.consumers) : [
         for outcome in concat(local.error_outcomes, ["retry", "outage"]) :
         [var.metrics_namespace, "ingest.messages", "service.name", name, "outcome", outcome, { label = "${name} ${outcome}" }]
       ]]...)
@@ -48,7 +49,7 @@ locals {
       title = "Error rate: failed + invalid / all (the error-rate alarms)"
       stat  = "Sum"
       # concat(...), not flatten(): each metric is a list itself
-      metrics = concat([for name in keys(local.services) : concat(
+      metrics = concat([for name in keys(local.consumers) : concat(
         [[{
           id         = "rate_${local.dashboard_ids[name]}"
           label      = name
@@ -63,7 +64,7 @@ locals {
     {
       title = "Time to handle a message (s, average)"
       stat  = "Average"
-      metrics = [for name in keys(local.services) :
+      metrics = [for name in keys(local.consumers) :
         [var.metrics_namespace, "ingest.message.duration", "service.name", name, { label = name }]
       ]
     },
@@ -81,6 +82,24 @@ locals {
       metrics = [
         [var.metrics_namespace, "ingest.events.published", "service.name", "batcher", { label = "published" }],
         [var.metrics_namespace, "ingest.outbox.oldest_unpublished_age", "service.name", "batcher", { label = "oldest unpublished (s)", stat = "Maximum", yAxis = "right" }],
+      ]
+    },
+    {
+      title = "API: requests per minute, and answered 5xx (by the tasks, by the ALB)"
+      stat  = "Sum"
+      metrics = [
+        ["AWS/ApplicationELB", "RequestCount", "LoadBalancer", aws_lb.api.arn_suffix, { label = "requests" }],
+        ["AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", "LoadBalancer", aws_lb.api.arn_suffix, { label = "5xx by the tasks", yAxis = "right" }],
+        ["AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "LoadBalancer", aws_lb.api.arn_suffix, { label = "5xx by the ALB", yAxis = "right" }],
+      ]
+    },
+    {
+      title = "API: response time (s; an event stream counts until its first byte)"
+      stat  = "p50"
+      metrics = [
+        ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", aws_lb.api.arn_suffix, { label = "p50" }],
+        ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", aws_lb.api.arn_suffix, { label = "p99", stat = "p99" }],
+        ["AWS/ApplicationELB", "HealthyHostCount", "TargetGroup", aws_lb_target_group.api.arn_suffix, "LoadBalancer", aws_lb.api.arn_suffix, { label = "healthy tasks", stat = "Minimum", yAxis = "right" }],
       ]
     },
     {
@@ -122,6 +141,7 @@ locals {
           [for a in aws_cloudwatch_metric_alarm.message_age : a.arn],
           [for a in aws_cloudwatch_metric_alarm.error_rate : a.arn],
           [aws_cloudwatch_metric_alarm.outbox_lag.arn],
+          [aws_cloudwatch_metric_alarm.api_5xx_rate.arn, aws_cloudwatch_metric_alarm.api_response_time.arn],
         )
       }
     }],

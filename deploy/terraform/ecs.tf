@@ -17,8 +17,11 @@ locals {
     INGEST_LOG_LEVEL  = var.log_level
   })
 
+  # Port 8080: the INGEST_HEALTH_PORT of every service's container_environment (services.tf),
+  # as in the image; the api's ALB health check probes it too (api.tf).
+  health_port = 8080
+
   # Same check as the image's HEALTHCHECK: /healthz turns 503 when the poll loop is stuck.
-  # Port 8080: the INGEST_HEALTH_PORT of every service's container_environment (services.tf).
   health_command = [
     "CMD", "python", "-c",
     "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=4)",
@@ -43,7 +46,8 @@ resource "aws_cloudwatch_log_group" "service" {
 }
 
 # Tasks only call out (SQS, S3, SNS, EventBridge, RDS, X-Ray, CloudWatch Logs): no ingress at
-# all; the collector listens on the task's loopback only.
+# all; the collector listens on the task's loopback only. The api's tasks are in this group
+# too, and in aws_security_group.api_tasks (api.tf), which lets its ALB in.
 resource "aws_security_group" "tasks" {
   name        = "${var.name}-tasks"
   description = "ingest ECS tasks (egress only)"
@@ -92,6 +96,11 @@ resource "aws_ecs_task_definition" "service" {
       name      = "DATABASE_URL"
       valueFrom = aws_secretsmanager_secret.database_url.arn
     }]
+    # The api's two ports, for its ALB (api.tf): requests, and /readyz for its health check.
+    portMappings = each.key == "api" ? [
+      { containerPort = local.api_port, protocol = "tcp" },
+      { containerPort = local.health_port, protocol = "tcp" },
+    ] : []
     healthCheck = {
       command     = local.health_command
       interval    = 15
@@ -124,8 +133,8 @@ resource "aws_ecs_service" "service" {
   propagate_tags          = "SERVICE"
   enable_ecs_managed_tags = true
 
-  # Consumers, not servers: start the new tasks before stopping the old ones, roll back a
-  # deployment whose tasks never turn healthy.
+  # Start the new tasks before stopping the old ones, roll back a deployment whose tasks
+  # never turn healthy (the api's: also in its ALB target group, on /readyz).
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
   deployment_circuit_breaker {
@@ -134,19 +143,34 @@ resource "aws_ecs_service" "service" {
   }
   # A deployment is also rolled back when the service's error-rate alarm (alarms.tf) goes into
   # ALARM while it runs or during the bake time after it: new tasks that start and pass their
-  # health check but fail their messages. (The DLQ and message-age alarms are left out: they
-  # can be in ALARM before a deployment, e.g. the backlog that a fix is deployed to clear.)
+  # health check but fail their messages; for the api, its 5xx-rate alarm (api.tf). (The DLQ
+  # and message-age alarms are left out: they can be in ALARM before a deployment, e.g. the
+  # backlog that a fix is deployed to clear.)
   alarms {
-    enable      = true
-    rollback    = true
-    alarm_names = [aws_cloudwatch_metric_alarm.error_rate[each.key].alarm_name]
+    enable   = true
+    rollback = true
+    alarm_names = each.key == "api" ? [aws_cloudwatch_metric_alarm.api_5xx_rate.alarm_name] : [
+      aws_cloudwatch_metric_alarm.error_rate[each.key].alarm_name
+    ]
   }
 
   network_configuration {
     subnets          = var.private_subnet_ids
-    security_groups  = [aws_security_group.tasks.id]
+    security_groups  = each.key == "api" ? [aws_security_group.tasks.id, aws_security_group.api_tasks.id] : [aws_security_group.tasks.id]
     assign_public_ip = var.assign_public_ip
   }
+
+  # The api's tasks register in its ALB's target group (api.tf); the ALB's health check
+  # (/readyz) gets a minute before a failing one counts.
+  dynamic "load_balancer" {
+    for_each = each.key == "api" ? [aws_lb_target_group.api.arn] : []
+    content {
+      target_group_arn = load_balancer.value
+      container_name   = each.key
+      container_port   = local.api_port
+    }
+  }
+  health_check_grace_period_seconds = each.key == "api" ? 60 : null
 
   # The task count belongs to Application Auto Scaling (autoscaling.tf) after creation;
   # change min_count/max_count in var.services instead. The task definition belongs to the
@@ -159,6 +183,7 @@ resource "aws_ecs_service" "service" {
     aws_iam_role_policy.task,
     aws_iam_role_policy.execution_secrets,
     aws_secretsmanager_secret_version.database_url,
+    aws_lb_listener.api_https, # a target group must belong to a load balancer first
   ]
 }
 

@@ -71,3 +71,12 @@ output "github_environment_variables" {
     CLI_ASSIGN_PUBLIC_IP = var.assign_public_ip ? "ENABLED" : "DISABLED"
   } : null
 }
+
+output "api_load_balancer" {
+  description = "The API's load balancer: its DNS name (point api_domain's DNS alias at it, with zone_id) and the URL clients use."
+  value = {
+    dns_name = aws_lb.api.dns_name
+    zone_id  = aws_lb.api.zone_id
+    url      = local.api_origin
+  }
+}

@@ -1,5 +1,5 @@
-# One private bucket per entry of topology.json's "buckets", its lifecycle rules and its
-# S3 → SQS notifications.
+# One private bucket per entry of topology.json's "buckets", its lifecycle rules, its CORS
+# rules and its S3 → SQS notifications.
 #
 # Public access is blocked on every bucket. Serving previews to browsers (CloudFront with an
 # origin access control on the previews bucket) is out of scope here: add the distribution
@@ -119,6 +119,27 @@ resource "aws_s3_bucket_lifecycle_configuration" "bucket" {
   }
 
   depends_on = [aws_s3_bucket_versioning.bucket]
+}
+
+# The buckets' CORS rules of topology.json: browsers send the API's upload forms (presigned
+# POST, api.tf) straight to the uploads bucket. CORS only lets a page read S3's answer; the
+# signed form, not the origin, is what authorises the upload.
+resource "aws_s3_bucket_cors_configuration" "bucket" {
+  for_each = { for role, rules in local.cors_rules : role => rules if length(rules) > 0 }
+
+  bucket = aws_s3_bucket.bucket[each.key].id
+
+  dynamic "cors_rule" {
+    for_each = each.value
+    content {
+      id              = cors_rule.value.id
+      allowed_origins = cors_rule.value.origins
+      allowed_methods = cors_rule.value.methods
+      allowed_headers = cors_rule.value.headers
+      expose_headers  = cors_rule.value.expose_headers
+      max_age_seconds = cors_rule.value.max_age_seconds
+    }
+  }
 }
 
 # S3 checks that it may send to each queue when the configuration is put: the queue

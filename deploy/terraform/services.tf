@@ -13,13 +13,19 @@
 #   previewer  q.preview → read+write previews bucket ; queue depth of q.render and
 #                          q.render-slow (the safety net) ; send index
 #   indexer    q.index   → no S3 ; no sends (search backend: PostgreSQL full text by default)
+#   api        no queue  → HTTP behind the ALB of api.tf: signs upload forms (presigned
+#                          POST) for uploads/<contributor>/<id>.zip: a form acts with the
+#                          signer's rights, so the role needs s3:PutObject there ; heads
+#                          uploads/ (is the ZIP there yet?) ; lists the uploads bucket (a
+#                          missing ZIP answers 404, not 403) ; no sends, no events
 #
 # Every consumer may also send to its own queue (a message handed back during an outage,
 # the batcher's reconciliation re-announcing a lost upload event, the previewer's re-delay)
 # and to its own DLQ: the consumer runtime moves invalid messages and permanent failures
 # there itself (queue name + "-dlq"), besides SQS's redrive.
 #
-# `also_consumes`: queues consumed beside `queue` (autoscaling follows `queue`).
+# `queue`: the queue it consumes (null: the api, which consumes none); `also_consumes`: queues
+# consumed beside `queue` (autoscaling follows `queue`).
 # `topics`: sns:Publish (PublishBatch) on these topic roles of topology.json, plus
 # sns:ListTopics, which finds a topic's ARN by its name and has no resource-level grant.
 # `buses`: events:PutEvents on these bus roles. Only the batcher publishes (its outbox).
@@ -78,6 +84,31 @@ locals {
       buses         = []
       s3            = []
     }
+    api = {
+      queue         = null
+      also_consumes = []
+      sends         = []
+      reads         = []
+      lists         = ["uploads"]
+      topics        = []
+      buses         = []
+      s3 = [
+        { bucket = "uploads", keys = "uploads/*", actions = ["s3:PutObject", "s3:GetObject"] },
+      ]
+    }
+  }
+
+  # The services that consume a queue: autoscaling on its backlog, the error-rate alarms and
+  # the message widgets of the dashboard are theirs (the api has its ALB's instead: api.tf).
+  consumers = { for name, svc in local.services : name => svc if svc.queue != null }
+
+  # Per service, derived: `consumes`, the queues it receives from (its queue and
+  # also_consumes; none for the api), and `queues`, every queue it receives from or sends to.
+  service_grants = {
+    for name, svc in local.services : name => merge(svc, {
+      consumes = svc.queue == null ? [] : concat([svc.queue], svc.also_consumes)
+      queues   = distinct(concat(svc.queue == null ? [] : concat([svc.queue], svc.also_consumes), svc.sends))
+    })
   }
 
   # The one-off CLI task (ecs.tf, role aws_iam_role.cli). `ingest migrate` needs the database
@@ -157,26 +188,28 @@ locals {
   send_actions = ["sqs:SendMessage", "sqs:GetQueueUrl"]
 
   task_policies = {
-    for name, svc in local.services : name => jsonencode({
+    for name, svc in local.service_grants : name => jsonencode({
       Version = "2012-10-17"
       Statement = concat(
         [
-          {
+          for q in [svc.consumes] : {
             Sid      = "Consume"
             Effect   = "Allow"
             Action   = local.consume_actions
-            Resource = [for q in concat([svc.queue], svc.also_consumes) : local.queue_arns[q]]
-          },
-          {
+            Resource = [for role in q : local.queue_arns[role]]
+          } if length(q) > 0
+        ],
+        [
+          for q in [svc.queues] : {
             Sid    = "Send"
             Effect = "Allow"
             Action = local.send_actions
             Resource = distinct(concat(
-              [for q in concat([svc.queue], svc.also_consumes) : local.queue_arns[q]],
-              [for q in concat([svc.queue], svc.also_consumes) : local.dead_letter_arns[q]],
-              [for q in svc.sends : local.queue_arns[q]],
+              [for role in svc.consumes : local.queue_arns[role]],
+              [for role in svc.consumes : local.dead_letter_arns[role]],
+              [for role in svc.sends : local.queue_arns[role]],
             ))
-          },
+          } if length(q) > 0
         ],
         [
           for q in [svc.reads] : {
@@ -236,12 +269,13 @@ locals {
     for name, svc in local.services : name => merge(
       local.name_environment,
       {
-        AWS_REGION                = local.region
-        INGEST_LOG_FORMAT         = "json"
-        INGEST_LOG_LEVEL          = var.log_level
-        INGEST_HEALTH_PORT        = "8080"
-        INGEST_VISIBILITY_TIMEOUT = tostring(local.queues[svc.queue].visibility_timeout)
+        AWS_REGION         = local.region
+        INGEST_LOG_FORMAT  = "json"
+        INGEST_LOG_LEVEL   = var.log_level
+        INGEST_HEALTH_PORT = "8080"
       },
+      # The visibility timeout of the queue it consumes, from topology.json (not the api's).
+      svc.queue == null ? {} : { INGEST_VISIBILITY_TIMEOUT = tostring(local.queues[svc.queue].visibility_timeout) },
       # Traces and metrics go to the collector beside it (collector.tf), over OTLP/HTTP;
       # metrics as deltas, what CloudWatch's embedded metric format adds up.
       {
@@ -250,6 +284,9 @@ locals {
       },
       # One render process per vCPU of the task (os.cpu_count() may see the host's CPUs).
       name == "processor" ? { INGEST_RENDER_WORKERS = tostring(max(1, floor(var.services[name].cpu / 1024))) } : {},
+      # The api: its port (the target group's, api.tf), and where renditions are served.
+      name == "api" ? { INGEST_API_PORT = tostring(local.api_port) } : {},
+      name == "api" && var.public_base_url != "" ? { INGEST_PUBLIC_BASE_URL = var.public_base_url } : {},
       lookup(var.service_environment, name, {}),
     )
   }

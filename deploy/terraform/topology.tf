@@ -59,6 +59,22 @@ locals {
     ]
   }
 
+  # role → the file's CORS rules (browsers POSTing the API's upload forms to the bucket).
+  # Allowed origins: the value of the setting the rule names ("origins_setting") where
+  # Terraform has one (local.cors_origin_settings, api.tf), else the file's "default_origins".
+  cors_rules = {
+    for role, b in local.topology.buckets : role => [
+      for r in try(b.cors, []) : {
+        id              = r.id
+        origins         = lookup(local.cors_origin_settings, try(r.origins_setting, ""), r.default_origins)
+        methods         = r.methods
+        headers         = try(r.headers, [])
+        expose_headers  = try(r.expose_headers, [])
+        max_age_seconds = try(r.max_age_seconds, null)
+      }
+    ]
+  }
+
   # Every S3 → SQS notification; the id is the one `ingest bootstrap` gives it.
   notifications = flatten([
     for bucket, b in local.topology.buckets : [

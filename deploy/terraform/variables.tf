@@ -107,6 +107,16 @@ variable "private_subnet_ids" {
   type        = list(string)
 }
 
+variable "public_subnet_ids" {
+  description = "Subnets of the api's internet-facing load balancer (public: a route to an internet gateway), in at least two availability zones (api.tf)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.public_subnet_ids) >= 2
+    error_message = "An Application Load Balancer needs subnets in at least two availability zones."
+  }
+}
+
 variable "assign_public_ip" {
   description = "Give tasks a public IP (only for public subnets without NAT)."
   type        = bool
@@ -172,27 +182,40 @@ variable "github_oidc_provider_arn" {
 variable "services" {
   description = <<-EOT
     Fargate size and scaling of each service. The task count moves between min_count and
-    max_count: up when the queue's backlog per task exceeds backlog_per_task (visible
-    messages / running tasks) or the oldest message is older than max_message_age seconds.
+    max_count. A consumer's goes up when its queue's backlog per task exceeds
+    backlog_per_task (visible messages / running tasks) or the oldest message is older than
+    max_message_age seconds; the api's when a task serves more than requests_per_task
+    requests a minute (its ALB's RequestCountPerTarget) or its CPU exceeds cpu_percent.
   EOT
   type = map(object({
-    cpu              = number
-    memory           = number
-    min_count        = number
-    max_count        = number
-    backlog_per_task = number
-    max_message_age  = number
+    cpu               = number
+    memory            = number
+    min_count         = number
+    max_count         = number
+    backlog_per_task  = optional(number)
+    max_message_age   = optional(number)
+    requests_per_task = optional(number)
+    cpu_percent       = optional(number)
   }))
   default = {
     batcher   = { cpu = 1024, memory = 2048, min_count = 1, max_count = 4, backlog_per_task = 20, max_message_age = 120 }
     processor = { cpu = 2048, memory = 4096, min_count = 2, max_count = 20, backlog_per_task = 500, max_message_age = 120 }
     previewer = { cpu = 1024, memory = 2048, min_count = 1, max_count = 4, backlog_per_task = 50, max_message_age = 300 }
     indexer   = { cpu = 512, memory = 1024, min_count = 1, max_count = 4, backlog_per_task = 200, max_message_age = 120 }
+    # Two tasks at least: one per availability zone of the ALB.
+    api = { cpu = 512, memory = 1024, min_count = 2, max_count = 8, requests_per_task = 1200, cpu_percent = 60 }
   }
 
   validation {
-    condition     = alltrue([for s in ["batcher", "processor", "previewer", "indexer"] : contains(keys(var.services), s)])
-    error_message = "services must size batcher, processor, previewer and indexer."
+    condition     = alltrue([for s in ["batcher", "processor", "previewer", "indexer", "api"] : contains(keys(var.services), s)])
+    error_message = "services must size batcher, processor, previewer, indexer and api."
+  }
+
+  validation {
+    condition = alltrue([
+      for name, s in var.services : name == "api" ? s.requests_per_task != null && s.cpu_percent != null : s.backlog_per_task != null && s.max_message_age != null
+    ])
+    error_message = "The consumers need backlog_per_task and max_message_age; the api needs requests_per_task and cpu_percent."
   }
 
   validation {
@@ -241,6 +264,64 @@ variable "metrics_namespace" {
   description = "CloudWatch namespace of the services' metrics (the collector's awsemf exporter; alarms.tf and dashboard.tf read it)."
   type        = string
   default     = "ingest"
+}
+
+# --- the HTTP API behind its load balancer (api.tf) ----------------------------------------
+
+variable "api_certificate_arn" {
+  description = "ARN of the ACM certificate (same region) of the API's HTTPS listener: for api_domain, or whatever name clients use."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/", var.api_certificate_arn))
+    error_message = "api_certificate_arn is an ACM certificate ARN (arn:aws:acm:<region>:<account>:certificate/...)."
+  }
+}
+
+variable "api_domain" {
+  description = "The API's host name (e.g. \"api.example.com\"; point a DNS alias at the ALB: output api_load_balancer). Empty: the ALB's own DNS name. The default CORS origin of the uploads bucket is https://<this>."
+  type        = string
+  default     = ""
+}
+
+variable "api_allowed_cidrs" {
+  description = "IPv4 ranges that may reach the API's load balancer (ports 443, and 80 which redirects to 443)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "api_cors_origins" {
+  description = "INGEST_API_CORS_ORIGINS: browser origins that may POST upload forms to the uploads bucket (its CORS rule, from topology.json). Empty: the API's own origin (https://<api_domain>, else the ALB's name), which serves the contributor page; [\"*\"]: any page."
+  type        = list(string)
+  default     = []
+}
+
+variable "public_base_url" {
+  description = "INGEST_PUBLIC_BASE_URL of the api: where renditions and mosaics are served, e.g. a CloudFront distribution of the previews bucket (\"https://cdn.example.com\"). Empty: the previews bucket's own S3 URL."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.public_base_url == "" || can(regex("^https?://[^/]+", var.public_base_url))
+    error_message = "public_base_url is an absolute http(s) URL, or empty."
+  }
+}
+
+variable "api_5xx_rate_alarm_threshold" {
+  description = "A person is told when this fraction of the API's requests is answered 5xx (by its tasks or its load balancer) in 3 of 5 periods of 5 minutes; a deployment during which it fires is rolled back."
+  type        = number
+  default     = 0.05
+
+  validation {
+    condition     = var.api_5xx_rate_alarm_threshold > 0 && var.api_5xx_rate_alarm_threshold < 1
+    error_message = "api_5xx_rate_alarm_threshold is a fraction: 0 < threshold < 1."
+  }
+}
+
+variable "api_response_time_alarm_seconds" {
+  description = "A person is told when the API's p99 response time (TargetResponseTime: an event stream counts until its first byte) exceeds this in 3 of 5 periods of 5 minutes."
+  type        = number
+  default     = 2
 }
 
 # --- alarms (alarms.tf) --------------------------------------------------------------------
