@@ -24,9 +24,10 @@ test: install
 lint: install
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen lint-imports --no-logo  # the import contracts: [tool.importlinter] in pyproject.toml
 
 typecheck: install
-	$(UV) run --frozen mypy libs/common/src services/*/src tools/cli/src tests
+	$(UV) run --frozen mypy libs/common/src services/*/src tools/cli/src tools/devstack/src tests
 
 check: lint typecheck test
 

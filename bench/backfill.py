@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from ingest_cli.local import LOCAL_CREDENTIALS, moto_server, scratch_database
 from ingest_common.aws import Aws
 from ingest_common.db.pool import create_pool
 from ingest_common.topology import apply_topology, load_topology
+from ingest_devstack.local import LOCAL_CREDENTIALS, moto_server, scratch_database
 from ingest_processor.backfill import Backfill, BackfillSettings, Selection, summary
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
@@ -169,7 +169,7 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
     )
     workers = settings.render_workers
     corpus = svgs()
-    moto = own_child("ingest_cli.moto_app")
+    moto = own_child("ingest_devstack.moto_app")
     if moto is None:
         raise SystemExit("no moto server among this process's children: its CPU would read 0")
     moto_pids = process_tree(moto)  # gunicorn's master and its worker

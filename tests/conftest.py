@@ -4,7 +4,7 @@
   its own database, migrates it, and drops it at the end; tables are emptied between
   tests. With INGEST_TEST_POSTGRES=container, testcontainers starts postgres:15 instead
   (for machines with a Docker engine).
-- AWS: one moto server per run (`ingest_cli.local.moto_server`: moto's app under gunicorn,
+- AWS: one moto server per run (`ingest_devstack.local.moto_server`: moto's app under gunicorn,
   keep-alive connections) on a free loopback port, reset before each test and
   bootstrapped with the real topology.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from ingest_cli.local import LOCAL_CREDENTIALS, moto_server, scratch_database
 from ingest_common.aws import Aws
 from ingest_common.db.pool import create_pool
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.tracing import configure_tracing
 from ingest_common.topology import apply_topology, load_topology
+from ingest_devstack.local import LOCAL_CREDENTIALS, moto_server, scratch_database
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 # Shared helpers that assert (tests.integration.pipeline): pytest explains their failures too.

@@ -7,10 +7,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pyvips
-from ingest_cli.local import local_env, services
 from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
 from ingest_common.search import PostgresSearch
+from ingest_devstack.local import local_env, services
 
 from tests.conftest import SAMPLE
 from tests.integration.pipeline import assert_mosaic_decodes, fetch_row, mdi_set, wait_finished

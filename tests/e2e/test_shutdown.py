@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from ingest_cli.local import SERVICES, ServiceProcesses, local_env, stop_process
 from ingest_common.aws import Aws
+from ingest_devstack.local import SERVICES, ServiceProcesses, local_env, stop_process
 
 from tests.reliability.proxy import FaultProxy
 

@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
-from ingest_cli.local import ServiceProcesses
 from ingest_cli.status import UploadStatus, load_status
 from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
 from ingest_common.db.pool import connect
+from ingest_devstack.local import ServiceProcesses
 
 from tests.conftest import SAMPLE
 from tests.reliability.delivered import events_delivered, listen, listening

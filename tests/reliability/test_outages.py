@@ -27,9 +27,9 @@ from urllib.parse import urlparse
 
 import asyncpg
 import pytest
-from ingest_cli.local import ServiceProcesses, local_env
 from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
+from ingest_devstack.local import ServiceProcesses, local_env
 
 from tests.integration.pipeline import mdi_set
 from tests.reliability.faults import (

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from ingest_cli.local import local_env
 from ingest_cli.status import format_status, load_status
 from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
+from ingest_devstack.local import local_env
 from ingest_processor.render import render_svg
 from ingest_processor.settings import ProcessorSettings
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from ingest_cli.local import local_env, services
 from ingest_cli.trace import OtlpReceiver, Span, build_tree, format_tree, load_spans
 from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
+from ingest_devstack.local import local_env, services
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

@@ -46,7 +46,7 @@ async def cmd_backfill(args: argparse.Namespace, settings: CliSettings) -> int:
     # Imported here: the processor brings libvips, which the other commands do not need.
     from ingest_common.aws import Aws
     from ingest_common.db.pool import create_pool
-    from ingest_processor.backfill import (
+    from ingest_processor.public import (
         Backfill,
         BackfillSettings,
         Selection,

@@ -4,6 +4,9 @@ Starts a moto server on loopback, migrates a fresh demo database on the server n
 DATABASE_URL, bootstraps the topology, runs the four services as four OS processes,
 uploads a sample set, waits for it to be searchable and prints what happened. Whatever
 it started, it stops: on success, on failure and on Ctrl-C.
+
+The moto server and the service processes are ingest_devstack's (tools/devstack), a
+development package that no image ships: without it this command says so and exits.
 """
 
 from __future__ import annotations
@@ -22,11 +25,26 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from ingest_cli.local import LOCAL_CREDENTIALS, fresh_database, local_env, moto_server, services
 from ingest_cli.settings import CliSettings
 from ingest_cli.status import UploadStatus, format_status, load_status, stage_times
 from ingest_cli.trace import OtlpReceiver, load_spans, summarise
 from ingest_cli.upload import upload_set
+
+try:  # The local stack is a development package: a shipped CLI (its image) has none.
+    from ingest_devstack.local import (
+        LOCAL_CREDENTIALS,
+        fresh_database,
+        local_env,
+        moto_server,
+        services,
+    )
+except ModuleNotFoundError as exc:
+    if (exc.name or "").partition(".")[0] != "ingest_devstack":
+        raise
+    raise SystemExit(
+        "ingest demo: needs the local development stack (package ingest-devstack, with moto), "
+        "which this installation does not have; run `make demo` in a checkout"
+    ) from exc
 
 DEMO_DATABASE = "ingest_demo"
 CONTRIBUTOR = "demo"

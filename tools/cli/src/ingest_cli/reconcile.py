@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ingest_cli.settings import CliSettings
 
 if TYPE_CHECKING:
-    from ingest_batcher.reconcile import ReconcileReport
-    from ingest_batcher.settings import BatcherSettings
+    from ingest_batcher.public import BatcherSettings, ReconcileReport
 
 
 def add_reconcile_command(commands: Any) -> None:
@@ -51,7 +50,7 @@ async def cmd_reconcile(args: argparse.Namespace, settings: CliSettings) -> int:
 async def run_reconcile(args: argparse.Namespace, settings: CliSettings) -> int:
     """The command without the process's logging set-up (tests call this)."""
     # Imported here: the batcher's modules are not needed by the other commands.
-    from ingest_batcher.reconcile import reconcile
+    from ingest_batcher.public import reconcile
     from ingest_common.aws import Aws
     from ingest_common.db.pool import create_pool
 
@@ -73,7 +72,7 @@ def batcher_settings(settings: CliSettings) -> BatcherSettings:
     What the CLI's settings were given (by the environment or explicitly) carries over;
     the rest, such as INGEST_RECONCILE_GRACE, BatcherSettings reads from the environment.
     """
-    from ingest_batcher.settings import BatcherSettings
+    from ingest_batcher.public import BatcherSettings
 
     return BatcherSettings(**settings.model_dump(exclude_unset=True))
 

@@ -77,7 +77,7 @@ def moto_server(log_file: Path | None = None) -> Iterator[str]:
             # S3 keys (up to 1,024 bytes, URL-encoded) can exceed gunicorn's request-line cap.
             "--limit-request-line", "0", "--limit-request-field_size", "0",
             "--log-level", "warning",
-            "ingest_cli.moto_app:app",
+            "ingest_devstack.moto_app:app",
         ],
         stdout=out,
         stderr=subprocess.STDOUT,

@@ -1,0 +1,24 @@
+"""The processor's public module: what another package of the workspace may import from it.
+
+The `ingest` CLI's `backfill` command renders with the processor's own render pool, render
+settings and rendition keys, through this module only; the rest of ingest_processor is the
+service's own (the import contracts, [tool.importlinter] in the root pyproject.toml, check it).
+"""
+
+from ingest_processor.backfill import (
+    Backfill,
+    BackfillSettings,
+    Selection,
+    SelectionError,
+    show_progress,
+    summary,
+)
+
+__all__ = [
+    "Backfill",
+    "BackfillSettings",
+    "Selection",
+    "SelectionError",
+    "show_progress",
+    "summary",
+]
