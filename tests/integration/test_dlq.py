@@ -140,12 +140,12 @@ async def test_what_the_source_queue_refuses_is_left_with_its_reason(aws: Aws) -
 
 
 def test_an_unknown_queue_is_one_line_naming_the_known_ones(settings: IngestSettings) -> None:
-    result = run_ingest(settings, "dlq", "list", "render", check=False)
+    result = run_ingest(settings, "dlq", "list", "no-such-queue", check=False)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == (
-        'no queue named "render" (known: ingest-batch, ingest-render, ingest-render-slow,'
-        " ingest-preview, ingest-index)\n"
+        'ingest dlq list: no queue named "no-such-queue" (known: ingest-batch, ingest-render,'
+        " ingest-render-slow, ingest-preview, ingest-index)\n"
     )
 
 

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
 SQS_BATCH = 10  # SQS's limit for ReceiveMessage and every *Batch call
+# Per call: seconds to connect, and attempts in all. A settings class may override them
+# with fields `aws_connect_timeout` and `aws_max_attempts` (the CLI fails fast).
+CONNECT_TIMEOUT = 5
+MAX_ATTEMPTS = 3
 S3_READ_TIMEOUT = 15  # seconds without a byte from S3 before a call is retried
 
 
@@ -64,8 +68,11 @@ class Aws:
             + 4,
             # SQS redelivery is the retry that matters; during an outage each extra attempt
             # only holds a handler slot longer (a black-holed call waits a read timeout).
-            "retries": {"max_attempts": 3, "mode": "standard"},
-            "connect_timeout": 5,
+            "retries": {
+                "max_attempts": getattr(self.settings, "aws_max_attempts", MAX_ATTEMPTS),
+                "mode": "standard",
+            },
+            "connect_timeout": getattr(self.settings, "aws_connect_timeout", CONNECT_TIMEOUT),
         }
         # The read timeout is per socket read, not per call: S3 answers within seconds
         # even mid-download, while an SQS long poll legitimately waits its full 20 s.

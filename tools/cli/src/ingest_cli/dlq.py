@@ -14,7 +14,9 @@ instead of going round in a loop. (moto has no StartMessageMoveTask, so this is 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -27,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ingest_common.aws import SQS_BATCH, Aws
 from ingest_common.dead_letters import dead_letter_reason, original_attributes
 from ingest_common.settings import IngestSettings
-from ingest_common.topology import dead_letter_queue, load_topology
+from ingest_common.topology import load_topology
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
@@ -85,12 +87,13 @@ class DeadLetter:
 
 
 def queue_pair(queue: str, settings: IngestSettings) -> tuple[str, str]:
-    """(source queue, dead-letter queue) for either name; UnknownQueue for any other."""
-    known = [spec.name for spec in load_topology(settings).queues]
-    for name in known:
-        if queue in (name, dead_letter_queue(name)):
-            return name, dead_letter_queue(name)
-    raise UnknownQueue(queue, known)
+    """(source queue, dead-letter queue) for either name or the queue's role in
+    topology.json (`render`, `render-slow` or `render_slow`); UnknownQueue for any other."""
+    specs = load_topology(settings).queues
+    for spec in specs:
+        if queue in (spec.name, spec.dead_letter_name, spec.role, spec.role.replace("_", "-")):
+            return spec.name, spec.dead_letter_name
+    raise UnknownQueue(queue, [spec.name for spec in specs])
 
 
 def describe_error(exc: BaseException) -> str:
@@ -321,6 +324,27 @@ def _size(body: str, attributes: dict[str, Any]) -> int:
         total += len(str(value.get("StringValue", "")).encode())
         total += len(value.get("BinaryValue", b""))
     return total
+
+
+def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter for `ingest dlq list --json`; the body parsed when it is JSON."""
+    try:
+        body: Any = json.loads(letter.body)
+    except ValueError:
+        body = letter.body
+    return {
+        "message_id": letter.message_id,
+        "sent_at": letter.sent_at.isoformat(),
+        "receive_count": letter.receive_count,
+        "reason": letter.reason,
+        "attributes": {
+            name: value["StringValue"]
+            if "StringValue" in value
+            else base64.b64encode(value.get("BinaryValue", b"")).decode()
+            for name, value in letter.attributes.items()
+        },
+        "body": body,
+    }
 
 
 def format_dead_letter(letter: DeadLetter, width: int = 1000) -> str:

@@ -61,10 +61,7 @@ def add_events_command(commands: Any) -> None:
 
 
 async def cmd_events_tail(args: argparse.Namespace, settings: CliSettings) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError
     from ingest_common.aws import Aws, UnknownTopic
-
-    from ingest_cli.dlq import describe_error
 
     try:
         async with Aws(settings) as aws:
@@ -86,9 +83,7 @@ async def cmd_events_tail(args: argparse.Namespace, settings: CliSettings) -> in
             file=sys.stderr,
         )
         return 2
-    except (BotoCoreError, ClientError) as exc:
-        print(f"ingest events tail: {describe_error(exc)}", file=sys.stderr)
-        return 1
+    # Any other AWS error (unreachable, no credentials): one line from ingest_cli.errors.
     if args.count is not None and shown < args.count:
         print(f"{shown} of {args.count} event(s) within {args.timeout:g} s", file=sys.stderr)
         return 1

@@ -1,4 +1,10 @@
-"""`ingest trace UPLOAD_ID`: an upload's spans as a tree, from spans collected locally.
+"""`ingest trace UPLOAD_ID`: an upload's spans as a tree, from collected spans.
+
+`load_spans` reads, and tells apart by their content: the JSON lines `ingest demo`
+writes (one span a line, `span_records`), the OpenTelemetry collector's `file` exporter
+(one OTLP JSON ExportTraceServiceRequest a line: {"resourceSpans": [...]}), Tempo's
+trace API ({"batches": [...]}, the same OTLP content, ids hex or base64) and Jaeger's
+JSON ("Download JSON" in its UI, or its API: {"data": [{"spans", "processes"}]}).
 
 `OtlpReceiver` is a tiny OTLP/HTTP receiver on loopback (POST /v1/traces, protobuf)
 that appends every span to a JSON-lines file; `ingest demo` and the end-to-end tests
@@ -9,6 +15,8 @@ last spans on the way out). Metrics and logs posted to it are accepted and dropp
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import json
 import threading
@@ -190,13 +198,198 @@ class Span:
         )
 
 
+class SpanFormatError(ValueError):
+    """The file holds no spans in any format `load_spans` reads."""
+
+
 def load_spans(path: Path) -> list[Span]:
+    """Every span of a file in any of the formats above (see the module's docstring)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        documents = [json.loads(text)] if text.strip() else []
+    except ValueError:  # JSON lines: one document a line
+        try:
+            documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise SpanFormatError(f"neither JSON nor JSON lines ({exc})") from None
     spans: list[Span] = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                spans.append(Span.from_record(json.loads(line)))
+    for document in documents:
+        spans.extend(spans_of_document(document))
     return spans
+
+
+def spans_of_document(document: Any) -> Iterator[Span]:
+    if isinstance(document, list):
+        for item in document:
+            yield from spans_of_document(item)
+    elif not isinstance(document, dict):
+        raise SpanFormatError(f"not a span, an OTLP export or a Jaeger trace: {document!r:.60}")
+    elif "resourceSpans" in document or "batches" in document:
+        yield from otlp_json_spans(document)
+    elif "data" in document:
+        yield from jaeger_spans(document)
+    elif "trace_id" in document and "span_id" in document:
+        yield Span.from_record(document)
+    else:
+        keys = ", ".join(list(document)[:5])
+        raise SpanFormatError(f"not a span, an OTLP export or a Jaeger trace (keys: {keys})")
+
+
+# --- OTLP JSON (the collector's file exporter, Tempo) ------------------------------------
+
+_OTLP_KINDS = {
+    "SPAN_KIND_UNSPECIFIED": "unspecified",
+    "SPAN_KIND_INTERNAL": "internal",
+    "SPAN_KIND_SERVER": "server",
+    "SPAN_KIND_CLIENT": "client",
+    "SPAN_KIND_PRODUCER": "producer",
+    "SPAN_KIND_CONSUMER": "consumer",
+}
+_OTLP_STATUS = {"STATUS_CODE_UNSET": "unset", "STATUS_CODE_OK": "ok", "STATUS_CODE_ERROR": "error"}
+
+
+def _otlp_id(value: Any, size: int) -> str:
+    """An OTLP JSON id as hex: the spec's hex, or base64 (Tempo, protobuf's JSON mapping)."""
+    text = str(value or "")
+    if not text:
+        return ""
+    if len(text) == 2 * size and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    try:
+        return base64.b64decode(text, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return text.lower()
+
+
+def _otlp_value(value: dict[str, Any]) -> Any:
+    if not value:
+        return None
+    kind, inner = next(iter(value.items()))
+    if kind == "intValue":
+        return int(inner)
+    if kind == "doubleValue":
+        return float(inner)
+    if kind == "arrayValue":
+        return [_otlp_value(v) for v in inner.get("values", [])]
+    if kind == "kvlistValue":
+        return _otlp_attributes(inner.get("values", []))
+    if kind == "bytesValue":
+        return base64.b64decode(inner).hex()
+    return inner
+
+
+def _otlp_attributes(pairs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {pair["key"]: _otlp_value(pair.get("value") or {}) for pair in pairs}
+
+
+def _otlp_enum(value: Any, names: dict[str, str], numbers: dict[int, str], default: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, int) or str(value).isdigit():
+        return numbers.get(int(value), str(value))
+    return names.get(str(value), str(value).lower())
+
+
+def otlp_json_spans(document: dict[str, Any]) -> Iterator[Span]:
+    """The spans of an OTLP JSON ExportTraceServiceRequest, or of Tempo's {"batches": …}."""
+    for resource_spans in document.get("resourceSpans") or document.get("batches") or []:
+        resource = _otlp_attributes((resource_spans.get("resource") or {}).get("attributes", []))
+        scopes = resource_spans.get("scopeSpans") or resource_spans.get(
+            "instrumentationLibrarySpans", []
+        )
+        for scope_spans in scopes:
+            for span in scope_spans.get("spans", []):
+                status = span.get("status") or {}
+                yield Span(
+                    trace_id=_otlp_id(span["traceId"], 16),
+                    span_id=_otlp_id(span["spanId"], 8),
+                    parent_span_id=_otlp_id(span.get("parentSpanId"), 8) or None,
+                    name=span.get("name", ""),
+                    kind=_otlp_enum(span.get("kind"), _OTLP_KINDS, _KINDS, "unspecified"),
+                    service=str(resource.get("service.name", "?")),
+                    start_ns=int(span.get("startTimeUnixNano", 0)),
+                    end_ns=int(span.get("endTimeUnixNano", 0)),
+                    status=_otlp_enum(status.get("code"), _OTLP_STATUS, _STATUS, "unset"),
+                    attributes=_otlp_attributes(span.get("attributes", [])),
+                    links=[
+                        {
+                            "trace_id": _otlp_id(link.get("traceId"), 16),
+                            "span_id": _otlp_id(link.get("spanId"), 8),
+                        }
+                        for link in span.get("links", [])
+                    ],
+                    resource=resource,
+                )
+
+
+# --- Jaeger JSON ------------------------------------------------------------------------
+
+# Tags the OpenTelemetry → Jaeger mapping makes of span fields, not of attributes.
+_JAEGER_FIELDS = {
+    "span.kind",
+    "otel.status_code",
+    "otel.status_description",
+    "otel.scope.name",
+    "otel.scope.version",
+    "otel.library.name",
+    "otel.library.version",
+    "internal.span.format",
+    "error",
+}
+
+
+def _jaeger_id(value: Any, size: int) -> str:
+    return str(value or "").lower().zfill(2 * size)
+
+
+def _jaeger_tags(tags: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {tag["key"]: tag.get("value") for tag in tags}
+
+
+def jaeger_spans(document: dict[str, Any]) -> Iterator[Span]:
+    """The spans of Jaeger's JSON: {"data": [{"traceID", "spans", "processes"}]}."""
+    for trace in document.get("data") or []:
+        processes = trace.get("processes") or {}
+        for span in trace.get("spans", []):
+            trace_id = _jaeger_id(span.get("traceID") or trace.get("traceID"), 16)
+            process = span.get("process") or processes.get(span.get("processID"), {})
+            resource = {
+                "service.name": process.get("serviceName", "?"),
+                **_jaeger_tags(process.get("tags", [])),
+            }
+            tags = _jaeger_tags(span.get("tags", []))
+            parent: str | None = None
+            links: list[dict[str, str]] = []
+            for reference in span.get("references") or []:
+                ref = {
+                    "trace_id": _jaeger_id(reference.get("traceID") or trace_id, 16),
+                    "span_id": _jaeger_id(reference.get("spanID"), 8),
+                }
+                if (
+                    parent is None
+                    and reference.get("refType", "CHILD_OF") == "CHILD_OF"
+                    and ref["trace_id"] == trace_id
+                ):
+                    parent = ref["span_id"]
+                else:
+                    links.append(ref)
+            code = str(tags.get("otel.status_code", "")).lower()
+            error = tags.get("error") in (True, "true")
+            start_ns = int(span.get("startTime", 0)) * 1000
+            yield Span(
+                trace_id=trace_id,
+                span_id=_jaeger_id(span.get("spanID"), 8),
+                parent_span_id=parent,
+                name=span.get("operationName", ""),
+                kind=str(tags.get("span.kind", "internal")),
+                service=str(resource["service.name"]),
+                start_ns=start_ns,
+                end_ns=start_ns + int(span.get("duration", 0)) * 1000,
+                status="error" if error or code == "error" else (code or "unset"),
+                attributes={k: v for k, v in tags.items() if k not in _JAEGER_FIELDS},
+                links=links,
+                resource=resource,
+            )
 
 
 def trace_of_upload(spans: Iterable[Span], upload_id: str) -> str | None:
@@ -266,6 +459,44 @@ def format_tree(spans: list[Span], trace_id: str, *, depth: int | None = None) -
     for root in roots:
         walk(root, "", True, 1, True)
     return "\n".join(lines)
+
+
+def tree_json(spans: list[Span], trace_id: str, *, depth: int | None = None) -> dict[str, Any]:
+    """`ingest trace --json`: the trace and its span tree (`roots`, each with `children`).
+
+    A span cut off by --depth has `"children": []` and `"hidden_below"`: the spans under it.
+    """
+    roots = build_tree(spans, trace_id)
+    members = [s for s in spans if s.trace_id == trace_id]
+    start = min((s.start_ns for s in members), default=0)
+    end = max((s.end_ns for s in members), default=0)
+
+    def node(span: Span, level: int) -> dict[str, Any]:
+        cut = depth is not None and level >= depth
+        return {
+            "span_id": span.span_id,
+            "parent_span_id": span.parent_span_id,
+            "name": span.name,
+            "service": span.service,
+            "kind": span.kind,
+            "status": span.status,
+            "start_ns": span.start_ns,
+            "end_ns": span.end_ns,
+            "offset_s": (span.start_ns - start) / 1e9,
+            "duration_s": span.seconds,
+            "attributes": span.attributes,
+            "links": span.links,
+            "children": [] if cut else [node(child, level + 1) for child in span.children],
+            **({"hidden_below": count(span) - 1} if cut and span.children else {}),
+        }
+
+    return {
+        "trace_id": trace_id,
+        "span_count": len(members),
+        "duration_s": (end - start) / 1e9,
+        "services": sorted({s.service for s in members}),
+        "roots": [node(root, 1) for root in roots],
+    }
 
 
 def count(span: Span) -> int:
