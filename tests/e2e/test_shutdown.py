@@ -22,7 +22,10 @@ from tests.reliability.proxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
 
-EXIT_WITHIN = 2.0  # seconds from SIGTERM to exit for an idle service, mid long poll
+# Seconds from SIGTERM to exit for an idle service, mid long poll: well within Docker's and
+# ECS's 10 s grace (an idle service exits in about 1 s alone; CI's parallel outage cases
+# load both cores, and 2.0 s was missed by half a second there).
+EXIT_WITHIN = 3.0
 LONG_POLL = "20"  # the default: SIGTERM must not wait for the poll in progress to end
 
 
