@@ -35,7 +35,7 @@ from ingest_common.telemetry.tracing import current_carrier
 
 SOURCE = "ingest"
 SPEC_VERSION = "1.0"
-NOTIFY_CHANNEL = "ingest_outbox"  # LISTEN/NOTIFY: the publisher wakes at each commit
+NOTIFY_CHANNEL = "ingest_outbox"  # LISTEN/NOTIFY: the outbox's trigger (0006) wakes the publisher
 # An event stays well under SNS's and EventBridge's 256 KB: a product lists this many images.
 MAX_LISTED_IMAGES = 1000
 
@@ -199,6 +199,4 @@ async def emit(connection: Connection, data: EventData, *, subject: uuid.UUID | 
         str(subject),
         body,
     )
-    # Delivered at commit (and dropped with a rollback): the publisher wakes then.
-    await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-    return event_id
+    return event_id  # the insert's trigger wakes the publisher at commit (NOTIFY_CHANNEL)

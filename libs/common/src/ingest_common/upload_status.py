@@ -13,6 +13,10 @@ from typing import Any
 
 from ingest_common.db.pool import Connection
 
+# LISTEN/NOTIFY: the id of an upload or a product whose state moved, told at commit by the
+# triggers of migration 0008 (an image's outcome, an upload's or a product's step).
+PROGRESS_CHANNEL = "ingest_progress"
+
 
 @dataclass
 class UploadStatus:

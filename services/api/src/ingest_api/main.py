@@ -20,7 +20,7 @@ from aiohttp import web
 from ingest_common.aws import Aws
 from ingest_common.runtime.dependencies import Dependencies, PostgresProbe, Probe, s3_probe
 from ingest_common.runtime.health import Health, bound_port, start_health_server
-from ingest_common.runtime.service import _connect_until_up
+from ingest_common.runtime.service import connect_until_up
 from ingest_common.settings import load_settings
 from ingest_common.telemetry import configure_telemetry
 
@@ -83,7 +83,7 @@ async def serve(settings: ApiSettings) -> None:
     ticker = asyncio.create_task(_tick(health))
     log.info("api.starting", health_port=bound_port(health_runner))
     try:
-        db = await _connect_until_up(settings, stopping)
+        db = await connect_until_up(settings, stopping)
         if db is None:
             return
         try:

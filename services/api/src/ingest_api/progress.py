@@ -27,9 +27,13 @@ from typing import Any
 
 import asyncpg
 import structlog
-from ingest_common.db.completion import PROGRESS_CHANNEL
 from ingest_common.db.pool import Connection, connect
-from ingest_common.upload_status import UploadStatus, latest_upload_at, load_status
+from ingest_common.upload_status import (
+    PROGRESS_CHANNEL,
+    UploadStatus,
+    latest_upload_at,
+    load_status,
+)
 
 from ingest_api.settings import ApiSettings
 

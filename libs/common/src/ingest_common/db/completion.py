@@ -34,8 +34,6 @@ from ingest_common.events import (
 )
 from ingest_common.garbage import discard_renditions
 
-PROGRESS_CHANNEL = "ingest_progress"  # LISTEN/NOTIFY: an upload's or a product's id
-
 
 @dataclass(frozen=True)
 class ProductState:
@@ -132,10 +130,6 @@ async def finish_image(
                 reason=f"image failed: {failure_reason}",
                 delay=discard_delay,
             )
-        # Live status (the HTTP API listens): which product moved, told at commit.
-        await connection.execute(
-            "SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, str(row["product_id"])
-        )
         was = row["was"]
         ready_delta = int(status == "ready") - int(was == "ready")
         failed_delta = int(status == "failed") - int(was == "failed")

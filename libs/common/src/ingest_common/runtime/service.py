@@ -191,7 +191,7 @@ async def serve(settings: IngestSettings, *consumes: Consumes) -> None:
     log.info("service.starting", queues=[c.queue for c in consumes], health_port=bound_port(runner))
     ticker = asyncio.create_task(_tick(health))
     try:
-        db = await _connect_until_up(settings, stopping)
+        db = await connect_until_up(settings, stopping)
         if db is None:
             return
         try:
@@ -268,7 +268,7 @@ async def _tick(health: ServiceHealth) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _connect_until_up(
+async def connect_until_up(
     settings: IngestSettings, stopping: asyncio.Event
 ) -> asyncpg.Pool | None:
     """Containers start in any order, and a database may be failing over: wait for it

@@ -12,3 +12,13 @@ CREATE TABLE outbox (
     attempts     integer NOT NULL DEFAULT 0
 );
 CREATE INDEX outbox_unpublished_idx ON outbox (id) WHERE published_at IS NULL;
+
+-- The publisher LISTENs on ingest_outbox: each statement that writes events wakes it, at
+-- commit (a rolled-back event wakes nobody), without a round trip of the writer's own.
+CREATE FUNCTION ingest_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ingest_outbox', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER outbox_written AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION ingest_outbox_notify();

@@ -38,7 +38,7 @@ CREATE TABLE upload_forms (
 
 -- Live status (GET /v1/uploads/{id}/events): changes that no event or image outcome
 -- announces are told on the channel the API listens to, with the upload's or the
--- product's id. Image outcomes notify in ingest_common.db.completion.
+-- product's id: an image's outcome, an upload's or a product's step.
 CREATE FUNCTION ingest_progress_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('ingest_progress', NEW.id::text);
@@ -46,6 +46,14 @@ BEGIN
 END $$;
 CREATE TRIGGER uploads_progress AFTER INSERT OR UPDATE OF status, product_id ON uploads
     FOR EACH ROW EXECUTE FUNCTION ingest_progress_notify();
+CREATE FUNCTION ingest_image_progress_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ingest_progress', NEW.product_id::text);  -- one per product at commit
+    RETURN NULL;
+END $$;
+CREATE TRIGGER images_progress AFTER UPDATE OF status ON images
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION ingest_image_progress_notify();
 CREATE TRIGGER products_progress
     AFTER UPDATE OF status, completed_at, previewed_at, indexed_at ON products
     FOR EACH ROW EXECUTE FUNCTION ingest_progress_notify();
