@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -11,11 +12,16 @@ import pyvips
 from ingest_common import ids
 from ingest_common.aws import Aws
 from ingest_common.db.completion import ProductState, finish_image
-from ingest_common.db.pool import Connection
+from ingest_common.db.pool import Connection, create_pool
 from ingest_common.notify import notify_product_ready
+from ingest_common.runtime.consumer import Delivery
+from ingest_common.runtime.service import Resources
 from ingest_common.schemas.messages import IndexProduct, PreviewFamily, RenderImage
 from ingest_common.search import PostgresSearch
+from ingest_common.settings import IngestSettings
 from ingest_common.topology import dead_letter_queue
+from ingest_previewer.handler import PreviewHandler
+from ingest_previewer.settings import PreviewerSettings
 from ingest_processor import handler as processor_handler
 
 from tests.conftest import SAMPLE
@@ -29,6 +35,7 @@ from tests.integration.pipeline import (
     put_upload,
     queue_counts,
     rejected_by_batcher,
+    settings_from,
     svgs,
     upload_folder,
     upload_row,
@@ -302,6 +309,39 @@ async def test_a_mosaic_is_rebuilt_only_when_the_family_changed_since_it_was_sam
     assert len(rebuilt["image_ids"]) == 9
     assert rebuilt["updated_at"] > built["updated_at"]
     await assert_mosaic_decodes(aws, rebuilt)
+
+
+async def test_a_burst_of_one_familys_messages_fits_a_pool_smaller_than_the_burst(
+    aws: Aws, db: asyncpg.Pool, settings: IngestSettings
+) -> None:
+    """Messages waiting for the family's build lock hold pool connections: the build that
+    holds the lock must not need one more, or the burst waits out the handler timeout."""
+    files = svgs(3)
+    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    pipeline = Pipeline(aws, db)
+    await pipeline.drain("batch")
+    await pipeline.drain("render")
+    product = await fetch_row(db, "SELECT * FROM products")
+    message = PreviewFamily(
+        upload_id=product["upload_id"], product_id=product["id"], family_id=product["family_id"]
+    )
+    small = settings_from(PreviewerSettings, settings, db_pool_min=1, db_pool_max=3)
+    pool = await create_pool(small)
+    try:
+        async with PreviewHandler.open(Resources(small, aws, pool)) as handler:
+            delivery = Delivery("burst", "receipt", message.model_dump_json(), {}, 1, 0.0)
+            # A deadlock would last until the handler timeout (60 s); a build takes well
+            # under a second.
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(handler.handle(message, delivery) for _ in range(8)))
+    finally:
+        await pool.close()
+    built = await fetch_row(db, "SELECT * FROM family_previews")
+    assert len(built["image_ids"]) == 3
+    mosaics = await aws.s3.list_objects_v2(
+        Bucket=aws.settings.previews_bucket, Prefix="previews/families/"
+    )
+    assert len(mosaics["Contents"]) == 2  # one build for the burst: one PNG, one WebP
 
 
 async def test_safety_net_fails_lost_stragglers_and_a_late_render_brings_them_back(

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import asyncpg
@@ -62,7 +64,7 @@ SELECT i.id,
 _REVISION = "SELECT revision FROM families WHERE id = $1"
 _CURRENT = "SELECT png_key, webp_key, revision FROM family_previews WHERE family_id = $1"
 BUILD_SLACK = 60.0  # seconds past the handler timeout before a build's objects are judged
-_LOCK_FAMILY = "SELECT pg_advisory_xact_lock(hashtextextended('mosaic:' || $1::uuid::text, 0))"
+_FAMILY_LOCK_KEY = "hashtextextended('mosaic:' || $1::uuid::text, 0)"
 
 
 _PREVIEW_MESSAGE: TypeAdapter[PreviewFamily | CheckProgress] = TypeAdapter(PreviewMessage)
@@ -95,8 +97,7 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
         family = message.family_id
         # One build per family at a time: a burst's other messages wait here, then find
         # the mosaic current. The lock lasts until the new mosaic's row commits.
-        async with self.db.acquire() as connection, connection.transaction():
-            await connection.execute(_LOCK_FAMILY, family)
+        async with self.db.acquire() as connection, _family_lock(connection, family):
             # Read before sampling: the sample may see a later revision than this (then a
             # later message rebuilds once more), never an earlier one.
             revision = await connection.fetchval(_REVISION, family)
@@ -129,9 +130,12 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
             # Nothing ready in the family any more: no mosaic rather than a stale one.
             log.info("previewer.nothing_ready")
             if current is not None:
-                await connection.execute("DELETE FROM family_previews WHERE family_id = $1", family)
-                await self._discard(connection, current, keep=())
-                await self._tell(connection, family, None, 0)
+                async with connection.transaction():
+                    await connection.execute(
+                        "DELETE FROM family_previews WHERE family_id = $1", family
+                    )
+                    await self._discard(connection, current, keep=())
+                    await self._tell(connection, family, None, 0)
             return
         tiles = await asyncio.gather(
             *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
@@ -140,9 +144,12 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
             "compose mosaic", attributes={"ingest.tiles": len(tiles)}
         ):
             mosaic = await asyncio.to_thread(compose_mosaic, tiles, self.spec)
-        keys = await self._store(connection, family, [row["id"] for row in rows], mosaic, revision)
-        if current is not None:
-            await self._discard(connection, current, keep=keys)
+        images = [row["id"] for row in rows]
+        keys = await self._store(connection, family, images, mosaic)
+        async with connection.transaction():
+            await self._record(connection, family, images, mosaic, keys, revision)
+            if current is not None:
+                await self._discard(connection, current, keep=keys)
 
     async def _tell(
         self,
@@ -178,33 +185,28 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
                 )
 
     async def _store(
-        self,
-        connection: Connection,
-        family: uuid.UUID,
-        images: list[uuid.UUID],
-        mosaic: Mosaic,
-        revision: int,
+        self, connection: Connection, family: uuid.UUID, images: list[uuid.UUID], mosaic: Mosaic
     ) -> tuple[str, str]:
+        """The mosaic's objects in S3, under keys that name their content."""
         # The key names its content, so CDNs may cache it forever.
         digest = hashlib.sha256(
             b"".join(i.bytes for i in images) + repr(self.spec).encode()
         ).hexdigest()[:20]
         base = f"previews/families/{family}/{digest}"
         png_key, webp_key = f"{base}.png", f"{base}.webp"
-        # Recorded before the objects exist, and committed at once, on a connection of its
-        # own: should this build fail after the PUTs, its objects are not left behind. The
-        # sweeper keeps them once the row below points at them; it looks only after the
-        # longest a build may take.
-        async with self.db.acquire() as other:
-            for key in (png_key, webp_key):
-                await discard(
-                    other,
-                    "mosaic",
-                    self.settings.previews_bucket,
-                    key,
-                    reason="a mosaic being built (kept if it becomes the family's)",
-                    delay=self.settings.handler_timeout + BUILD_SLACK,
-                )
+        # Recorded before the objects exist, and committed at once (outside the transaction
+        # that records the mosaic): should this build fail after the PUTs, its objects are
+        # not left behind. The sweeper keeps them once the family's row points at them; it
+        # looks only after the longest a build may take.
+        for key in (png_key, webp_key):
+            await discard(
+                connection,
+                "mosaic",
+                self.settings.previews_bucket,
+                key,
+                reason="a mosaic being built (kept if it becomes the family's)",
+                delay=self.settings.handler_timeout + BUILD_SLACK,
+            )
         await asyncio.gather(
             *(
                 self.aws.put_bytes(
@@ -220,6 +222,19 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
                 )
             )
         )
+        return png_key, webp_key
+
+    async def _record(
+        self,
+        connection: Connection,
+        family: uuid.UUID,
+        images: list[uuid.UUID],
+        mosaic: Mosaic,
+        keys: tuple[str, str],
+        revision: int,
+    ) -> None:
+        """The family's preview row and its event (inside the caller's transaction)."""
+        png_key, webp_key = keys
         await connection.execute(
             """INSERT INTO family_previews
                       (family_id, png_key, webp_key, width, height, image_ids, revision)
@@ -242,7 +257,6 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
             mosaic.tiles,
         )
         log.info("previewer.mosaic_stored", key=png_key, tiles=mosaic.tiles)
-        return png_key, webp_key
 
     async def _check_stalled(self, message: CheckProgress) -> None:
         async with self.db.acquire() as connection:
@@ -310,3 +324,20 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
                 last = finished or last
         log.warning("previewer.stragglers_failed", count=len(pending))
         return last
+
+
+@asynccontextmanager
+async def _family_lock(connection: Connection, family: uuid.UUID) -> AsyncIterator[None]:
+    """Hold the family's build lock on this connection (a session lock, not a transaction's).
+
+    A build commits the garbage rows of its objects before their PUTs, so it cannot run in
+    one transaction, and it must not take a second pool connection while it holds the
+    lock: the messages waiting for the lock hold the pool's other connections (a burst of
+    one family's messages would wait for each other until the handler timeout).
+    """
+    await connection.execute(f"SELECT pg_advisory_lock({_FAMILY_LOCK_KEY})", family)
+    yield
+    # After an error the unlock is left to the pool: releasing the connection unlocks
+    # every advisory lock (asyncpg's reset), and a connection cut mid-query could not run
+    # it anyway.
+    await connection.execute(f"SELECT pg_advisory_unlock({_FAMILY_LOCK_KEY})", family)
