@@ -16,10 +16,12 @@ install:
 demo: install
 	$(UV) run --frozen ingest demo
 
-# The outage cases wait out minutes-long faults: they run in parallel beside the rest.
+# Four pytest-xdist workers on two cores: the outage and fault cases spend most of their time
+# waiting out a fault, so the others run beside them. Each worker has its own moto server and
+# database; a timed comparison measures both sides in the same test, under the same load.
 test: install
 	bash tools/ensure_browser.sh  # Chromium and ChromeDriver for tests/browser (apt, once)
-	$(UV) run --frozen pytest -n 4 --dist loadgroup
+	$(UV) run --frozen pytest -n 4
 
 lint: install
 	$(UV) run --frozen ruff check .

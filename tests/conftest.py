@@ -90,15 +90,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             write(f"  {case}: {shown}")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs `-n 4 --dist loadgroup`), the outage cases spread
-    over the workers while everything else runs in one: those cases spend minutes waiting
-    out a dependency, the rest is CPU-bound and timed against itself."""
-    for item in items:
-        if item.get_closest_marker("outage") is None:
-            item.add_marker(pytest.mark.xdist_group("serial"))
-
-
 @pytest.fixture
 def data_lost(request: pytest.FixtureRequest) -> Callable[[int], None]:
     """Record how many items a reliability case lost, for the summary table."""
