@@ -1,0 +1,473 @@
+"""End to end: the whole stack as processes, side by side with the render core on the same SVGs.
+
+    uv run --frozen python bench/e2e.py                       # 500-image set, then 20 × 25 at once
+    uv run --frozen python bench/e2e.py --latency-ms 20       # every AWS request 20 ms later
+    uv run --frozen python bench/e2e.py --processors 2 --scenario one
+    uv run --frozen python bench/e2e.py --scenario one --profile prof/   # py-spy, every main
+
+What it does, all on real components, in one run:
+
+1. core: the processor's RenderPool (its settings; INGEST_* apply) renders the N SVGs from
+   memory: the time and CPU the pipeline is compared against;
+2. starts a moto server on loopback (optionally behind a proxy that delays every request by
+   --latency-ms, as a real region's round trip would), a throwaway database on DATABASE_URL's
+   server, the topology, and the four services as OS processes (--processors of them);
+3. one set: uploads an N-image set and waits until it is searchable; the stage times come
+   from the timestamps the services write (uploaded → dispatched → completed → indexed);
+4. many sets: uploads S sets × P images at once and reports when the first, the median and
+   the last became searchable, so starvation shows.
+
+With --profile DIR, py-spy samples each service's main process during each scenario
+(collapsed stacks in DIR, one file per process and scenario; open them in speedscope or read
+the top frames in each file: `python bench/e2e.py --top DIR/FILE`).
+
+For each process it reports CPU seconds per image from /proc: the render workers (every
+descendant of a processor, reaped ones included), each service's main process, and the
+emulator (which shares these cores with everything; in AWS it is not on ours). "ingest's own"
+is the services' main processes together, render workers excluded.
+
+Targets (issue 13; exit status 1 if one fails): ingest's own CPU per image ≤ 25 % of the
+render workers'; upload → searchable of the one set ≤ 1.25 × the core's time + 3 s; the
+batcher dispatches it in ≤ 3 s; with added latency, the render workers ≥ 90 % busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from ingest_cli.upload import upload_set
+from ingest_common.aws import Aws
+from ingest_common.settings import IngestSettings
+from ingest_common.topology import apply_topology, load_topology
+from ingest_common.upload_status import load_status
+from ingest_devstack.local import (
+    LOCAL_CREDENTIALS,
+    ServiceProcesses,
+    local_env,
+    moto_server,
+    scratch_database,
+    services,
+)
+from ingest_processor.pool import RenderPool
+from ingest_processor.settings import ProcessorSettings
+from latency import delay_proxy
+from procstat import cpu_seconds, own_child, process_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path("/work/shared/corpus")  # icons the project has never seen, where it exists
+SAMPLE = ROOT / "sample"
+CONTRIBUTOR = "bench"
+TIMEOUT = 900.0
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+@dataclass
+class Cpu:
+    """CPU seconds by process group, over one scenario."""
+
+    render_workers: float = 0.0
+    services: dict[str, float] = field(default_factory=dict)  # main processes
+    emulator: float = 0.0
+
+    @property
+    def ingest_own(self) -> float:
+        return sum(self.services.values())
+
+    def minus(self, before: Cpu) -> Cpu:
+        return Cpu(
+            self.render_workers - before.render_workers,
+            {k: v - before.services.get(k, 0.0) for k, v in self.services.items()},
+            self.emulator - before.emulator,
+        )
+
+
+@dataclass
+class Scenario:
+    name: str
+    images: int
+    sets: int
+    wall: float  # upload start → last set searchable (seconds)
+    searchable: list[float]  # per set, upload start → indexed, sorted
+    stages: dict[str, float | None]  # of the first set (the only one, for `one`)
+    render_busy: float  # render workers' CPU / (render stage × workers)
+    cpu: Cpu
+
+    def per_image_ms(self) -> dict[str, float]:
+        per = {f"{n} main": 1000 * s / self.images for n, s in self.cpu.services.items()}
+        return {
+            "render workers": 1000 * self.cpu.render_workers / self.images,
+            **per,
+            "ingest's own (mains)": 1000 * self.cpu.ingest_own / self.images,
+            "emulator (moto)": 1000 * self.cpu.emulator / self.images,
+        }
+
+
+@dataclass
+class Core:
+    seconds: float
+    cpu_per_image: float
+
+
+# --- the SVGs and the sets --------------------------------------------------------------------
+
+
+def load_svgs(dirs: Sequence[Path], count: int) -> list[tuple[str, bytes]]:
+    """``count`` SVGs as (unique file name, bytes), evenly drawn from ``dirs`` (repeated if
+    there are fewer, under other names: the renders cost the same)."""
+    paths = sorted(p for d in dirs for p in d.rglob("*.svg") if p.is_file())
+    if not paths:
+        raise SystemExit(f"no SVGs under {', '.join(map(str, dirs))}")
+    if count < len(paths):
+        paths = [paths[i * len(paths) // count] for i in range(count)]
+    picked = [paths[i % len(paths)] for i in range(count)]
+    return [(f"{i:04d}-{p.parent.name}-{p.name}", p.read_bytes()) for i, p in enumerate(picked)]
+
+
+def write_set(folder: Path, svgs: Sequence[tuple[str, bytes]], title: str, family: str) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in svgs:
+        (folder / name).write_bytes(data)
+    manifest = {
+        "schema_version": 1,
+        "product_type": "icon_set",
+        "family": family,
+        "family_name": family.replace("-", " ").title(),
+        "title": title,
+        "description": f"{len(svgs)} icons for the end-to-end benchmark.",
+        "tags": ["benchmark"],
+        "license": "mit",
+        "files": [
+            {"path": name, "title": Path(name).stem.replace("-", " "), "tags": ["icon"]}
+            for name, _ in svgs
+        ],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(the process's own CPU, its descendants' CPU including reaped ones)."""
+    own = cpu_seconds([pid])
+    everything = cpu_seconds([pid], children=True) + cpu_seconds(
+        process_tree(pid)[1:], children=True
+    )
+    return own, everything - own
+
+
+def read_cpu(stacks: Sequence[ServiceProcesses], moto: int) -> Cpu:
+    cpu = Cpu(emulator=cpu_seconds(process_tree(moto), children=True))
+    for stack in stacks:
+        for name, process in stack.processes.items():
+            own, descendants = tree_cpu(process.pid)
+            cpu.services[name] = cpu.services.get(name, 0.0) + own
+            if name == "processor":
+                cpu.render_workers += descendants
+    return cpu
+
+
+async def core_time(settings: ProcessorSettings, svgs: Sequence[bytes]) -> Core:
+    """The render core alone: the same SVGs from memory through the processor's pool."""
+    async with RenderPool(
+        settings.render_workers, settings.render_spec(), settings.render_timeout
+    ) as pool:
+        await asyncio.gather(*(pool.render(svgs[i]) for i in range(settings.render_workers)))
+        before = cpu_seconds([os.getpid()]) + cpu_seconds(pool.worker_pids(), children=True)
+        started = time.monotonic()
+        await asyncio.gather(*(pool.render(svg) for svg in svgs))
+        seconds = time.monotonic() - started
+        cpu = cpu_seconds([os.getpid()]) + cpu_seconds(pool.worker_pids(), children=True) - before
+    return Core(seconds, cpu / len(svgs))
+
+
+async def run_scenario(
+    name: str,
+    aws: Aws,
+    dsn: str,
+    folders: Sequence[Path],
+    stacks: Sequence[ServiceProcesses],
+    moto: int,
+    workers: int,
+    profile: Path | None,
+) -> Scenario:
+    images = sum(len(list(f.glob("*.svg"))) for f in folders)
+    profiling = profilers(stacks, profile, name)
+    cpu_before = read_cpu(stacks, moto)
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    uploads = await asyncio.gather(*(upload_set(aws, f, CONTRIBUTOR) for f in folders))
+    connection = await asyncpg.connect(dsn)
+    try:
+        statuses: dict[Any, Any] = {}
+        while len(statuses) < len(uploads):
+            if time.monotonic() - started > TIMEOUT:
+                raise SystemExit(f"{name}: not searchable within {TIMEOUT:.0f} s")
+            for uploaded in uploads:
+                if uploaded.upload_id in statuses:
+                    continue
+                status = await load_status(connection, uploaded.upload_id)
+                if status is not None and status.finished:
+                    if status.product is None or status.product["indexed_at"] is None:
+                        raise SystemExit(f"{name}: upload {uploaded.upload_id} was refused")
+                    statuses[uploaded.upload_id] = status
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    wall = time.monotonic() - started
+    cpu = read_cpu(stacks, moto).minus(cpu_before)
+    for recording in profiling:
+        recording.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        recording.wait(30)
+    done = list(statuses.values())
+    searchable = sorted((s.product["indexed_at"] - started_at).total_seconds() for s in done)
+    first = statuses[uploads[0].upload_id]
+    stages = _stages(first.upload, first.product)
+    dispatched = min(s.upload["dispatched_at"] for s in done)
+    completed = max(s.product["completed_at"] for s in done)
+    render_seconds = (completed - dispatched).total_seconds()
+    busy = cpu.render_workers / (render_seconds * workers) if render_seconds > 0 else 0.0
+    return Scenario(name, images, len(folders), wall, searchable, stages, busy, cpu)
+
+
+def profilers(
+    stacks: Sequence[ServiceProcesses], folder: Path | None, scenario: str
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy recording each service's main process (not the render workers) until SIGINT."""
+    if folder is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    recordings = []
+    for k, stack in enumerate(stacks):
+        for name, process in stack.processes.items():
+            out = folder / f"{scenario.replace(' ', '-')}-{name}-{k}.txt"
+            recordings.append(
+                subprocess.Popen(
+                    [PY_SPY, "record", "--pid", str(process.pid), "--format", "raw",
+                     "--rate", "200", "--nonblocking", "--output", str(out)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+    time.sleep(1.0)  # py-spy attaches before the first upload
+    return recordings
+
+
+def top_frames(path: Path, count: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most samples anywhere on the stack (inclusive), as shares."""
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue
+        total += int(samples)
+        for frame in set(stack.split(";")):
+            inclusive[frame] = inclusive.get(frame, 0) + int(samples)
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    return [(frame, n / total) for frame, n in ranked[:count]] if total else []
+
+
+def _stages(upload: dict[str, Any], product: dict[str, Any]) -> dict[str, float | None]:
+    def between(start: datetime | None, end: datetime | None) -> float | None:
+        return (end - start).total_seconds() if start and end else None
+
+    return {
+        "batcher: ZIP → rows → render messages": between(
+            upload["uploaded_at"], upload["dispatched_at"]
+        ),
+        "processor: every image rendered": between(
+            upload["dispatched_at"], product["completed_at"]
+        ),
+        "previewer + indexer: searchable": between(product["completed_at"], product["indexed_at"]),
+        "total: upload → searchable": between(upload["uploaded_at"], product["indexed_at"]),
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@contextmanager
+def stack(
+    args: argparse.Namespace, endpoint: str, dsn: str, logs: Path
+) -> Iterator[list[ServiceProcesses]]:
+    env = local_env(endpoint, dsn, log_format="json", stall_timeout="900")
+    with ExitStack() as exits:
+        first = exits.enter_context(services(env, logs / "stack-0"))
+        stacks = [first]
+        for k in range(1, args.processors):
+            stacks.append(exits.enter_context(services(env, logs / f"stack-{k}", ("processor",))))
+        yield stacks
+
+
+async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    settings = ProcessorSettings()
+    workers = settings.render_workers
+    count = args.images if "one" in args.scenario else args.sets * args.per_set
+    svgs = load_svgs(args.svgs, max(count, args.sets * args.per_set))
+    distinct = len({data for _, data in svgs})
+    print(
+        f"e2e: {args.images}-image set and {args.sets} × {args.per_set} sets, {distinct} distinct "
+        f"SVGs from {', '.join(map(str, args.svgs))}; {args.processors} processor(s) × {workers} "
+        f"render workers on {len(os.sched_getaffinity(0))} CPUs; "
+        f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
+        f"AWS latency {args.latency_ms:g} ms per request"
+    )
+    core = await core_time(settings, [data for _, data in svgs[: args.images]])
+    print(
+        f"core: {args.images} SVGs in {core.seconds:.2f} s ({args.images / core.seconds:.1f}/s), "
+        f"{1000 * core.cpu_per_image:.1f} ms CPU per SVG"
+    )
+    os.environ.update(LOCAL_CREDENTIALS)
+    results: list[Scenario] = []
+    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    async with scratch_database(server, "ingest_bench_e2e") as dsn:
+        with ExitStack() as exits:
+            direct = exits.enter_context(moto_server(scratch / "moto.log"))
+            moto = own_child("ingest_devstack.moto_app")
+            if moto is None:
+                raise SystemExit("no moto server among this process's children")
+            endpoint = direct
+            if args.latency_ms > 0:
+                endpoint = exits.enter_context(delay_proxy(direct, args.latency_ms / 1000))
+            client = IngestSettings(aws_endpoint_url=direct, database_url=dsn)
+            async with Aws(client) as aws:
+                await apply_topology(aws, load_topology(client))
+                stacks = exits.enter_context(stack(args, endpoint, dsn, scratch / "logs"))
+                all_workers = workers * args.processors
+                if "one" in args.scenario:
+                    folder = write_set(scratch / "one", svgs[: args.images], "One big set", "one")
+                    results.append(
+                        await run_scenario(
+                            "one set", aws, dsn, [folder], stacks, moto, all_workers, args.profile
+                        )
+                    )
+                    report(results[-1], core, all_workers)
+                if "many" in args.scenario:
+                    folders = [
+                        write_set(
+                            scratch / f"many-{k}",
+                            svgs[k * args.per_set : (k + 1) * args.per_set],
+                            f"Set {k}",
+                            f"family-{k}",
+                        )
+                        for k in range(args.sets)
+                    ]
+                    results.append(
+                        await run_scenario(
+                            "many sets", aws, dsn, folders, stacks, moto, all_workers, args.profile
+                        )
+                    )
+                    report(results[-1], core, all_workers)
+    failures = targets(args, results, core)
+    return {
+        "core": asdict(core),
+        "scenarios": [asdict(r) for r in results],
+        "latency_ms": args.latency_ms,
+        "processors": args.processors,
+        "failures": failures,
+    }
+
+
+def report(result: Scenario, core: Core, workers: int) -> None:
+    print(f"\n{result.name}: {result.sets} set(s), {result.images} images")
+    if result.sets == 1:
+        for stage, seconds in result.stages.items():
+            print(f"  {stage:<40} {'-' if seconds is None else f'{seconds:6.2f} s'}")
+    else:
+        s = result.searchable
+        print(
+            f"  searchable after: first {s[0]:.2f} s, median {statistics.median(s):.2f} s, "
+            f"last {s[-1]:.2f} s"
+        )
+    print(f"  wall (bench's view, upload → all searchable): {result.wall:.2f} s")
+    print(f"  render workers busy: {result.render_busy:.0%} of {workers} during the render stage")
+    print("  CPU per image (ms):")
+    for name, ms in result.per_image_ms().items():
+        print(f"    {name:<24} {ms:7.1f}")
+    own = result.cpu.ingest_own / max(result.cpu.render_workers, 1e-9)
+    print(
+        f"  ingest's own / render workers: {own:.0%}; render core alone "
+        f"{1000 * core.cpu_per_image:.1f} ms per SVG"
+    )
+
+
+def targets(args: argparse.Namespace, results: Sequence[Scenario], core: Core) -> list[str]:
+    failures: list[str] = []
+    print()
+
+    def check(name: str, value: float, target: float, *, at_most: bool) -> None:
+        ok = value <= target if at_most else value >= target
+        relation = "≤" if at_most else "≥"
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.2f} (target {relation} {target:.2f})")
+        if not ok:
+            failures.append(name)
+
+    for result in results:
+        own = result.cpu.ingest_own / max(result.cpu.render_workers, 1e-9)
+        check(f"{result.name}: ingest's own CPU / render workers'", own, 0.25, at_most=True)
+        if args.latency_ms > 0:
+            check(f"{result.name}: render workers busy", result.render_busy, 0.90, at_most=False)
+    one = next((r for r in results if r.name == "one set"), None)
+    if one is not None:
+        total = one.stages["total: upload → searchable"]
+        if total is not None:
+            bound = 1.25 * core.seconds + 3
+            check("one set: upload → searchable, s", total, bound, at_most=True)
+        dispatch = one.stages["batcher: ZIP → rows → render messages"]
+        if dispatch is not None:
+            check("one set: batcher dispatch, s", dispatch, 3.0, at_most=True)
+    return failures
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = [CORPUS] if CORPUS.is_dir() else [SAMPLE]
+    parser.add_argument("--svgs", type=Path, nargs="+", default=default)
+    parser.add_argument("--images", type=int, default=500, help="images in the one big set")
+    parser.add_argument("--sets", type=int, default=20, help="sets uploaded at once")
+    parser.add_argument("--per-set", type=int, default=25, help="images in each of those sets")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each AWS request")
+    parser.add_argument("--processors", type=int, default=1)
+    parser.add_argument("--scenario", nargs="+", choices=("one", "many"), default=["one", "many"])
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--keep", type=Path, help="keep the logs and sets in this folder")
+    parser.add_argument("--profile", type=Path, help="py-spy every main process into this folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--top":
+        for frame, share in top_frames(Path(sys.argv[2]), 40):
+            print(f"{share:6.1%}  {frame}")
+        return 0
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ingest-e2e-") as tmp:
+        scratch = args.keep or Path(tmp)
+        scratch.mkdir(parents=True, exist_ok=True)
+        figures = asyncio.run(bench(args, scratch))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    return 1 if figures["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
