@@ -400,6 +400,12 @@ def report(result: Scenario, core: Core, workers: int) -> None:
         )
     print(f"  wall (bench's view, upload → all searchable): {result.wall:.2f} s")
     print(f"  render workers busy: {result.render_busy:.0%} of {workers} during the render stage")
+    cores = len(os.sched_getaffinity(0))
+    used = result.cpu.render_workers + result.cpu.ingest_own + result.cpu.emulator
+    print(
+        f"  the machine's {cores} CPUs were {used / (result.wall * cores):.0%} busy with the "
+        "stack (render workers, main processes, emulator)"
+    )
     print("  CPU per image (ms):")
     for name, ms in result.per_image_ms().items():
         print(f"    {name:<24} {ms:7.1f}")

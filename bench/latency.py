@@ -47,7 +47,6 @@ def delay_proxy(target: str, delay: float) -> Iterator[str]:
     host, _, port = target.removeprefix("http://").partition(":")
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    bound: list[int] = []
 
     async def handle(client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         try:
@@ -57,17 +56,20 @@ def delay_proxy(target: str, delay: float) -> Iterator[str]:
             return
         await asyncio.gather(_pipe(client_reader, server, delay), _pipe(server_reader, client, 0.0))
 
+    servers: list[asyncio.Server] = []
+
     async def serve() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        bound.append(server.sockets[0].getsockname()[1])
+        servers.append(server)
         ready.set()
-        async with server:
-            await server.serve_forever()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server.serve_forever()  # until close() below
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
     ready.wait(10)
     try:
-        yield f"http://127.0.0.1:{bound[0]}"
+        yield f"http://127.0.0.1:{servers[0].sockets[0].getsockname()[1]}"
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(servers[0].close)
+        thread.join(5)

@@ -1,0 +1,77 @@
+"""The end-to-end benchmark's own tools: the latency proxy, the profile reader, the sets."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
+
+
+latency = _load("latency")
+e2e = _load("e2e")
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_the_proxy_delays_each_request_and_passes_bodies_intact(echo: str) -> None:
+    body = bytes(range(256)) * 1024  # several reads' worth: delayed once, not per chunk
+    with latency.delay_proxy(echo, 0.25) as endpoint:
+        for _ in range(2):
+            started = time.monotonic()
+            request = urllib.request.Request(endpoint, data=body, method="PUT")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.read() == body
+            assert time.monotonic() - started >= 0.25
+
+
+def test_top_frames_counts_a_function_once_per_sample(tmp_path: Path) -> None:
+    profile = tmp_path / "p.txt"
+    profile.write_text("main;loop;put;sign 3\nmain;loop;put 1\nmain;loop;recurse;recurse 4\n")
+    top = dict(e2e.top_frames(profile))
+    assert top["main"] == 1.0
+    assert top["put"] == 0.5
+    assert top["sign"] == 3 / 8
+    assert top["recurse"] == 0.5  # on the stack twice, counted once
+
+
+def test_sets_name_every_file_once_and_list_them_in_the_manifest(tmp_path: Path) -> None:
+    svgs = e2e.load_svgs([ROOT / "sample"], 60)  # more than the sample has: repeated
+    assert len({name for name, _ in svgs}) == 60
+    folder = e2e.write_set(tmp_path / "set", svgs, "A set", "a-family")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == sorted(p.name for p in folder.glob("*.svg"))
