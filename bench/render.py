@@ -43,6 +43,7 @@ import pyvips
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderResult, RenderSpec, configure_vips
 from ingest_processor.settings import ProcessorSettings
+from ingest_processor.worker import cap_vips_caches
 from procstat import cpu_seconds, peak_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,8 @@ _raw_spec: RenderSpec | None = None
 
 def _raw_init(spec: RenderSpec) -> None:
     global _raw_spec
-    configure_vips()  # the same process setup as a core worker
+    configure_vips()  # the same process setup as a core worker: libvips' caches off too
+    cap_vips_caches()
     _raw_spec = spec
 
 

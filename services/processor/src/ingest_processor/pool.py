@@ -43,7 +43,7 @@ and up to 100 operations stay cached across renders. One such SVG took a worker 
 same SVG again to 1656 MB, 300,000 circles to 2.0 then 3.9 GB, and the worker kept it. So, in
 each worker:
 
-* **libvips' caches are off** (``_cap_vips_caches``). Every render loads a new buffer, so no
+* **libvips' caches are off** (``cap_vips_caches``). Every render loads a new buffer, so no
   load ever hit (traced over the corpus: the only hits were the encoders' own ``colourspace``
   and ``cast``, which save building a lazy operation, not pixel work); without the cache the
   same SVGs peak at 284 and 555 MB, one document at a time.

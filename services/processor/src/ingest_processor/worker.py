@@ -66,7 +66,7 @@ def worker_main(
     if limits.nice:
         os.nice(limits.nice)
     configure_vips()
-    _cap_vips_caches()
+    cap_vips_caches()
     # After the imports: they need memory the limit is not about.
     resource.setrlimit(resource.RLIMIT_DATA, (limits.hard, limits.hard))
     trim = _malloc_trim()
@@ -121,7 +121,7 @@ def _portable(exc: Exception) -> Exception:
     return exc
 
 
-def _cap_vips_caches() -> None:
+def cap_vips_caches() -> None:
     """Turn libvips' caches off in a worker (configure_vips only bounds them).
 
     The operation cache keeps images, and an SVG image keeps librsvg's parsed document, which
