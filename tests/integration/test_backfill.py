@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import sys
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -16,6 +18,8 @@ from ingest_processor.backfill import Backfill, BackfillSettings, Selection, Sel
 
 from tests.conftest import SAMPLE
 from tests.integration.pipeline import Pipeline, fetch_row, settings_from, upload_folder
+
+T = TypeVar("T")
 
 MDI = SAMPLE / "mdi-essentials"
 OPENMOJI = SAMPLE / "openmoji-sampler"
@@ -106,7 +110,7 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
             await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await within(30, task)
     written = await db.fetchval(
         "SELECT count(*) FROM images WHERE renditions @> $1::jsonb",
         [{"width": 32, "format": "webp", "profile": first.profile}],
@@ -115,7 +119,7 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
     checkpoint = await db.fetchval("SELECT last_image_id FROM backfill_runs")
 
     second = Backfill(settings, aws, db, Selection(everything=True))
-    stats = await second.run()
+    stats = await within(120, second.run())
     # Resumed from the checkpoint (pages of 4, each written in full), not from the start.
     assert stats.resumed_from == checkpoint
     assert stats.earlier_done == written
@@ -129,8 +133,21 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
         for row in rows
     )
     # The run is finished: the next one starts over, finds nothing to do.
-    done = await Backfill(settings, aws, db, Selection(everything=True)).run()
+    done = await within(60, Backfill(settings, aws, db, Selection(everything=True)).run())
     assert (done.resumed_from, done.to_render, done.skipped) == (None, 0, total)
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """Await with a limit. A CI run once hung here until pytest's timeout, which shows only the
+    idle event loop: on a hang, print where every task waits, then fail."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        for waiting in asyncio.all_tasks():
+            waiting.print_stack(file=sys.stderr)
+        task.cancel()
+        raise AssertionError(f"still waiting after {seconds} s (every task's stack is above)")
+    return task.result()
 
 
 async def test_failures_are_counted_with_reasons_and_images_stay_ready(
