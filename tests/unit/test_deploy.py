@@ -1254,7 +1254,9 @@ def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() 
 # of the task roles but collector.tf's telemetry policy (the collector container's, not the
 # code's: not compared).
 
-AWS_CLIENTS = {"s3": "s3", "sqs": "sqs", "sns": "sns", "events": "events"}
+# Attribute names of the clients in code (`aws.s3.get_object`) → their IAM prefix. `s3_objects`
+# is Aws's own S3 PutObject client (ingest_common.s3_put), which names its method so.
+AWS_CLIENTS = {"s3": "s3", "s3_objects": "s3", "sqs": "sqs", "sns": "sns", "events": "events"}
 IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     ("s3", "head_object"): frozenset({"s3:GetObject"}),
     ("s3", "list_objects_v2"): frozenset({"s3:ListBucket"}),

@@ -20,6 +20,7 @@ from botocore.handlers import add_expect_header
 from opentelemetry.trace import SpanKind
 
 from ingest_common.errors import RetryableError
+from ingest_common.s3_put import ObjectPutter
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.aws_spans import instrument_aws
@@ -53,6 +54,7 @@ class Aws:
         self._topic_arns: dict[str, str] = {}
         self._s3_slots = asyncio.Semaphore(settings.s3_concurrency)
         self.s3: S3Client
+        self.s3_objects: ObjectPutter  # PutObject of bytes, without botocore (s3_put.py)
         self.sqs: SQSClient
         self.sns: SNSClient
         self.events: EventBridgeClient
@@ -63,16 +65,15 @@ class Aws:
             "region_name": self.settings.aws_region,
             "endpoint_url": self.settings.aws_endpoint_url,
         }
+        connections = max(self.settings.s3_concurrency, self.settings.concurrency) + 4
+        attempts = getattr(self.settings, "aws_max_attempts", MAX_ATTEMPTS)
+        connect_timeout = getattr(self.settings, "aws_connect_timeout", CONNECT_TIMEOUT)
         config: dict[str, Any] = {
-            "max_pool_connections": max(self.settings.s3_concurrency, self.settings.concurrency)
-            + 4,
+            "max_pool_connections": connections,
             # SQS redelivery is the retry that matters; during an outage each extra attempt
             # only holds a handler slot longer (a black-holed call waits a read timeout).
-            "retries": {
-                "max_attempts": getattr(self.settings, "aws_max_attempts", MAX_ATTEMPTS),
-                "mode": "standard",
-            },
-            "connect_timeout": getattr(self.settings, "aws_connect_timeout", CONNECT_TIMEOUT),
+            "retries": {"max_attempts": attempts, "mode": "standard"},
+            "connect_timeout": connect_timeout,
         }
         # The read timeout is per socket read, not per call: S3 answers within seconds
         # even mid-download, while an SQS long poll legitimately waits its full 20 s.
@@ -94,6 +95,18 @@ class Aws:
         # botocore sends PUTs with "Expect: 100-continue", and aiohttp starts its read timer
         # only after the body: with no answer (a partition) a put would wait forever.
         self.s3.meta.events.unregister("before-call.s3", add_expect_header)
+        # The PUTs of objects in memory (renditions, originals, mosaics) skip botocore.
+        self.s3_objects = await self._stack.enter_async_context(
+            ObjectPutter(
+                session,
+                self.s3,
+                region=self.settings.aws_region,
+                connect_timeout=connect_timeout,
+                read_timeout=S3_READ_TIMEOUT,
+                max_attempts=attempts,
+                connections=connections,
+            )
+        )
         instrument_aws()  # CLIENT spans for every client's calls (once per process)
         return self
 
@@ -245,17 +258,14 @@ class Aws:
         cache_control: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> str:
-        """Put an object and return its ETag (unquoted)."""
-        extra: dict[str, Any] = {}
+        """Put an object and return its ETag (unquoted): s3:PutObject, through `s3_put`."""
+        headers = {"content-type": content_type}
         if cache_control:
-            extra["CacheControl"] = cache_control
-        if metadata:
-            extra["Metadata"] = metadata
+            headers["cache-control"] = cache_control
+        for name, value in (metadata or {}).items():
+            headers[f"x-amz-meta-{name}"] = value
         async with self._s3_slots:
-            response = await self.s3.put_object(
-                Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra
-            )
-        return response["ETag"].strip('"')
+            return await self.s3_objects.put_object(bucket, key, data, headers)
 
 
 class UnknownTopic(LookupError):
