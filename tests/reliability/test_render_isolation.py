@@ -170,9 +170,17 @@ async def test_slow_svgs_cost_only_themselves(
             expected_failed=2,
             timeout=240,
         )
+        # Alone once more, now that the slow set is done: the other tests running beside this
+        # one (CI's xdist workers) move a 1 s figure by a third, so the baseline is the mean
+        # of a run before and a run after.
+        _, again = await ordinary_set("alone again")
     figure("ordinary set alone (s)", alone)
+    figure("ordinary set alone again (s)", again)
     figure("ordinary set beside the slow set (s)", beside)
-    assert beside <= 1.5 * alone, f"{beside:.1f} s beside the slow set, {alone:.1f} s alone"
+    baseline = (alone + again) / 2
+    assert beside <= 1.5 * baseline, (
+        f"{beside:.1f} s beside the slow set, {alone:.1f} and {again:.1f} s alone"
+    )
     failed = await db.fetch(
         "SELECT path, failure_reason FROM images WHERE status = 'failed' ORDER BY path"
     )
