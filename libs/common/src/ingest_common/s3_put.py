@@ -16,6 +16,7 @@ import asyncio
 import random
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -45,6 +46,17 @@ _RETRY_CODES = frozenset(
 _MAX_BACKOFF = 20.0
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    """One PUT, as every attempt of it sends it (signed afresh each time)."""
+
+    host: str
+    path: str
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
 
 
 class ObjectPutter:
@@ -102,10 +114,10 @@ class ObjectPutter:
     ) -> str:
         """Put ``body`` at ``key``; return its ETag (unquoted)."""
         host, path = self._address(bucket, key)
-        url = f"{self._scheme}://{host}{path}"
+        put = _Put(host, path, f"{self._scheme}://{host}{path}", body, headers)
         parent = trace.get_current_span()
         if not parent.is_recording():  # an AWS call never starts a trace (aws_spans.py)
-            return await self._attempts(host, path, url, body, headers, None)
+            return await self._attempts(put, None)
         with self._tracer.start_as_current_span(
             "S3.PutObject",
             kind=SpanKind.CLIENT,
@@ -119,55 +131,40 @@ class ObjectPutter:
                 "aws.s3.key": key,
             },
         ) as span:
-            return await self._attempts(host, path, url, body, headers, span)
+            return await self._attempts(put, span)
 
     def _address(self, bucket: str, key: str) -> tuple[str, str]:
         if self._virtual and "." not in bucket:
             return f"{bucket}.{self._endpoint_host}", object_path(None, key)
         return self._endpoint_host, object_path(bucket, key)
 
-    async def _attempts(
-        self,
-        host: str,
-        path: str,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        span: trace.Span | None,
-    ) -> str:
-        attempt = 1
+    async def _attempts(self, put: _Put, span: trace.Span | None) -> str:
+        retries = 0
         while True:
             try:
-                return await self._once(host, path, url, body, headers, span)
+                return await self._once(put, span)
             except (aiohttp.ClientError, TimeoutError, ClientError) as exc:
-                if attempt >= self._max_attempts or not _worth_retrying(exc):
-                    raise _as_botocore(exc, url) from exc
-            await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 2.0 ** (attempt - 1))))
-            attempt += 1
-            if span is not None:
-                span.set_attribute("retry_attempts", attempt - 1)
+                if retries + 1 >= self._max_attempts or not _worth_retrying(exc):
+                    raise _as_botocore(exc, put.url) from exc
+            await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 2.0**retries)))
+            retries += 1
+            if span is not None:  # the instrumentor's attribute: retries made so far
+                span.set_attribute("retry_attempts", retries)
 
-    async def _once(
-        self,
-        host: str,
-        path: str,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        span: trace.Span | None,
-    ) -> str:
+    async def _once(self, put: _Put, span: trace.Span | None) -> str:
         assert self._session is not None, "ObjectPutter used outside `async with`"
         signed = sign(
             "PUT",
-            host,
-            path,
-            headers,
-            body,
+            put.host,
+            put.path,
+            put.headers,
+            put.body,
             credentials=await self._credentials(),
             region=self._region,
             now=datetime.now(UTC),
         )
-        async with self._session.put(URL(url, encoded=True), data=body, headers=signed) as reply:
+        url = URL(put.url, encoded=True)
+        async with self._session.put(url, data=put.body, headers=signed) as reply:
             content = await reply.read()
             if span is not None:
                 span.set_attribute("http.status_code", reply.status)
