@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
 SQS_BATCH = 10  # SQS's limit for ReceiveMessage and every *Batch call
+# The bodies of one SendMessageBatch, at most: SQS allows 256 KiB for a whole batch (a queue's
+# default MaximumMessageSize), attributes included, and each message carries about 200 bytes
+# of them (the trace context).
+SQS_BATCH_BODY_BYTES = 240 * 1024
+SENDS_AT_ONCE = 4  # SendMessageBatch calls in flight per `send_bodies`
 # Per call: seconds to connect, and attempts in all. A settings class may override them
 # with fields `aws_connect_timeout` and `aws_max_attempts` (the CLI fails fast).
 CONNECT_TIMEOUT = 5
@@ -143,7 +148,7 @@ class Aws:
     async def send(
         self, queue: str, messages: Sequence[Message], *, delay_seconds: int = 0
     ) -> None:
-        """Send messages in batches of 10, each carrying the current trace context.
+        """Send messages in batches, each carrying the current trace context.
 
         `send_bodies` with each message serialised: batching, spans and errors are there.
         """
@@ -154,7 +159,8 @@ class Aws:
     async def send_bodies(
         self, queue: str, bodies: Sequence[str], *, delay_seconds: int = 0
     ) -> None:
-        """Send message bodies, already serialised, in batches of 10 with the trace context.
+        """Send message bodies, already serialised, in batches (`sqs_batches`, a few at once)
+        with the trace context.
 
         For bodies that are not our messages, such as an S3 event re-announced by the
         reconciliation. Each batch is one PRODUCER span `send <queue>`, whose context every
@@ -164,35 +170,52 @@ class Aws:
         message is redelivered and the (idempotent) sends are repeated.
         """
         url = await self.queue_url(queue)
-        for start in range(0, len(bodies), SQS_BATCH):
-            chunk = bodies[start : start + SQS_BATCH]
-            with tracer().start_as_current_span(
-                f"send {queue}",
-                kind=SpanKind.PRODUCER,
-                attributes=messaging_attributes(
-                    queue,
-                    "send",
-                    "SendMessageBatch",
-                    **{"messaging.batch.message_count": len(chunk)},
-                    **({"ingest.delay_seconds": delay_seconds} if delay_seconds else {}),
-                ),
-            ):
-                attributes = sqs_attributes(current_carrier())
-                entries: list[Any] = [
-                    {
-                        "Id": str(i),
-                        "MessageBody": body,
-                        "MessageAttributes": attributes,
-                        "DelaySeconds": delay_seconds,
-                    }
-                    for i, body in enumerate(chunk)
-                ]
-                try:
-                    response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
-                except (BotoCoreError, ClientError) as exc:
-                    raise RetryableError(f"could not send to {queue}: {exc}") from exc
-                if failed := response.get("Failed"):
-                    raise RetryableError(f"{len(failed)} messages refused by {queue}: {failed[0]}")
+        slots = asyncio.Semaphore(SENDS_AT_ONCE)
+
+        async def send_batch(chunk: list[str]) -> None:
+            async with slots:
+                await self._send_batch(queue, url, chunk, delay_seconds)
+
+        # Concurrently: a set's 50 batches one after another cost 50 round trips (a second
+        # in a region). Order between batches never mattered: each message stands alone.
+        failure: Exception | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk in sqs_batches(bodies):
+                    group.create_task(send_batch(chunk))
+        except ExceptionGroup as failed:
+            failure = failed.exceptions[0]
+        if failure is not None:
+            raise failure  # what one call after another would have raised, with its cause
+
+    async def _send_batch(self, queue: str, url: str, chunk: list[str], delay_seconds: int) -> None:
+        with tracer().start_as_current_span(
+            f"send {queue}",
+            kind=SpanKind.PRODUCER,
+            attributes=messaging_attributes(
+                queue,
+                "send",
+                "SendMessageBatch",
+                **{"messaging.batch.message_count": len(chunk)},
+                **({"ingest.delay_seconds": delay_seconds} if delay_seconds else {}),
+            ),
+        ):
+            attributes = sqs_attributes(current_carrier())
+            entries: list[Any] = [
+                {
+                    "Id": str(i),
+                    "MessageBody": body,
+                    "MessageAttributes": attributes,
+                    "DelaySeconds": delay_seconds,
+                }
+                for i, body in enumerate(chunk)
+            ]
+            try:
+                response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                raise RetryableError(f"could not send to {queue}: {exc}") from exc
+            if failed := response.get("Failed"):
+                raise RetryableError(f"{len(failed)} messages refused by {queue}: {failed[0]}")
 
     async def send_raw(
         self, queue: str, body: str, attributes: dict[str, Any], *, delay_seconds: int = 0
@@ -279,3 +302,18 @@ class ObjectTooLarge(Exception):
         super().__init__(f"{key} is {size} bytes, over the limit of {limit}")
         self.size = size
         self.limit = limit
+
+
+def sqs_batches(bodies: Sequence[str]) -> list[list[str]]:
+    """Consecutive batches of at most `SQS_BATCH` bodies and `SQS_BATCH_BODY_BYTES` bytes (a
+    body over that limit goes alone, for SQS to refuse with its own words)."""
+    batches: list[list[str]] = []
+    size = 0
+    for body in bodies:
+        length = len(body.encode())
+        if not batches or len(batches[-1]) == SQS_BATCH or size + length > SQS_BATCH_BODY_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(body)
+        size += length
+    return batches
