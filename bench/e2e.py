@@ -309,7 +309,7 @@ def _stages(upload: dict[str, Any], product: dict[str, Any]) -> dict[str, float 
 def stack(
     args: argparse.Namespace, endpoint: str, dsn: str, logs: Path
 ) -> Iterator[list[ServiceProcesses]]:
-    env = local_env(endpoint, dsn, log_format="json", stall_timeout="900")
+    env = local_env(endpoint, dsn, log_format="json", stall_timeout="900", **dict(args.set))
     with ExitStack() as exits:
         first = exits.enter_context(services(env, logs / "stack-0"))
         stacks = [first]
@@ -330,6 +330,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         f"render workers on {len(os.sched_getaffinity(0))} CPUs; "
         f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
         f"AWS latency {args.latency_ms:g} ms per request"
+        + "".join(f"; INGEST_{name.upper()}={value}" for name, value in args.set)
     )
     core = await core_time(settings, [data for _, data in svgs[: args.images]])
     print(
@@ -457,7 +458,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--keep", type=Path, help="keep the logs and sets in this folder")
     parser.add_argument("--profile", type=Path, help="py-spy every main process into this folder")
+    parser.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of every service (INGEST_NAME), e.g. --set concurrency=16",
+    )
     return parser.parse_args(argv)
+
+
+def setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name.lower().removeprefix("ingest_"), value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

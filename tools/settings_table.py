@@ -33,6 +33,9 @@ COMMAND_SETTINGS: dict[str, tuple[type[IngestSettings], type[IngestSettings]]] =
 
 
 def _default(field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("shown_default"), str):
+        return str(extra["shown_default"])  # a default computed from other settings
     if field.default_factory is not None:
         return "CPUs available"
     if field.default is PydanticUndefined:
@@ -59,9 +62,9 @@ def settings_table() -> str:
     ]
     for name, field in common.items():
         overrides = [
-            f"{service} `{cls.model_fields[name].default}`"
+            f"{service} {_default(cls.model_fields[name])}"
             for service, cls in SERVICE_SETTINGS.items()
-            if cls.model_fields[name].default != field.default
+            if _default(cls.model_fields[name]) != _default(field)
         ]
         default = _default(field) + (f" ({', '.join(overrides)})" if overrides else "")
         lines.append(_row(IngestSettings, name, "all", default))

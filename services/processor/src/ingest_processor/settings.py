@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ingest_common.settings import IngestSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ingest_processor.spec import (
     DEFAULT_MAX_RENDERS,
@@ -16,11 +17,29 @@ from ingest_processor.spec import (
     WebpMode,
 )
 
+# Images in flight per render worker, and S3 requests at once per image in flight, unless
+# set: enough that a worker never waits for the round trips around its renders (reading the
+# image's row, storing eight renditions, finishing the row) at a region's 20 ms per request;
+# with 8 images in all, two workers were idle half the time there (bench/e2e.py).
+IN_FLIGHT_PER_WORKER = 8
+S3_REQUESTS_PER_IMAGE = 4
+
 
 class ProcessorSettings(IngestSettings):
     service_name: str = "processor"
     health_port: int = 8082
-    concurrency: int = Field(8, ge=1, description="images in flight per process (S3 + render)")
+    concurrency: int = Field(
+        IN_FLIGHT_PER_WORKER,
+        ge=1,
+        description="images in flight per process (S3 + render)",
+        json_schema_extra={"shown_default": f"{IN_FLIGHT_PER_WORKER} × render workers"},
+    )
+    s3_concurrency: int = Field(
+        16,
+        ge=1,
+        description="S3 requests at once per process",
+        json_schema_extra={"shown_default": f"{S3_REQUESTS_PER_IMAGE} × concurrency"},
+    )
 
     # What the render core does defaults to RenderSpec's own defaults: they live in one place.
     render_widths: tuple[int, ...] = Field(RenderSpec.widths, description="JSON list, pixels")
@@ -143,6 +162,20 @@ class ProcessorSettings(IngestSettings):
     cache_control: str = Field(
         "public, max-age=31536000, immutable", description="Cache-Control of renditions"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sized_from_the_workers(cls, values: Any) -> Any:
+        """Unset, the images in flight follow the render workers, and S3's requests them."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        if values.get("concurrency") is None:
+            workers = values.get("render_workers") or len(os.sched_getaffinity(0))
+            values["concurrency"] = IN_FLIGHT_PER_WORKER * int(workers)
+        if values.get("s3_concurrency") is None:
+            values["s3_concurrency"] = S3_REQUESTS_PER_IMAGE * int(values["concurrency"])
+        return values
 
     def render_spec(self) -> RenderSpec:
         """What the render core makes of an SVG, as these settings say."""
