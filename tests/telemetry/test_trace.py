@@ -156,8 +156,10 @@ async def test_one_upload_is_one_trace_across_four_processes(
         }
         assert children == {(w, f) for w in (64, 128, 256, 512) for f in ("png", "webp")}
 
-    # Client spans: PostgreSQL (asyncpg) and S3 from the services.
-    assert any(s.service == "processor" and s.name == "S3.GetObject" for s in members)
+    # Client spans: PostgreSQL (asyncpg) and S3 from the services. The sample SVGs are small
+    # enough to ride in their render messages, so the processor reads no original.
+    assert any(s.service == "previewer" and s.name == "S3.GetObject" for s in members)
+    assert not any(s.service == "processor" and s.name == "S3.GetObject" for s in members)
     assert any(s.service == "processor" and s.name == "S3.PutObject" for s in members)
     assert any(
         s.service == "indexer" and s.kind == "client" and s.name == "SELECT" for s in members

@@ -158,6 +158,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                 attributes={"ingest.upload_id": str(upload), "ingest.object_key": key},
             ) as span:
                 spooling = False  # once True, _spool reads the body or closes it
+                inline: dict[str, str] = {}  # original key → the SVG, for its render message
                 try:
                     async with self.db.acquire() as connection:
                         row, sent_again = await record_upload(
@@ -199,7 +200,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                         with tempfile.TemporaryFile() as spool:
                             spooling = True
                             digest = await self._spool(response, spool)
-                            await self._ingest(row, contributor, spool, digest, record)
+                            inline = await self._ingest(row, contributor, spool, digest, record)
                 finally:
                     if response is not None and not spooling:
                         # Not downloaded: a duplicate event, an upload already handled, or an
@@ -210,7 +211,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                 if row.product_id is not None:
                     span.set_attribute("ingest.product_id", str(row.product_id))
                 if not row.dispatched and row.status in _DISPATCHED_STATES:
-                    await self._dispatch(row)
+                    await self._dispatch(row, inline)
 
     async def _open(self, bucket: str, key: str, etag: str) -> GetObjectOutputTypeDef | str:
         """GetObject of exactly the event's version: its headers (metadata, size), or why
@@ -269,7 +270,9 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         spool: IO[bytes],
         digest: str,
         record: S3EventRecord,
-    ) -> None:
+    ) -> dict[str, str]:
+        """Plan, record and store the set; the SVGs its render messages may carry (by their
+        original's key)."""
         upload = row.id
         async with self.db.acquire() as connection:
             await set_archive_hash(connection, upload, digest)
@@ -283,7 +286,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                     connection, upload, *repeat, previews_bucket=self.settings.previews_bucket
                 )
                 log.info("batcher.repeat", of=str(repeat[0]), retried_images=retried)
-                return
+                return {}
         bucket, key = record.s3.bucket.name, record.s3.object.decoded_key
         try:
             plan = await asyncio.to_thread(self._plan, contributor, spool)
@@ -302,12 +305,12 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                 )
         except Refused as exc:  # the archive, the manifest, the family: one effect
             await self._reject(upload, exc.reason, record)
-            return
+            return {}
         log.info(
             "batcher.plan_applied", outcome=applied.outcome, product_id=str(applied.product_id)
         )
         if applied.outcome == "superseded":
-            return
+            return {}
         metrics.upload_images.record(len(plan.images))
         # A redelivery after a crash may have lost any of them: store them all again then.
         needed = None if applied.outcome == "already applied" else applied.new_images
@@ -318,6 +321,23 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             new=len(applied.new_images),
             problems=len(plan.problems),
         )
+        return self._inline_svgs(plan, contributor, applied.product_id)
+
+    def _inline_svgs(
+        self, plan: UploadPlan, contributor: str, product: uuid.UUID
+    ) -> dict[str, str]:
+        """The small SVGs, as text (an SVG that is not UTF-8 is read from S3 instead)."""
+        inline: dict[str, str] = {}
+        for image in plan.images:
+            if len(image.data) > self.settings.inline_svg_bytes:
+                continue
+            try:
+                text = image.data.decode()
+            except UnicodeDecodeError:
+                continue
+            key = original_key(ORIGINALS_PREFIX, contributor, product, image.content_hash)
+            inline[key] = text
+        return inline
 
     def _plan(self, contributor: str, spool: IO[bytes]) -> UploadPlan:
         """CPU-bound and synchronous: runs in a thread, bounded by the archive limits."""
@@ -359,9 +379,10 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             )
         )
 
-    async def _dispatch(self, row: UploadRow) -> None:
-        """One render message per pending image, the safety net, product-ready if the
-        product is complete already (a version that only removed images), then done."""
+    async def _dispatch(self, row: UploadRow, inline: dict[str, str]) -> None:
+        """One render message per pending image (carrying its SVG if `inline` has it), the
+        safety net, product-ready if the product is complete already (a version that only
+        removed images), then done."""
         assert row.product_id is not None
         product = row.product_id
         async with self.db.acquire() as connection:
@@ -376,6 +397,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
                     product_id=product,
                     image_id=image.id,
                     original_key=image.original_key,
+                    svg=inline.get(image.original_key),
                 )
                 for image in images
             ],

@@ -13,6 +13,12 @@ class BatcherSettings(IngestSettings):
     health_port: int = 8081
     concurrency: int = Field(4, ge=1, description="uploads handled at once per process")
     visibility_timeout: int = 300
+    inline_svg_bytes: int = Field(
+        32 * 1024,
+        ge=0,
+        description="SVGs up to this size travel in their render message, so the processor"
+        " reads no original from S3 (0: never)",
+    )
 
     # The archive limits default to ArchiveLimits' own defaults: they live in one place.
     max_archive_bytes: int = Field(

@@ -1,8 +1,9 @@
 """What one render message does.
 
-original from S3 → every width × format in a worker process → renditions to S3 with
-immutable caching → the image row ready (or failed with a reason) and the product's
-counters, in one transaction → if that completed the product: product-ready, at once.
+the SVG (carried by the message if small, else the original from S3) → every width × format
+in a worker process → renditions to S3 with immutable caching → the image row ready (or
+failed with a reason) and the product's counters, in one transaction → if that completed
+the product: product-ready, at once.
 
 Two lanes, so that one heavy SVG never costs anyone else (README "Render isolation"): the
 render queue's renders get `INGEST_RENDER_SLOW_AFTER` seconds of CPU; one that needs more
@@ -125,11 +126,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             if self.budget is not None and self.uploads.heavy(upload):
                 await self._to_slow_lane(delivery, "its upload is heavy")
                 return None
-            svg = await self.aws.get_bytes(
-                self.settings.uploads_bucket,
-                message.original_key,
-                max_bytes=self.settings.max_svg_bytes,
-            )
+            svg = await self._original(message)
             if self.budget is None:
                 result = await self._render_in_pool(svg)
             else:
@@ -172,6 +169,18 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             completed=bool(state and state.complete),
         )
         return state
+
+    async def _original(self, message: RenderImage) -> bytes:
+        """The SVG: carried by the message (a small one), or read from S3."""
+        limit = self.settings.max_svg_bytes
+        if message.svg is None:
+            return await self.aws.get_bytes(
+                self.settings.uploads_bucket, message.original_key, max_bytes=limit
+            )
+        svg = message.svg.encode()
+        if len(svg) > limit:
+            raise ObjectTooLarge(message.original_key, len(svg), limit)
+        return svg
 
     async def _to_slow_lane(self, delivery: Delivery, why: str) -> None:
         """The same message, on the slow lane's queue; this one is then done."""

@@ -26,6 +26,10 @@ class RenderImage(Message):
     product_id: uuid.UUID
     image_id: uuid.UUID
     original_key: str = Field(min_length=1)
+    # The SVG itself, when the batcher still held it and it was small (INGEST_INLINE_SVG_BYTES):
+    # the processor then reads nothing from S3 before rendering. Absent: read `original_key`.
+    # (Optional, so a processor reads both shapes: deploy processors before the batcher.)
+    svg: str | None = None
 
 
 class PreviewFamily(Message):
