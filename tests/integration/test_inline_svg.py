@@ -41,5 +41,6 @@ async def test_small_svgs_ride_in_their_message_and_large_ones_are_read_from_s3(
     # Without its original in S3 the small image still renders: the processor read nothing.
     await aws.s3.delete_object(Bucket=aws.settings.uploads_bucket, Key=key_of["small.svg"])
     await pipeline.drain("render")
-    statuses = dict(await db.fetch("SELECT path, status::text FROM images"))
+    rows = await db.fetch("SELECT path, status::text AS status FROM images")
+    statuses = {row["path"]: row["status"] for row in rows}
     assert statuses == {"small.svg": "ready", "large.svg": "ready"}
