@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -10,11 +11,20 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 import pyvips
+from ingest_cli.backfill import summary
 from ingest_cli.main import build_parser
 from ingest_cli.settings import CliSettings
 from ingest_common.aws import Aws
-from ingest_processor import backfill
-from ingest_processor.backfill import Backfill, BackfillSettings, Selection, SelectionError, summary
+from ingest_processor.backfill import (
+    Backfill,
+    BackfillSettings,
+    Selection,
+    SelectionError,
+    Shard,
+    ShardedBackfill,
+    pipeline,
+)
+from ingest_processor.backfill.shards import shard_settings
 
 from tests.conftest import SAMPLE
 from tests.integration.pipeline import Pipeline, fetch_row, settings_from, upload_folder
@@ -98,7 +108,7 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
     await ingested(MDI)
     # Another WebP quality is another profile: every rendition is rendered again, so the run
     # lasts; rows are written 4 at a time, so the interruption lands in its middle.
-    monkeypatch.setattr(backfill, "_FLUSH_ROWS", 4)
+    monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
     settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79)
     total = len(await images(db))
     assert total == 24
@@ -211,3 +221,85 @@ async def test_the_command_backfills_a_family_and_prints_a_summary(
     args = build_parser().parse_args(["backfill", "--missing-width", "48"])
     assert await args.run(args, CliSettings()) == 2
     assert "not a configured width" in capsys.readouterr().err
+
+
+async def test_shards_take_each_image_once_and_resume_from_their_own_checkpoints(
+    aws: Aws, db: asyncpg.Pool, ingested: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await ingested(MDI)
+    # Another profile: every image is stale. Shard 0 of 2 runs here and is interrupted.
+    monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
+    settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79, render_workers=2)
+    everything = Selection(everything=True)
+    ids = [row["id"] for row in await images(db)]
+    owned = {index: {i for i in ids if Shard(index, 2).owns(i)} for index in (0, 1)}
+    assert all(owned.values())  # 24 images: both shards have some
+
+    first = Backfill(shard_settings(settings, Shard(0, 2)), aws, db, everything, shard=Shard(0, 2))
+    task = asyncio.create_task(first.run())
+    async with asyncio.timeout(60):
+        while first.stats.done < 4:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(30, task)
+    assert first.stats.to_render == len(owned[0])  # the SQL shard is the Python one
+    written = await up_to_date(db, first.profile)
+    assert written <= owned[0]  # only shard 0's images
+    assert len(written) >= 4
+
+    # Both shards as processes: shard 0 resumes after its checkpoint, shard 1 starts.
+    sharded = ShardedBackfill(settings, everything, 2)
+    stats = await within(120, sharded.run())
+    assert (stats.shards, stats.shards_resumed) == (2, 1)
+    assert stats.earlier_done == len(written)
+    assert stats.done + len(written) == len(ids)
+    assert first.stats.rendered + stats.rendered <= len(ids) + first.in_flight
+    assert await up_to_date(db, stats.profile) == set(ids)
+    # Each shard counted exactly its own images, over both sessions for shard 0.
+    runs = await db.fetch("SELECT selection, done, finished_at FROM backfill_runs")
+    done_by_shard = {tuple(json.loads(r["selection"])["shard"]): r["done"] for r in runs}
+    assert done_by_shard == {(0, 2): len(owned[0]), (1, 2): len(owned[1])}
+    assert all(r["finished_at"] is not None for r in runs)
+
+    # A rerun with another shard count finds nothing left to do.
+    again = await within(120, ShardedBackfill(settings, everything, 2).run())
+    assert (again.to_render, again.skipped, again.rendered) == (0, len(ids), 0)
+
+
+async def test_the_command_runs_shards_and_sums_them_in_its_summary(
+    aws: Aws,
+    db: asyncpg.Pool,
+    ingested: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await ingested(OPENMOJI)
+    for name, value in {
+        "INGEST_DATABASE_URL": aws.settings.database_url,
+        "INGEST_AWS_ENDPOINT_URL": str(aws.settings.aws_endpoint_url),
+        "INGEST_RENDER_WIDTHS": "[32, 64]",
+        "INGEST_RENDER_WORKERS": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["backfill", "--missing-width", "32", "--no-progress"])
+    assert await args.run(args, CliSettings()) == 0  # default: one shard per render worker
+    out = capsys.readouterr().out
+    assert "shards     3 processes" in out
+    assert "done       12 images, 24 renditions" in out
+    assert "ms per image rendering" in out
+    runs = await db.fetch("SELECT selection, done FROM backfill_runs")
+    assert sorted(json.loads(r["selection"])["shard"][0] for r in runs) == [0, 1, 2]
+    assert sum(r["done"] for r in runs) == 12
+
+    args = build_parser().parse_args(["backfill", "--all", "--shards", "4"])
+    assert await args.run(args, CliSettings()) == 2
+    assert "4 shards need at least as many render workers" in capsys.readouterr().err
+
+
+async def up_to_date(db: asyncpg.Pool, profile: str) -> set[Any]:
+    rows = await db.fetch(
+        "SELECT id FROM images WHERE renditions @> $1::jsonb",
+        [{"width": w, "format": f, "profile": profile} for w in WIDTHS for f in ("png", "webp")],
+    )
+    return {row["id"] for row in rows}

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from ingest_processor.backfill import Backfill, _Item, _Outcome, _Page, _uninterrupted
+from ingest_processor.backfill.pipeline import Backfill, _Item, _Outcome, _Page, _uninterrupted
 
 
 async def test_a_cancelled_caller_waits_for_the_flush_to_finish_then_is_cancelled() -> None:

@@ -6,19 +6,19 @@ service's own (the import contracts, [tool.importlinter] in the root pyproject.t
 """
 
 from ingest_processor.backfill import (
-    Backfill,
     BackfillSettings,
+    BackfillStats,
     Selection,
     SelectionError,
-    show_progress,
-    summary,
+    ShardedBackfill,
+    default_shards,
 )
 
 __all__ = [
-    "Backfill",
     "BackfillSettings",
+    "BackfillStats",
     "Selection",
     "SelectionError",
-    "show_progress",
-    "summary",
+    "ShardedBackfill",
+    "default_shards",
 ]
