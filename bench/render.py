@@ -7,7 +7,8 @@ Every contender turns each SVG into every configured width × format (default 4 
 * core  - ``RenderPool`` + ``render_svg`` with the processor's settings (``INGEST_*`` env vars
           apply), exactly as the service renders; timed around the pool, so pickling and IPC count.
 * raw   - a plain loop of pyvips calls with the same settings in the same number of processes:
-          the limit the core can approach. Its outputs must be byte-identical to the core's.
+          the limit the core can approach. Its outputs must be byte-identical to the core's, so
+          it hands librsvg the same rewritten document (svgdoc) as the core does.
 * sharp - sharp (libvips under Node) with its default encoders (WebP quality 80 effort 4, PNG
           compressionLevel 6), installed with npm into a temporary folder. Each size is
           rasterised from the vector once (density from the SVG's declared width) and both
@@ -16,6 +17,11 @@ Every contender turns each SVG into every configured width × format (default 4 
 Contenders run in interleaved rounds (the order rotates every round) so a busy machine slows
 them alike; each figure is the median round. Quality is PSNR of every WebP output against the
 same renderer's lossless PNG of that size, computed by pyvips on RGBA premultiplied on white.
+
+Per package: the SVGs are grouped by the folder they are in (mdi, fluent, ...). In its turn a
+contender renders one package after the other, each timed on its own, so every figure exists per
+package as well as in total, and the core/sharp targets (throughput, bytes, PSNR) must hold for
+every package: a mix of cheap icons cannot hide a weak package.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import pyvips
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderResult, RenderSpec, configure_vips
 from ingest_processor.settings import ProcessorSettings
+from ingest_processor.svgdoc import CSS_DPI, LIBVIPS_RESOLUTION, geometry_of, read_document
 from ingest_processor.worker import cap_vips_caches
 from procstat import cpu_seconds, peak_rss_mib
 
@@ -69,6 +76,7 @@ class Run:
 
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)  # worker CPU seconds / wall, per round
+    cpu_s: list[float] = field(default_factory=list)  # worker CPU seconds, per round
     outputs: list[Output] = field(default_factory=list)
     peak_rss_mib: float = 0.0
 
@@ -83,7 +91,9 @@ class Contender(Protocol):
 
     async def start(self) -> None: ...
 
-    async def run(self) -> tuple[float, list[Output]]: ...
+    async def run(self, indices: Sequence[int]) -> tuple[float, list[Output]]:
+        """Render the SVGs at ``indices`` (one package); the seconds and their outputs."""
+        ...
 
     def pids(self) -> list[int]:
         """The worker processes, for their CPU time and peak RSS."""
@@ -104,6 +114,14 @@ def load_svgs(dirs: Sequence[Path], limit: int | None) -> list[tuple[str, bytes]
     return [(str(p.resolve()), p.read_bytes()) for p in paths]
 
 
+def packages_of(svgs: Sequence[tuple[str, bytes]]) -> dict[str, list[int]]:
+    """The SVGs' indices by package, i.e. by the folder an SVG is in (sorted by name)."""
+    packages: dict[str, list[int]] = {}
+    for i, (path, _) in enumerate(svgs):
+        packages.setdefault(Path(path).parent.name, []).append(i)
+    return dict(sorted(packages.items()))
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -112,12 +130,24 @@ def _digest(data: bytes) -> str:
 
 
 def raw_render(svg: bytes, spec: RenderSpec) -> list[tuple[int, str, bytes]]:
-    """The same outputs as ``render_svg`` from the fewest pyvips calls: no checks, no wrappers."""
-    header = pyvips.Image.svgload_buffer(svg)
+    """The same outputs as ``render_svg`` from the fewest pyvips calls: no checks, no wrappers.
+
+    librsvg is handed what the core hands it: each width's copy of the document with the root
+    tag that maps the artwork onto exactly that pixel canvas (svgdoc, plain Python). A plain
+    ``scale`` makes the same pixels only where the aspect ratio rounds to whole pixels: it fits
+    the artwork into the rounded height, so a 33 × 32 emoji (fluent's bomb) came out different.
+    """
+    document = read_document(svg)
+    geometry = geometry_of(document.root)
     lossless = None if spec.webp_mode == "auto" else spec.webp_mode == "lossless"
     by_width: dict[int, list[tuple[int, str, bytes]]] = {}
     for width in sorted(set(spec.widths)):
-        image = pyvips.Image.svgload_buffer(svg, scale=width / header.width).copy_memory()
+        height = max(1, round(width * geometry.height / geometry.width))
+        root = geometry.root_attributes(width, height, document.root)
+        image = pyvips.Image.svgload_buffer(
+            document.with_root(root), dpi=CSS_DPI, scale=72 / CSS_DPI
+        )
+        image = image.copy(xres=LIBVIPS_RESOLUTION, yres=LIBVIPS_RESOLUTION).copy_memory()
         outputs = []
         for fmt in spec.formats:
             if fmt == "png":
@@ -168,10 +198,10 @@ class RawContender:
             self.workers, multiprocessing.get_context("spawn"), _raw_init, (self.spec,)
         )
 
-    async def run(self) -> tuple[float, list[Output]]:
+    async def run(self, indices: Sequence[int]) -> tuple[float, list[Output]]:
         assert self.executor is not None
         loop = asyncio.get_running_loop()
-        indexed = list(enumerate(self.svgs))
+        indexed = [(i, self.svgs[i]) for i in indices]
         shards = [indexed[k :: self.workers] for k in range(self.workers)]
         done = await asyncio.gather(
             *(loop.run_in_executor(self.executor, _raw_task, s) for s in shards)
@@ -197,18 +227,19 @@ class CoreContender:
     def __init__(self, svgs: list[bytes], spec: RenderSpec, workers: int) -> None:
         self.svgs, self.workers = svgs, workers
         self.pool = RenderPool(workers, spec, timeout=600.0)
-        self.results: list[RenderResult] = []
+        self.results: dict[int, RenderResult] = {}  # the last result of every SVG rendered
 
     async def start(self) -> None:
         await self.pool.__aenter__()
 
-    async def run(self) -> tuple[float, list[Output]]:
+    async def run(self, indices: Sequence[int]) -> tuple[float, list[Output]]:
         started = time.perf_counter()
-        self.results = list(await asyncio.gather(*(self.pool.render(s) for s in self.svgs)))
+        results = await asyncio.gather(*(self.pool.render(self.svgs[i]) for i in indices))
         elapsed = time.perf_counter() - started
+        self.results.update(zip(indices, results, strict=True))
         outputs = [
             Output(i, r.width, r.format, len(r.data), _digest(r.data))
-            for i, result in enumerate(self.results)
+            for i, result in zip(indices, results, strict=True)
             for r in result.renditions
         ]
         return elapsed, sorted(outputs)
@@ -222,8 +253,9 @@ class CoreContender:
 
 # --- sharp: Node processes ---------------------------------------------------------------------
 
-# Line protocol on stdin: "run" renders everything and prints sizes and the time taken inside
-# Node; "dump DIR" writes the outputs of the last run; EOF exits.
+# Line protocol on stdin: "run PACKAGE" renders that package's SVGs of this worker's list and
+# prints sizes and the time taken inside Node; "dump DIR" writes the last outputs of every SVG
+# rendered; EOF exits.
 SHARP_SCRIPT = r"""
 const fs = require("fs");
 const readline = require("readline");
@@ -232,10 +264,10 @@ sharp.concurrency(1);  // one libvips thread per process, as the core's workers
 sharp.cache(false);    // rounds repeat the same inputs; no operation-cache hits
 const [listFile, widthsJson, formatsJson] = process.argv.slice(2);
 const listing = JSON.parse(fs.readFileSync(listFile, "utf8"));
-const inputs = listing.map(([i, path]) => [i, fs.readFileSync(path)]);
+const inputs = listing.map(([i, path, pkg]) => [i, fs.readFileSync(path), pkg]);
 const widths = JSON.parse(widthsJson);
 const formats = JSON.parse(formatsJson);
-let last = [];
+const last = new Map();  // index -> outputs of its last render
 
 async function renderOne(index, buf) {
   const meta = await sharp(buf).metadata();  // declared size, at librsvg's 72 dpi
@@ -261,17 +293,27 @@ async function renderOne(index, buf) {
   const rl = readline.createInterface({ input: process.stdin });
   console.log(JSON.stringify({ ready: true }));
   for await (const line of rl) {
-    if (line === "run") {
+    if (line.startsWith("run ")) {
+      const pkg = line.slice(4);
       const started = process.hrtime.bigint();
-      last = [];
-      for (const [i, buf] of inputs) last.push(...(await renderOne(i, buf)));
+      const done = [];
+      for (const [i, buf, p] of inputs) {
+        if (p === pkg) done.push([i, await renderOne(i, buf)]);
+      }
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      const outputs = last.map(([i, w, f, b]) => [i, w, f, b.length]);
+      const outputs = [];
+      for (const [i, outs] of done) {
+        last.set(i, outs);
+        for (const [, w, f, b] of outs) outputs.push([i, w, f, b.length]);
+      }
       console.log(JSON.stringify({ seconds, outputs }));
     } else if (line.startsWith("dump ")) {
       const dir = line.slice(5);
-      for (const [i, w, f, b] of last) fs.writeFileSync(`${dir}/${i}-${w}.${f}`, b);
-      console.log(JSON.stringify({ dumped: last.length }));
+      let dumped = 0;
+      for (const outs of last.values()) {
+        for (const [i, w, f, b] of outs) fs.writeFileSync(`${dir}/${i}-${w}.${f}`, b), dumped++;
+      }
+      console.log(JSON.stringify({ dumped }));
     }
   }
 })();
@@ -298,6 +340,7 @@ class SharpContender:
     ) -> None:
         self.paths, self.spec, self.workers = paths, spec, workers
         self.folder, self.scratch = folder, scratch
+        self.package = {i: Path(p).parent.name for i, p in enumerate(paths)}
         self.procs: list[asyncio.subprocess.Process] = []
         self.startup = 0.0
         self.last_outputs: list[Output] = []
@@ -305,11 +348,16 @@ class SharpContender:
     async def start(self) -> None:
         script = self.folder / "render.js"
         script.write_text(SHARP_SCRIPT)
-        indexed = list(enumerate(self.paths))
         started = time.perf_counter()
         for k in range(self.workers):
+            # Each package is dealt out to the workers alike, as the raw loop deals it.
+            shard = [
+                (i, self.paths[i], name)
+                for name, indices in packages_of([(p, b"") for p in self.paths]).items()
+                for i in indices[k :: self.workers]
+            ]
             listing = self.scratch / f"sharp-list-{self.workers}-{k}.json"
-            listing.write_text(json.dumps(indexed[k :: self.workers]))
+            listing.write_text(json.dumps(shard))
             args = [str(script), str(listing), json.dumps(self.spec.widths)]
             args.append(json.dumps(self.spec.formats))
             self.procs.append(
@@ -335,11 +383,18 @@ class SharpContender:
 
         return list(await asyncio.gather(*(ask(p) for p in self.procs)))
 
-    async def run(self) -> tuple[float, list[Output]]:
-        replies = await self._ask_all("run")
-        outputs = [Output(i, w, f, n) for r in replies for i, w, f, n in r["outputs"]]
-        self.last_outputs = sorted(outputs)
-        return max(float(r["seconds"]) for r in replies), self.last_outputs
+    async def run(self, indices: Sequence[int]) -> tuple[float, list[Output]]:
+        packages = {self.package[i] for i in indices}
+        if len(packages) != 1:
+            raise ValueError(f"sharp runs one package at a time, got {sorted(packages)}")
+        replies = await self._ask_all(f"run {packages.pop()}")
+        outputs = sorted(Output(i, w, f, n) for r in replies for i, w, f, n in r["outputs"])
+        if sorted({o.svg for o in outputs}) != sorted(indices):
+            raise RuntimeError("sharp rendered other SVGs than asked")
+        self.last_outputs = sorted(
+            [o for o in self.last_outputs if o.svg not in set(indices)] + outputs
+        )
+        return max(float(r["seconds"]) for r in replies), outputs
 
     async def dump(self, folder: Path) -> None:
         await self._ask_all(f"dump {folder}")
@@ -423,30 +478,54 @@ def sharp_pairs(folder: Path, outputs: Sequence[Output]) -> list[tuple[bytes, by
 
 
 async def measure(
-    contenders: Sequence[Contender], rounds: int, log: Any = print
-) -> dict[tuple[str, int], Run]:
+    contenders: Sequence[Contender],
+    packages: dict[str, list[int]],
+    rounds: int,
+    log: Any = print,
+) -> dict[tuple[str, int, str], Run]:
     """Start all, one untimed warm-up round each, then ``rounds`` rounds in rotating order.
 
     Every contender at every worker count takes part in every round, so a machine that gets
-    busier or quieter during the run shifts them all alike, the worker counts included.
+    busier or quieter during the run shifts them all alike, the worker counts included. In its
+    turn a contender renders one package after the other, each timed on its own: a package's
+    figures are its own, and a contender's round is the sum of its packages.
     """
-    runs = {(c.name, c.workers): Run() for c in contenders}
+    runs = {(c.name, c.workers, p): Run() for c in contenders for p in packages}
     for c in contenders:
         await c.start()
-        await c.run()  # warm-up: page in libraries, fill allocator pools
+        for indices in packages.values():
+            await c.run(indices)  # warm-up: page in libraries, fill allocator pools
     for k in range(rounds):
         for j in range(len(contenders)):
             c = contenders[(k + j) % len(contenders)]
-            cpu = cpu_seconds(c.pids())
-            wall, outputs = await c.run()
-            run = runs[(c.name, c.workers)]
-            run.walls.append(wall)
-            run.cpus.append((cpu_seconds(c.pids()) - cpu) / wall)
-            run.outputs = outputs
-            log(f"  round {k + 1}/{rounds} {c.name:5} × {c.workers} {wall:7.2f} s")
+            total = 0.0
+            for p, indices in packages.items():
+                cpu = cpu_seconds(c.pids())
+                wall, outputs = await c.run(indices)
+                run = runs[(c.name, c.workers, p)]
+                run.walls.append(wall)
+                run.cpu_s.append(cpu_seconds(c.pids()) - cpu)
+                run.cpus.append(run.cpu_s[-1] / wall)
+                run.outputs = outputs
+                total += wall
+            log(f"  round {k + 1}/{rounds} {c.name:5} × {c.workers} {total:7.2f} s")
     for c in contenders:
-        runs[(c.name, c.workers)].peak_rss_mib = peak_rss_mib(c.pids())
+        peak = peak_rss_mib(c.pids())
+        for p in packages:
+            runs[(c.name, c.workers, p)].peak_rss_mib = peak
     return runs
+
+
+def total_run(runs: Sequence[Run]) -> Run:
+    """One contender's run over all packages: per round, the sum of the packages' times."""
+    total = Run(peak_rss_mib=max(r.peak_rss_mib for r in runs))
+    for k in range(len(runs[0].walls)):
+        wall, cpu_s = sum(r.walls[k] for r in runs), sum(r.cpu_s[k] for r in runs)
+        total.walls.append(wall)
+        total.cpu_s.append(cpu_s)
+        total.cpus.append(cpu_s / wall)
+    total.outputs = sorted(o for r in runs for o in r.outputs)
+    return total
 
 
 @dataclass
@@ -457,6 +536,8 @@ class Figures:
     runs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     bytes: dict[str, dict[str, int]] = field(default_factory=dict)
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The same figures per package (the SVGs' folder): {name: {"svgs", "runs", "bytes", ...}}.
+    packages: dict[str, dict[str, Any]] = field(default_factory=dict)
     identical_core_raw: bool | None = None
     node_startup_s: float | None = None
     npm_install_s: float | None = None
@@ -483,22 +564,47 @@ def byte_totals(outputs: Sequence[Output]) -> dict[str, int]:
     return totals
 
 
+def _per_cpu(run: dict[str, Any]) -> float:
+    """Outputs per CPU-second (NaN where a run too short for /proc's ticks read no CPU)."""
+    busy = float(run["cpus_busy"])
+    return float(run["outputs_per_s"]) / busy if busy > 0 else math.nan
+
+
 def evaluate_targets(fig: Figures) -> None:
-    """Fill ``fig.targets``: one entry per target and worker count, with PASS or FAIL."""
+    """Fill ``fig.targets``: one entry per target and worker count, with PASS or FAIL.
+
+    The core/sharp targets (throughput, bytes, PSNR) hold for the whole set and for every
+    package on its own, so a mix cannot hide a weak package.
+    """
 
     def add(name: str, value: float, target: float, passed: bool, note: str = "") -> None:
         fig.targets.append(
             {"name": name, "value": value, "target": target, "pass": passed, "note": note}
         )
 
+    def versus_sharp(prefix: str, figures: dict[str, Any]) -> None:
+        runs, total, quality = figures["runs"], figures["bytes"], figures["quality"]
+        for n, by in runs.items():
+            if "sharp" in by:
+                ratio = by["core"]["outputs_per_s"] / by["sharp"]["outputs_per_s"]
+                target = TARGETS["core/sharp"]
+                note = f"per CPU-second {_per_cpu(by['core']) / _per_cpu(by['sharp']):.2f}x"
+                add(f"{prefix}core/sharp throughput, {n} worker(s)", ratio, target,
+                    ratio >= target, note)  # fmt: skip
+        if "sharp" in total:
+            ratio = total["core"]["total"] / total["sharp"]["total"]
+            add(f"{prefix}core/sharp bytes", ratio, 1.0, ratio <= 1.0)
+            core, sharp = quality["core"], quality["sharp"]
+            add(f"{prefix}core-sharp mean PSNR dB", core["mean_db"] - sharp["mean_db"], 0.0,
+                core["mean_db"] >= sharp["mean_db"])  # fmt: skip
+            add(f"{prefix}core-sharp min PSNR dB", core["min_db"] - sharp["min_db"], 0.0,
+                core["min_db"] >= sharp["min_db"])  # fmt: skip
+
     for n, runs in fig.runs.items():
         ratio = runs["core"]["outputs_per_s"] / runs["raw"]["outputs_per_s"]
         target = TARGETS["core/raw"]
         add(f"core/raw throughput, {n} worker(s)", ratio, target, ratio >= target)
-        if "sharp" in runs:
-            ratio = runs["core"]["outputs_per_s"] / runs["sharp"]["outputs_per_s"]
-            target = TARGETS["core/sharp"]
-            add(f"core/sharp throughput, {n} worker(s)", ratio, target, ratio >= target)
+    versus_sharp("", {"runs": fig.runs, "bytes": fig.bytes, "quality": fig.quality})
     if "1" in fig.runs and "2" in fig.runs:
         ratio = fig.runs["2"]["core"]["outputs_per_s"] / fig.runs["1"]["core"]["outputs_per_s"]
         target = TARGETS["2 workers/1 worker"]
@@ -507,17 +613,12 @@ def evaluate_targets(fig: Figures) -> None:
         note = f"the workers got {cpus:.2f}x the CPU time per second; per CPU-second"
         note += f" {ratio / cpus:.2f}x"
         add("core 2 workers/1 worker", ratio, target, ratio >= target, note)
-    if "sharp" in fig.bytes:
-        ratio = fig.bytes["core"]["total"] / fig.bytes["sharp"]["total"]
-        add("core/sharp bytes", ratio, 1.0, ratio <= 1.0)
-        core, sharp = fig.quality["core"], fig.quality["sharp"]
-        add("core-sharp mean PSNR dB", core["mean_db"] - sharp["mean_db"], 0.0,
-            core["mean_db"] >= sharp["mean_db"])  # fmt: skip
-        add("core-sharp min PSNR dB", core["min_db"] - sharp["min_db"], 0.0,
-            core["min_db"] >= sharp["min_db"])  # fmt: skip
     if fig.identical_core_raw is not None:
         same = fig.identical_core_raw
         add("core and raw outputs byte-identical", float(same), 1.0, same)
+    if len(fig.packages) > 1:  # with one package, its figures are the totals
+        for name, figures in fig.packages.items():
+            versus_sharp(f"{name}: ", figures)
 
 
 def format_table(fig: Figures) -> str:
@@ -533,7 +634,7 @@ def format_table(fig: Figures) -> str:
             lines.append(
                 f"{n:>7} {name:9} {r['svgs_per_s']:8.1f} {r['outputs_per_s']:10.1f}"
                 f" {r['wall_s']:8.2f} {r['cpus_busy']:9.2f}"
-                f" {r['outputs_per_s'] / r['cpus_busy']:13.1f} {r['peak_rss_mib']:13.0f}"
+                f" {_per_cpu(r):13.1f} {r['peak_rss_mib']:13.0f}"
             )
     lines += ["", f"{'contender':9} {'bytes':>10} {'PNG':>10} {'WebP':>10}  WebP PSNR dB mean/min"]
     for name, b in fig.bytes.items():
@@ -546,6 +647,7 @@ def format_table(fig: Figures) -> str:
         lines.append(
             f"{name:9} {b['total']:10,} {b.get('png', 0):10,} {b.get('webp', 0):10,}  {qtext}"
         )
+    lines += ["", *format_packages(fig)]
     if fig.node_startup_s is not None:
         lines.append(
             f"\nsharp: npm install {fig.npm_install_s or 0:.1f} s, Node start-up"
@@ -559,10 +661,43 @@ def format_table(fig: Figures) -> str:
     return "\n".join(lines)
 
 
+def format_packages(fig: Figures) -> list[str]:
+    """Per package: core against sharp (outputs/s, outputs per CPU-s) and raw, bytes, PSNR."""
+    lines = [
+        "per package (the SVGs' folder); ratios of outputs/s, [per CPU-s]; PSNR dB mean/min",
+        f"{'package':12} {'SVGs':>5} {'workers':>7} {'core/sharp':>10} {'[CPU-s]':>8}"
+        f" {'core/raw':>8} {'[CPU-s]':>8} {'bytes/sharp':>11}  {'core PSNR':>11}  sharp PSNR",
+    ]
+    for name, p in fig.packages.items():
+        bytes_ratio = quality = ""
+        if "sharp" in p["bytes"]:
+            bytes_ratio = f"{p['bytes']['core']['total'] / p['bytes']['sharp']['total']:.3f}"
+            core, sharp = p["quality"]["core"], p["quality"]["sharp"]
+            quality = (
+                f"{core['mean_db']:5.1f}/{core['min_db']:5.1f}"
+                f"  {sharp['mean_db']:5.1f}/{sharp['min_db']:5.1f}"
+            )
+        for k, (n, runs) in enumerate(p["runs"].items()):
+            core = runs["core"]
+            vs_sharp = vs_sharp_cpu = ""
+            if "sharp" in runs:
+                vs_sharp = f"{core['outputs_per_s'] / runs['sharp']['outputs_per_s']:.2f}"
+                vs_sharp_cpu = f"{_per_cpu(core) / _per_cpu(runs['sharp']):.2f}"
+            vs_raw = core["outputs_per_s"] / runs["raw"]["outputs_per_s"]
+            vs_raw_cpu = _per_cpu(core) / _per_cpu(runs["raw"])
+            head = f"{name:12} {p['svgs']:5}" if k == 0 else f"{'':12} {'':5}"
+            lines.append(
+                f"{head} {n:>7} {vs_sharp:>10} {vs_sharp_cpu:>8} {vs_raw:8.2f} {vs_raw_cpu:8.2f}"
+                + (f" {bytes_ratio:>11}  {quality}" if k == 0 else "")
+            )
+    return lines
+
+
 async def run_benchmark(args: argparse.Namespace, log: Any = print) -> Figures:
     svgs = load_svgs([Path(d) for d in args.svgs] if args.svgs else SAMPLE_SETS, args.limit)
     if not svgs:
         raise SystemExit("no SVGs found")
+    packages = packages_of(svgs)
     spec = ProcessorSettings().render_spec()
     fig = Figures(svgs=len(svgs), spec=asdict(spec), rounds=args.rounds)
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
@@ -572,17 +707,32 @@ async def run_benchmark(args: argparse.Namespace, log: Any = print) -> Figures:
             c for n in args.workers for c in _contenders(svgs, spec, n, sharp_dir, scratch)
         ]
         try:
-            runs = await measure(contenders, args.rounds, log)
+            runs = await measure(contenders, packages, args.rounds, log)
             # The last round's outputs, before the workers close.
-            await _quality(fig, {c.name: c for c in contenders}, spec, scratch)
+            qualities = await _quality({c.name: c for c in contenders}, packages, spec, scratch)
         finally:
             for c in contenders:
                 await c.close()
-        for (name, n), run in runs.items():
-            fig.runs.setdefault(str(n), {})[name] = summarise_run(run, len(svgs))
-            fig.bytes[name] = byte_totals(run.outputs)
+        names = list(dict.fromkeys(c.name for c in contenders))
+        for name in names:
+            for n in args.workers:
+                total = total_run([runs[(name, n, p)] for p in packages])
+                fig.runs.setdefault(str(n), {})[name] = summarise_run(total, len(svgs))
+                fig.bytes[name] = byte_totals(total.outputs)
+            fig.quality = {name: asdict(q) for name, q in qualities.get("", {}).items()}
+        for p, indices in packages.items():
+            figures: dict[str, Any] = {"svgs": len(indices), "runs": {}, "bytes": {}}
+            for name in names:
+                for n in args.workers:
+                    run = runs[(name, n, p)]
+                    figures["runs"].setdefault(str(n), {})[name] = summarise_run(run, len(indices))
+                    figures["bytes"][name] = byte_totals(run.outputs)
+            figures["quality"] = {name: asdict(q) for name, q in qualities[p].items()}
+            fig.packages[p] = figures
         fig.identical_core_raw = all(
-            _identical(runs[("core", n)].outputs, runs[("raw", n)].outputs) for n in args.workers
+            _identical(runs[("core", n, p)].outputs, runs[("raw", n, p)].outputs)
+            for n in args.workers
+            for p in packages
         )
         startups = [c.startup for c in contenders if isinstance(c, SharpContender)]
         fig.node_startup_s = max(startups) if startups else None
@@ -622,22 +772,38 @@ def _sharp_folder(args: argparse.Namespace, scratch: Path, fig: Figures, log: An
 
 
 async def _quality(
-    fig: Figures, contenders: dict[str, Contender], spec: RenderSpec, scratch: Path
-) -> None:
+    contenders: dict[str, Contender],
+    packages: dict[str, list[int]],
+    spec: RenderSpec,
+    scratch: Path,
+) -> dict[str, dict[str, Quality]]:
     """Untimed, before the workers close: PSNR of the last round's WebP outputs.
 
-    The raw loop's outputs are byte-identical to the core's (checked), so its quality is the
-    core's.
+    Keyed by package, and "" for all of them. The raw loop's outputs are byte-identical to the
+    core's (checked), so its quality is the core's.
     """
     core = contenders["core"]
     assert isinstance(core, CoreContender)
-    fig.quality["core"] = asdict(quality(core_pairs(core.results, spec)))
+    pairs: dict[str, dict[str, list[tuple[bytes, bytes]]]] = {}
+    for p, indices in packages.items():
+        pairs[p] = {"core": core_pairs([core.results[i] for i in indices], spec)}
     sharp = contenders.get("sharp")
     if isinstance(sharp, SharpContender):
         folder = scratch / "sharp-out"
         folder.mkdir(exist_ok=True)
         await sharp.dump(folder)
-        fig.quality["sharp"] = asdict(quality(sharp_pairs(folder, sharp.last_outputs)))
+        for p, indices in packages.items():
+            mine = set(indices)
+            outputs = [o for o in sharp.last_outputs if o.svg in mine]
+            pairs[p]["sharp"] = sharp_pairs(folder, outputs)
+    qualities = {p: {name: quality(v) for name, v in by.items()} for p, by in pairs.items()}
+    # The whole set's mean and minimum over every output, not a mean of the packages' means.
+    everything: dict[str, list[tuple[bytes, bytes]]] = {}
+    for by in pairs.values():
+        for name, v in by.items():
+            everything.setdefault(name, []).extend(v)
+    qualities[""] = {name: quality(v) for name, v in everything.items()}
+    return qualities
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
