@@ -214,7 +214,8 @@ async def test_poison_message_lands_in_the_dlq_and_redrives(
     aws: Aws, db: asyncpg.Pool, database_url: str, data_lost: Callable[[int], None]
 ) -> None:
     uploads = await upload_sets(aws)
-    pipeline = Pipeline(aws, db, retry_base_delay=0, retry_max_delay=0)
+    # No SVG in the render messages: the processor reads every original from S3.
+    pipeline = Pipeline(aws, db, retry_base_delay=0, retry_max_delay=0, inline_svg_bytes=0)
     await pipeline.drain("batch")
     # Poison: one image whose original vanished (retrying cannot help until it is back),
     # and one message that is not a render message at all.
@@ -252,7 +253,8 @@ async def test_redrive_after_a_failure_revives_the_image(
     """An image whose render fails on every try (its original is gone) is failed for now
     and dead-lettered with the reason; once the cause is fixed, a redrive brings it back and
     the product, mosaic and index follow."""
-    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
+    # No SVG in the render messages: the processor reads every original from S3.
+    env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST, inline_svg_bytes="0")
     async with stack(env, tmp_path / "logs") as running:
         running.processes["processor"].terminate()
         await asyncio.to_thread(running.processes["processor"].wait, 30)
