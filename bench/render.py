@@ -47,10 +47,10 @@ from typing import Any, Protocol
 
 import pyvips
 from ingest_processor.pool import RenderPool
-from ingest_processor.render import RenderResult, RenderSpec, configure_vips
+from ingest_processor.render import RenderResult, RenderSpec
 from ingest_processor.settings import ProcessorSettings
 from ingest_processor.svgdoc import CSS_DPI, LIBVIPS_RESOLUTION, geometry_of, read_document
-from ingest_processor.worker import cap_vips_caches
+from ingest_processor.worker import prepare_render_process
 from procstat import cpu_seconds, peak_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,8 +171,7 @@ _raw_spec: RenderSpec | None = None
 
 def _raw_init(spec: RenderSpec) -> None:
     global _raw_spec
-    configure_vips()  # the same process setup as a core worker: libvips' caches off too
-    cap_vips_caches()
+    prepare_render_process()  # the same process setup as a core worker
     _raw_spec = spec
 
 

@@ -68,3 +68,29 @@ def paths(size: int, seed: int) -> bytes:
         parts.append(path)
         length += len(path)
     return ("".join(parts) + "</svg>").encode()
+
+
+def inner_shadows(count: int) -> bytes:
+    """Shapes with inner shadows as Figma exports them (as fluent's emoji have): every filter
+    primitive makes a surface of the filter's region, created and freed within the render."""
+    filters = "".join(
+        f'<filter id="f{i}" x="0" y="0" width="32" height="32" filterUnits="userSpaceOnUse"'
+        ' color-interpolation-filters="sRGB">'
+        '<feFlood flood-opacity="0" result="bg"/>'
+        '<feBlend in="SourceGraphic" in2="bg" result="shape"/>'
+        '<feColorMatrix in="SourceAlpha" result="hardAlpha"'
+        ' values="0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 127 0"/>'
+        '<feOffset dx="-.5" dy=".5"/><feGaussianBlur stdDeviation=".5"/>'
+        '<feComposite in2="hardAlpha" k2="-1" k3="1" operator="arithmetic"/>'
+        '<feColorMatrix values="0 0 0 0 0.3 0 0 0 0 0.4 0 0 0 0 0.8 0 0 0 1 0"/>'
+        '<feBlend in2="shape"/></filter>'
+        for i in range(count)
+    )
+    shapes = "".join(
+        f'<circle cx="{4 + 4 * i}" cy="16" r="{3 + i}" fill="#f80" filter="url(#f{i})"/>'
+        for i in range(count)
+    )
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32" viewBox="0 0 32 32">'
+        f"<defs>{filters}</defs>{shapes}</svg>"
+    ).encode()
