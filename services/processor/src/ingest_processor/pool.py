@@ -51,7 +51,9 @@ each worker:
   Freed memory stays in malloc's arenas (284 MB after that render), so once RSS has grown
   ``_TRIM_GROWTH`` past its last low point the worker calls glibc's ``malloc_trim``: 284 → 73
   and 555 → 67 MB, in 10–17 ms. About 0.5 ms even when there is nothing to give back, so not
-  after every render.
+  after every render. Below that step freed memory is kept on purpose
+  (``worker.keep_freed_memory``): the next render reuses it instead of faulting in fresh
+  pages, a third of a filter-heavy render's CPU.
 * **Soft limit** (``memory_soft_limit``, 384 MiB): a worker still above it after trimming holds
   that memory for real. It sends its result marked as retiring and reads no further render;
   the pool sends what it had queued there elsewhere and starts a successor. Nothing is lost.
