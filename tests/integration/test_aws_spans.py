@@ -67,6 +67,8 @@ async def test_calls_in_a_trace_are_client_spans_of_it(
         await aws.put_bytes(bucket, "spans/a.txt", b"hello", content_type="text/plain")
         assert await aws.get_bytes(bucket, "spans/a.txt") == b"hello"
         with pytest.raises(ClientError):  # 404: an answer, not a failure
+            await aws.get_bytes(bucket, "spans/missing.txt")
+        with pytest.raises(ClientError):  # 404: an answer, not a failure
             await aws.s3.head_object(Bucket=bucket, Key="spans/missing.txt")
         with pytest.raises(ClientError):  # 400: a failure
             await aws.sqs.get_queue_url(QueueName="no-such-queue")
@@ -85,7 +87,13 @@ async def test_calls_in_a_trace_are_client_spans_of_it(
     assert all(s.kind is SpanKind.CLIENT for s in calls)
     assert all(s.parent is not None and s.parent.span_id == context.span_id for s in calls)
 
-    get = only(calls, "S3.GetObject")
+    get, missing_get = sorted(
+        (s for s in calls if s.name == "S3.GetObject"),
+        key=lambda s: (s.attributes or {})["http.status_code"],
+    )
+    assert (missing_get.attributes or {})["http.status_code"] == 404
+    assert missing_get.status.status_code is StatusCode.OK
+    assert "error.type" not in (missing_get.attributes or {})
     attributes = dict(get.attributes or {})
     assert attributes["rpc.service"] == "S3"
     assert attributes["rpc.method"] == "GetObject"

@@ -1,11 +1,12 @@
-"""Aws.put_bytes (ingest_common.s3_put, not botocore) against a real S3 endpoint: what it stores,
-and that its failures are the exceptions the aiobotocore client would raise."""
+"""Aws.put_bytes and get_bytes (ingest_common.s3_put, not botocore) against a real S3
+endpoint: what they store and read, and that their failures are the exceptions the
+aiobotocore client would raise."""
 
 from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from ingest_common.aws import Aws
+from ingest_common.aws import Aws, ObjectTooLarge
 from ingest_devstack.local import free_port
 
 
@@ -44,3 +45,32 @@ async def test_an_unreachable_endpoint_is_botocores_connection_error(aws: Aws) -
     async with Aws(settings) as unreachable:
         with pytest.raises(EndpointConnectionError):
             await unreachable.put_bytes(settings.previews_bucket, "k", b"x", content_type="a/b")
+
+
+async def test_a_missing_object_is_the_same_client_error_as_botocores(aws: Aws) -> None:
+    bucket = aws.settings.uploads_bucket
+    with pytest.raises(ClientError) as ours:
+        await aws.get_bytes(bucket, "originals/nobody/here.svg")
+    with pytest.raises(ClientError) as botocores:
+        await aws.s3.get_object(Bucket=bucket, Key="originals/nobody/here.svg")
+    assert ours.value.response["Error"]["Code"] == "NoSuchKey"
+    assert ours.value.response["Error"]["Code"] == botocores.value.response["Error"]["Code"]
+    assert ours.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert ours.value.operation_name == botocores.value.operation_name == "GetObject"
+
+
+async def test_an_object_over_the_limit_is_refused_before_its_body_is_read(aws: Aws) -> None:
+    bucket = aws.settings.uploads_bucket
+    await aws.put_bytes(bucket, "big.svg", b"x" * 5000, content_type="image/svg+xml")
+    with pytest.raises(ObjectTooLarge) as caught:
+        await aws.get_bytes(bucket, "big.svg", max_bytes=4999)
+    assert (caught.value.size, caught.value.limit) == (5000, 4999)
+    assert await aws.get_bytes(bucket, "big.svg", max_bytes=5000) == b"x" * 5000
+
+
+async def test_a_get_from_an_unreachable_endpoint_is_botocores_connection_error(aws: Aws) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = aws.settings.model_copy(update={"aws_endpoint_url": closed})
+    async with Aws(settings) as unreachable:
+        with pytest.raises(EndpointConnectionError):
+            await unreachable.get_bytes(settings.uploads_bucket, "k")

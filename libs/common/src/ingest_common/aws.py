@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
+from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.aws_spans import instrument_aws
@@ -59,7 +60,7 @@ class Aws:
         self._topic_arns: dict[str, str] = {}
         self._s3_slots = asyncio.Semaphore(settings.s3_concurrency)
         self.s3: S3Client
-        self.s3_objects: ObjectPutter  # PutObject of bytes, without botocore (s3_put.py)
+        self.s3_objects: ObjectPutter  # Put/GetObject of bytes, without botocore (s3_put.py)
         self.sqs: SQSClient
         self.sns: SNSClient
         self.events: EventBridgeClient
@@ -262,14 +263,10 @@ class Aws:
     # --- S3 ---------------------------------------------------------------------------
 
     async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        """An object's bytes: s3:GetObject, through `s3_put`; ObjectTooLarge over
+        ``max_bytes``, before its body is read."""
         async with self._s3_slots:
-            response = await self.s3.get_object(Bucket=bucket, Key=key)
-            length = response["ContentLength"]
-            if max_bytes is not None and length > max_bytes:
-                response["Body"].close()
-                raise ObjectTooLarge(key, length, max_bytes)
-            async with response["Body"] as stream:
-                return await stream.read()
+            return await self.s3_objects.get_object(bucket, key, max_bytes=max_bytes)
 
     async def put_bytes(
         self,
@@ -295,13 +292,6 @@ class UnknownTopic(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no SNS topic {name!r}")
         self.name = name
-
-
-class ObjectTooLarge(Exception):
-    def __init__(self, key: str, size: int, limit: int) -> None:
-        super().__init__(f"{key} is {size} bytes, over the limit of {limit}")
-        self.size = size
-        self.limit = limit
 
 
 def sqs_batches(bodies: Sequence[str]) -> list[list[str]]:

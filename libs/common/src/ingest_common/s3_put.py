@@ -1,13 +1,16 @@
-"""PUT of an object in memory over aiohttp, signed by `sigv4`: the calls every image makes most.
+"""PUT and GET of an object in memory over aiohttp, signed by `sigv4`: the calls every image
+makes most.
 
-An image costs nine S3 calls, eight of them rendition PUTs, and botocore spends 2.1 ms of CPU
-on each PUT of a small object through aiobotocore, this 0.6 ms (`bench/README.md`): the
-request needs no model, no parameter validation, no event hooks. It behaves as the
-aiobotocore client it stands in for: the same endpoint (botocore's resolved one), credentials
-(the session's chain, refreshed when they expire), timeouts, retries (standard mode: errors
-that may pass, full-jitter backoff) and exceptions (`ClientError` with S3's error code,
-botocore's connection errors), and a CLIENT span `S3.PutObject` with the instrumentor's
-attributes, only inside a trace. Everything else stays on the aiobotocore client.
+An image costs nine S3 calls, eight of them rendition PUTs and one GET of its original, and
+botocore spends 2.1 ms of CPU on each PUT of a small object through aiobotocore, this 0.6 ms
+(`bench/README.md`); a GET through aiobotocore was 28 % of the backfill's event loop: the
+request needs no model, no parameter validation, no event hooks, no response parsing. It
+behaves as the aiobotocore client it stands in for: the same endpoint (botocore's resolved
+one), credentials (the session's chain, refreshed when they expire), timeouts, retries
+(standard mode: errors that may pass, full-jitter backoff) and exceptions (`ClientError` with
+S3's error code, botocore's connection errors), and a CLIENT span `S3.PutObject` or
+`S3.GetObject` with the instrumentor's attributes, only inside a trace. Everything else stays
+on the aiobotocore client.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import asyncio
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -48,20 +51,37 @@ _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 
 
-@dataclass(frozen=True, slots=True)
-class _Put:
-    """One PUT, as every attempt of it sends it (signed afresh each time)."""
+class ObjectTooLarge(Exception):
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} is {size} bytes, over the limit of {limit}")
+        self.size = size
+        self.limit = limit
 
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One PUT or GET, as every attempt of it sends it (signed afresh each time)."""
+
+    operation: str  # PutObject, GetObject
+    method: str
+    key: str
     host: str
     path: str
     url: str
-    body: bytes
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_bytes: int | None = None  # a GET's limit on the object's size
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
     headers: Mapping[str, str]
+    content: bytes
 
 
 class ObjectPutter:
-    """PUTs objects to the endpoint that ``s3`` (an aiobotocore S3 client) resolved, with the
-    credentials of the ``session`` that made it; open with `async with`."""
+    """PUTs and GETs objects at the endpoint that ``s3`` (an aiobotocore S3 client) resolved,
+    with the credentials of the ``session`` that made it; open with `async with`."""
 
     def __init__(
         self,
@@ -114,69 +134,87 @@ class ObjectPutter:
     ) -> str:
         """Put ``body`` at ``key``; return its ETag (unquoted)."""
         host, path = self._address(bucket, key)
-        put = _Put(host, path, f"{self._scheme}://{host}{path}", body, headers)
+        url = f"{self._scheme}://{host}{path}"
+        put = _Request("PutObject", "PUT", key, host, path, url, body, headers)
+        reply = await self._traced(put, bucket)
+        return reply.headers.get("ETag", "").strip('"')
+
+    async def get_object(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The object at ``key``; ObjectTooLarge, before its body is read, if it is over
+        ``max_bytes``."""
+        host, path = self._address(bucket, key)
+        url = f"{self._scheme}://{host}{path}"
+        get = _Request("GetObject", "GET", key, host, path, url, max_bytes=max_bytes)
+        return (await self._traced(get, bucket)).content
+
+    async def _traced(self, request: _Request, bucket: str) -> _Reply:
         parent = trace.get_current_span()
         if not parent.is_recording():  # an AWS call never starts a trace (aws_spans.py)
-            return await self._attempts(put, None)
+            return await self._attempts(request, None)
         with self._tracer.start_as_current_span(
-            "S3.PutObject",
+            f"S3.{request.operation}",
             kind=SpanKind.CLIENT,
             attributes={
                 "rpc.system": "aws-api",
                 "rpc.service": "S3",
-                "rpc.method": "PutObject",
+                "rpc.method": request.operation,
                 "cloud.region": self._region,
-                "server.address": host.partition(":")[0],
+                "server.address": request.host.partition(":")[0],
                 "aws.s3.bucket": bucket,
-                "aws.s3.key": key,
+                "aws.s3.key": request.key,
             },
         ) as span:
-            return await self._attempts(put, span)
+            return await self._attempts(request, span)
 
     def _address(self, bucket: str, key: str) -> tuple[str, str]:
         if self._virtual and "." not in bucket:
             return f"{bucket}.{self._endpoint_host}", object_path(None, key)
         return self._endpoint_host, object_path(bucket, key)
 
-    async def _attempts(self, put: _Put, span: trace.Span | None) -> str:
+    async def _attempts(self, request: _Request, span: trace.Span | None) -> _Reply:
         retries = 0
         while True:
             try:
-                return await self._once(put, span)
+                return await self._once(request, span)
             except (aiohttp.ClientError, TimeoutError, ClientError) as exc:
                 if retries + 1 >= self._max_attempts or not _worth_retrying(exc):
-                    raise _as_botocore(exc, put.url) from exc
+                    raise _as_botocore(exc, request.url) from exc
             await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 2.0**retries)))
             retries += 1
             if span is not None:  # the instrumentor's attribute: retries made so far
                 span.set_attribute("retry_attempts", retries)
 
-    async def _once(self, put: _Put, span: trace.Span | None) -> str:
+    async def _once(self, request: _Request, span: trace.Span | None) -> _Reply:
         assert self._session is not None, "ObjectPutter used outside `async with`"
         signed = sign(
-            "PUT",
-            put.host,
-            put.path,
-            put.headers,
-            put.body,
+            request.method,
+            request.host,
+            request.path,
+            request.headers,
+            request.body,
             credentials=await self._credentials(),
             region=self._region,
             now=datetime.now(UTC),
         )
-        url = URL(put.url, encoded=True)
-        async with self._session.put(url, data=put.body, headers=signed) as reply:
-            content = await reply.read()
+        url = URL(request.url, encoded=True)
+        data = request.body if request.method == "PUT" else None
+        async with self._session.request(request.method, url, data=data, headers=signed) as reply:
             if span is not None:
                 span.set_attribute("http.status_code", reply.status)
                 if request_id := reply.headers.get("x-amz-request-id"):
                     span.set_attribute("aws.request_id", request_id)
+            length = reply.content_length
+            too_large = request.max_bytes is not None and (length or 0) > request.max_bytes
+            if reply.status < 300 and too_large:
+                reply.close()  # the body is not read
+                raise ObjectTooLarge(request.key, length or 0, request.max_bytes or 0)
+            content = await reply.read()
             if reply.status >= 300:
-                error = _client_error(reply.status, content, reply.headers)
+                error = _client_error(request.operation, reply.status, content, reply.headers)
                 if span is not None:
-                    span.set_attribute("error.type", error.response["Error"]["Code"])
-                    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                    _record_error(span, request, reply.status, error)
                 raise error
-            return reply.headers.get("ETag", "").strip('"')
+            return _Reply(reply.headers, content)
 
     async def _credentials(self) -> Credentials:
         # The session's provider chain (environment, profile, the ECS task role), refreshed
@@ -190,7 +228,19 @@ class ObjectPutter:
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
-def _client_error(status: int, content: bytes, headers: Mapping[str, str]) -> ClientError:
+def _record_error(span: trace.Span, request: _Request, status: int, error: ClientError) -> None:
+    if status == 404 and request.method == "GET":
+        # An answer (the object is not there), not a failure: as aws_spans.py marks
+        # botocore's S3 reads.
+        span.set_status(Status(StatusCode.OK))
+        return
+    span.set_attribute("error.type", error.response["Error"]["Code"])
+    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+
+
+def _client_error(
+    operation: str, status: int, content: bytes, headers: Mapping[str, str]
+) -> ClientError:
     code = _CODE.search(content)
     message = _MESSAGE.search(content)
     response: Any = {  # the shape botocore parses an S3 error into
@@ -203,7 +253,9 @@ def _client_error(status: int, content: bytes, headers: Mapping[str, str]) -> Cl
             "RequestId": headers.get("x-amz-request-id", ""),
         },
     }
-    return ClientError(response, "PutObject")
+    if not code and status == 404 and operation == "GetObject":
+        response["Error"]["Code"] = "NoSuchKey"  # as botocore names a body-less 404
+    return ClientError(response, operation)
 
 
 def _worth_retrying(exc: BaseException) -> bool:
