@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import resource
 import signal
 import statistics
 import sys
@@ -60,6 +59,7 @@ from ingest_processor.backfill import (
 from ingest_processor.backfill.pipeline import in_flight_for
 from ingest_processor.backfill.selection import Shard
 from ingest_processor.backfill.shards import shard_settings
+from ingest_processor.backfill.stats import own_cpu, reaped_children_cpu
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
 from procstat import cpu_seconds, own_child, process_tree
@@ -70,16 +70,6 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 IMAGES_PER_PRODUCT = 100
 CATALOGUE = 650_000  # the original system's run: SVGs re-rendered to WebP
 MACHINE_CPUS = 16
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def reaped_children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def svgs() -> list[bytes]:

@@ -59,6 +59,17 @@ async def images(db: asyncpg.Pool) -> list[asyncpg.Record]:
     return list(await db.fetch("SELECT * FROM images WHERE status = 'ready' ORDER BY id"))
 
 
+async def cancel_once_done(backfill: Backfill, done: int) -> None:
+    """Run ``backfill`` until ``done`` images are written, then cancel it as Ctrl-C would."""
+    task = asyncio.create_task(backfill.run())
+    async with asyncio.timeout(60):
+        while backfill.stats.done < done:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(30, task)
+
+
 async def test_a_new_width_is_added_to_every_image_and_a_second_run_renders_nothing(
     aws: Aws, db: asyncpg.Pool, ingested: Any
 ) -> None:
@@ -114,13 +125,7 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
     assert total == 24
 
     first = Backfill(settings, aws, db, Selection(everything=True))
-    task = asyncio.create_task(first.run())
-    async with asyncio.timeout(60):
-        while first.stats.done < 8:
-            await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await within(30, task)
+    await cancel_once_done(first, 8)
     written = await db.fetchval(
         "SELECT count(*) FROM images WHERE renditions @> $1::jsonb",
         [{"width": 32, "format": "webp", "profile": first.profile}],
@@ -236,13 +241,7 @@ async def test_shards_take_each_image_once_and_resume_from_their_own_checkpoints
     assert all(owned.values())  # 24 images: both shards have some
 
     first = Backfill(shard_settings(settings, Shard(0, 2)), aws, db, everything, shard=Shard(0, 2))
-    task = asyncio.create_task(first.run())
-    async with asyncio.timeout(60):
-        while first.stats.done < 4:
-            await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await within(30, task)
+    await cancel_once_done(first, 4)
     assert first.stats.to_render == len(owned[0])  # the SQL shard is the Python one
     written = await up_to_date(db, first.profile)
     assert written <= owned[0]  # only shard 0's images

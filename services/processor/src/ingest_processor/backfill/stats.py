@@ -108,7 +108,8 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _reaped_children_cpu() -> float:
+def reaped_children_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -137,7 +138,7 @@ class CpuMeter:
 
     def _now(self) -> tuple[float, float]:
         live = sum(_process_cpu(pid) for pid in self._worker_pids())
-        return live + _reaped_children_cpu(), own_cpu()
+        return live + reaped_children_cpu(), own_cpu()
 
     def read(self) -> tuple[float, float]:
         """(render workers, this process) CPU seconds since the meter was made."""
