@@ -59,11 +59,25 @@ async def images(db: asyncpg.Pool) -> list[asyncpg.Record]:
     return list(await db.fetch("SELECT * FROM images WHERE status = 'ready' ORDER BY id"))
 
 
-async def cancel_once_done(backfill: Backfill, done: int) -> None:
-    """Run ``backfill`` until ``done`` images are written, then cancel it as Ctrl-C would."""
+async def cancel_once_done(backfill: Backfill, done: int, *, checkpointed: bool = False) -> None:
+    """Run ``backfill`` until ``done`` images are written (and, if ``checkpointed``, its
+    checkpoint has moved: images of a page can be written before the page is complete), then
+    cancel it as Ctrl-C would."""
     task = asyncio.create_task(backfill.run())
+
+    async def far_enough() -> bool:
+        if backfill.stats.done < done:
+            return False
+        if not checkpointed:
+            return True
+        return bool(
+            await backfill.db.fetchval(
+                "SELECT count(*) FROM backfill_runs WHERE last_image_id IS NOT NULL"
+            )
+        )
+
     async with asyncio.timeout(60):
-        while backfill.stats.done < done:
+        while not await far_enough():
             await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -120,6 +134,8 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
     # Another WebP quality is another profile: every rendition is rendered again, so the run
     # lasts; rows are written 4 at a time, so the interruption lands in its middle.
     monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
+    # 4 images in flight for one worker, as in production 10: the cancel lands mid-run.
+    monkeypatch.setattr(pipeline, "IN_FLIGHT_PER_WORKER", 2)
     settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79)
     total = len(await images(db))
     assert total == 24
@@ -234,6 +250,8 @@ async def test_shards_take_each_image_once_and_resume_from_their_own_checkpoints
     await ingested(MDI)
     # Another profile: every image is stale. Shard 0 of 2 runs here and is interrupted.
     monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
+    # 4 images in flight for one worker, as in production 10: the cancel lands mid-run.
+    monkeypatch.setattr(pipeline, "IN_FLIGHT_PER_WORKER", 2)
     settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79, render_workers=2)
     everything = Selection(everything=True)
     ids = [row["id"] for row in await images(db)]
@@ -241,7 +259,7 @@ async def test_shards_take_each_image_once_and_resume_from_their_own_checkpoints
     assert all(owned.values())  # 24 images: both shards have some
 
     first = Backfill(shard_settings(settings, Shard(0, 2)), aws, db, everything, shard=Shard(0, 2))
-    await cancel_once_done(first, 4)
+    await cancel_once_done(first, 4, checkpointed=True)
     assert first.stats.to_render == len(owned[0])  # the SQL shard is the Python one
     written = await up_to_date(db, first.profile)
     assert written <= owned[0]  # only shard 0's images
