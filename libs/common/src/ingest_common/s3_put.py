@@ -253,8 +253,6 @@ def _client_error(
             "RequestId": headers.get("x-amz-request-id", ""),
         },
     }
-    if not code and status == 404 and operation == "GetObject":
-        response["Error"]["Code"] = "NoSuchKey"  # as botocore names a body-less 404
     return ClientError(response, operation)
 
 
