@@ -59,6 +59,13 @@ async def images(db: asyncpg.Pool) -> list[asyncpg.Record]:
     return list(await db.fetch("SELECT * FROM images WHERE status = 'ready' ORDER BY id"))
 
 
+def interruptible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written 4 at a time and 4 images in flight for one worker (in production 100 and
+    10), so that a cancel lands in the middle of a 24-image run."""
+    monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
+    monkeypatch.setattr(pipeline, "IN_FLIGHT_PER_WORKER", 2)
+
+
 async def cancel_once_done(backfill: Backfill, done: int, *, checkpointed: bool = False) -> None:
     """Run ``backfill`` until ``done`` images are written (and, if ``checkpointed``, its
     checkpoint has moved: images of a page can be written before the page is complete), then
@@ -132,10 +139,8 @@ async def test_an_interrupted_backfill_resumes_without_rendering_much_twice(
 ) -> None:
     await ingested(MDI)
     # Another WebP quality is another profile: every rendition is rendered again, so the run
-    # lasts; rows are written 4 at a time, so the interruption lands in its middle.
-    monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
-    # 4 images in flight for one worker, as in production 10: the cancel lands mid-run.
-    monkeypatch.setattr(pipeline, "IN_FLIGHT_PER_WORKER", 2)
+    # lasts; written a few rows at a time, the interruption lands in its middle.
+    interruptible(monkeypatch)
     settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79)
     total = len(await images(db))
     assert total == 24
@@ -249,9 +254,7 @@ async def test_shards_take_each_image_once_and_resume_from_their_own_checkpoints
 ) -> None:
     await ingested(MDI)
     # Another profile: every image is stale. Shard 0 of 2 runs here and is interrupted.
-    monkeypatch.setattr(pipeline, "_FLUSH_ROWS", 4)
-    # 4 images in flight for one worker, as in production 10: the cancel lands mid-run.
-    monkeypatch.setattr(pipeline, "IN_FLIGHT_PER_WORKER", 2)
+    interruptible(monkeypatch)
     settings = backfill_settings(aws, render_widths=WIDTHS, webp_quality=79, render_workers=2)
     everything = Selection(everything=True)
     ids = [row["id"] for row in await images(db)]

@@ -197,7 +197,7 @@ class ObjectPutter:
             now=datetime.now(UTC),
         )
         url = URL(request.url, encoded=True)
-        data = request.body if request.method == "PUT" else None
+        data = request.body if request.method == "PUT" else None  # an empty PUT sends length 0
         async with self._session.request(request.method, url, data=data, headers=signed) as reply:
             if span is not None:
                 span.set_attribute("http.status_code", reply.status)

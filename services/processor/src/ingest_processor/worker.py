@@ -66,7 +66,7 @@ def worker_main(
     # included) reaches the parent.
     os.dup2(stderr.fileno(), 2)
     stderr.close()
-    _die_with_parent(parent)
+    die_with_parent(parent)
     if limits.nice:
         os.nice(limits.nice)
     prepare_render_process()
@@ -175,8 +175,7 @@ def keep_freed_memory() -> None:
     −7 %, VmData unchanged). The memory stays the worker's, bounded by the trim below and the
     soft limit. Not glibc (musl): nothing to tune.
     """
-    name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    mallopt = _libc_function("mallopt")
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
         mallopt(_M_TRIM_THRESHOLD, _TRIM_GROWTH)
@@ -188,8 +187,7 @@ _M_MMAP_THRESHOLD = -3
 
 def _malloc_trim() -> Callable[[], None]:
     """glibc's malloc_trim(0): give the free memory in every malloc arena back to the kernel."""
-    name = ctypes.util.find_library("c")
-    libc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    libc_trim = _libc_function("malloc_trim")
 
     def trim() -> None:
         if libc_trim is not None:  # None: not glibc (musl has no arenas to trim)
@@ -201,17 +199,24 @@ def _malloc_trim() -> Callable[[], None]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """A processor killed with SIGKILL runs no clean-up: have the kernel end its workers.
+def die_with_parent(parent: int, signal_number: int = signal.SIGKILL) -> None:
+    """A processor killed with SIGKILL runs no clean-up: have the kernel end its workers
+    (or send them ``signal_number``) when it dies.
 
     Without this, workers of a kill -9'd processor live on as orphans, each holding its
     memory, and a restarted processor adds a new set beside them.
     """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl = _libc_function("prctl") if sys.platform == "linux" else None
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal_number)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _libc_function(name: str) -> Any:
+    """A C library function by name, or None where the C library lacks it (musl: mallopt)."""
+    path = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(path, use_errno=True), name, None) if path else None
 
 
 def send_message(channel: socket.socket, message: object) -> None:

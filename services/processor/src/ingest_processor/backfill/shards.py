@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import pickle
@@ -35,11 +33,11 @@ from ingest_processor.backfill.selection import Selection, SelectionError, Shard
 from ingest_processor.backfill.settings import BackfillSettings
 from ingest_processor.backfill.stats import BackfillStats, combine
 from ingest_processor.renditions import render_profile
+from ingest_processor.worker import die_with_parent
 
 _SPAWN = multiprocessing.get_context("spawn")
 _REPORT_SECONDS = 0.25  # how often a shard sends its stats (the progress line's refresh)
 _STOP_SECONDS = 30.0  # a stopped shard's time to write what it has before it is killed
-_PR_SET_PDEATHSIG = 1
 
 
 def default_shards(settings: BackfillSettings) -> int:
@@ -177,7 +175,9 @@ class _ShardProcess:
 def _shard_main(
     settings: BackfillSettings, selection: Selection, shard: Shard, report: Connection, parent: int
 ) -> None:
-    _stop_with_parent(parent)
+    # A parent killed with SIGKILL runs no clean-up: the kernel stops its shards (which stop
+    # their render workers) with SIGTERM, so each writes what it has rendered.
+    die_with_parent(parent, signal.SIGTERM)
     code = 0
     try:
         asyncio.run(_run_shard(settings, selection, shard, report))
@@ -229,13 +229,3 @@ def _portable(exc: Exception) -> Exception:
     except Exception:  # any failure to round-trip: send the text
         return RuntimeError(f"{type(exc).__name__}: {exc}")
     return exc
-
-
-def _stop_with_parent(parent: int) -> None:
-    """A parent killed with SIGKILL runs no clean-up: have the kernel stop its shards (which
-    stop their render workers), as SIGTERM, so each writes what it has rendered."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
