@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from ingest_processor.worker import cpu_seconds
 
 
 @dataclass
@@ -114,17 +114,6 @@ def reaped_children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _process_cpu(pid: int) -> float:
-    """CPU seconds of a live process, from /proc (Linux); 0 if it is gone or unreadable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    # After the command name (which may hold spaces): fields 14 and 15 are utime and stime.
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU used since it was made by a render pool's workers and by this process.
 
@@ -137,7 +126,7 @@ class CpuMeter:
         self._render, self._client = self._now()
 
     def _now(self) -> tuple[float, float]:
-        live = sum(_process_cpu(pid) for pid in self._worker_pids())
+        live = sum(cpu_seconds(pid) for pid in self._worker_pids())
         return live + reaped_children_cpu(), own_cpu()
 
     def read(self) -> tuple[float, float]:
