@@ -160,7 +160,17 @@ async def test_one_upload_is_one_trace_across_four_processes(
     # enough to ride in their render messages, so the processor reads no original.
     assert any(s.service == "previewer" and s.name == "S3.GetObject" for s in members)
     assert not any(s.service == "processor" and s.name == "S3.GetObject" for s in members)
-    assert any(s.service == "processor" and s.name == "S3.PutObject" for s in members)
+    # Each rendition's PUT, under its image's process span, says which rendition it stores.
+    puts = [s for s in members if s.service == "processor" and s.name == "S3.PutObject"]
+    assert len(puts) == IMAGES * 8
+    for put in puts:
+        assert parent(put).name == "process ingest-render"
+        width, fmt = (
+            put.attributes["ingest.rendition.width"],
+            put.attributes["ingest.rendition.format"],
+        )
+        assert put.attributes["aws.s3.key"].endswith(f"/{width}.{fmt}")
+        assert put.attributes["ingest.rendition.bytes"] > 0
     assert any(
         s.service == "indexer" and s.kind == "client" and s.name == "SELECT" for s in members
     )

@@ -8,7 +8,7 @@ S3 calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -18,6 +18,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.handlers import add_expect_header
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
@@ -277,15 +278,19 @@ class Aws:
         content_type: str,
         cache_control: str | None = None,
         metadata: dict[str, str] | None = None,
+        span_attributes: Mapping[str, AttributeValue] | None = None,
     ) -> str:
-        """Put an object and return its ETag (unquoted): s3:PutObject, through `s3_put`."""
+        """Put an object and return its ETag (unquoted): s3:PutObject, through `s3_put`;
+        ``span_attributes`` go on its span."""
         headers = {"content-type": content_type}
         if cache_control:
             headers["cache-control"] = cache_control
         for name, value in (metadata or {}).items():
             headers[f"x-amz-meta-{name}"] = value
         async with self._s3_slots:
-            return await self.s3_objects.put_object(bucket, key, data, headers)
+            return await self.s3_objects.put_object(
+                bucket, key, data, headers, span_attributes=span_attributes
+            )
 
 
 class UnknownTopic(LookupError):

@@ -37,6 +37,7 @@ from botocore.exceptions import (
 )
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
 from ingest_common.sigv4 import Credentials, object_path, sign
@@ -130,13 +131,20 @@ class ObjectPutter:
             await self._session.close()
 
     async def put_object(
-        self, bucket: str, key: str, body: bytes, headers: Mapping[str, str]
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        span_attributes: Mapping[str, AttributeValue] | None = None,
     ) -> str:
-        """Put ``body`` at ``key``; return its ETag (unquoted)."""
+        """Put ``body`` at ``key``; return its ETag (unquoted). ``span_attributes`` go on the
+        PutObject span (what the object is, where a wrapping span would cost as much again)."""
         host, path = self._address(bucket, key)
         url = f"{self._scheme}://{host}{path}"
         put = _Request("PutObject", "PUT", key, host, path, url, body, headers)
-        reply = await self._traced(put, bucket)
+        reply = await self._traced(put, bucket, span_attributes)
         return reply.headers.get("ETag", "").strip('"')
 
     async def get_object(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
@@ -147,7 +155,12 @@ class ObjectPutter:
         get = _Request("GetObject", "GET", key, host, path, url, max_bytes=max_bytes)
         return (await self._traced(get, bucket)).content
 
-    async def _traced(self, request: _Request, bucket: str) -> _Reply:
+    async def _traced(
+        self,
+        request: _Request,
+        bucket: str,
+        extra_attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> _Reply:
         parent = trace.get_current_span()
         if not parent.is_recording():  # an AWS call never starts a trace (aws_spans.py)
             return await self._attempts(request, None)
@@ -162,6 +175,7 @@ class ObjectPutter:
                 "server.address": request.host.partition(":")[0],
                 "aws.s3.bucket": bucket,
                 "aws.s3.key": request.key,
+                **(extra_attributes or {}),
             },
         ) as span:
             return await self._attempts(request, span)

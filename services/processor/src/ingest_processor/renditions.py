@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ingest_common.aws import Aws
-from ingest_common.telemetry.tracing import tracer
 
 from ingest_processor.render import RenderSpec, Rendition
 from ingest_processor.settings import ProcessorSettings
@@ -71,21 +70,19 @@ async def _store(
     aws: Aws, settings: ProcessorSettings, image: uuid.UUID, rendition: Rendition, profile: str
 ) -> dict[str, Any]:
     key = rendition_key(image, rendition, profile)
-    with tracer().start_as_current_span(
-        "store rendition",
-        attributes={
+    await aws.put_bytes(
+        settings.previews_bucket,
+        key,
+        rendition.data,
+        content_type=rendition.content_type,
+        cache_control=settings.cache_control,
+        # On the PutObject span itself: a span of its own per rendition cost as much again.
+        span_attributes={
             "ingest.rendition.width": rendition.width,
             "ingest.rendition.format": rendition.format,
             "ingest.rendition.bytes": len(rendition.data),
         },
-    ):
-        await aws.put_bytes(
-            settings.previews_bucket,
-            key,
-            rendition.data,
-            content_type=rendition.content_type,
-            cache_control=settings.cache_control,
-        )
+    )
     return {
         "width": rendition.width,
         "height": rendition.height,
