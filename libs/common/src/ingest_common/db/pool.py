@@ -18,6 +18,15 @@ async def init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
+async def no_session_state(connection: asyncpg.Connection) -> None:
+    """What a pooled connection needs reset on release beyond what asyncpg always does (roll
+    back an open transaction, drop listeners): nothing. Pooled connections keep no session
+    state; LISTEN, session advisory locks and SET belong on a connection of their own
+    (`connect`). asyncpg's default reset is a round trip to the server on every release
+    (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`), two or three per
+    rendered image."""
+
+
 async def create_pool(settings: IngestSettings) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
@@ -26,6 +35,7 @@ async def create_pool(settings: IngestSettings) -> asyncpg.Pool:
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,
         init=init_connection,
+        reset=no_session_state,
     )
     assert pool is not None
     return pool
