@@ -27,6 +27,7 @@ from ingest_batcher.svgcheck import check_svg
 from ingest_processor import pool as pool_module
 from ingest_processor.pool import RenderCrashed, RenderOverMemory, RenderPool, RenderTimedOut
 from ingest_processor.render import MIB, RenderRejected, RenderSpec, render_svg
+from ingest_processor.worker import minor_faults
 
 from tests.svgs import MDI_FORWARD, blurred, inner_shadows, paths
 
@@ -48,12 +49,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _minor_faults(pid: int) -> int:
-    """A process's minor page faults so far (/proc/PID/stat, field 10)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[7])
 
 
 def _rss(pid: int) -> int:
@@ -354,10 +349,10 @@ async def test_a_worker_reuses_freed_surfaces_instead_of_faulting_in_fresh_pages
     async with RenderPool(workers=1, spec=RenderSpec(), timeout=_AMPLE) as pool:
         await pool.render(svg)  # the heap grows to what the render needs, once
         (pid,) = pool.worker_pids()
-        before = _minor_faults(pid)
+        before = minor_faults(pid)
         for _ in range(3):
             await pool.render(svg)
-        per_render = (_minor_faults(pid) - before) / 3
+        per_render = (minor_faults(pid) - before) / 3
     assert per_render < 5000, f"{per_render:.0f} page faults per render"
 
 

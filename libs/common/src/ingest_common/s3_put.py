@@ -141,19 +141,30 @@ class ObjectPutter:
     ) -> str:
         """Put ``body`` at ``key``; return its ETag (unquoted). ``span_attributes`` go on the
         PutObject span (what the object is, where a wrapping span would cost as much again)."""
-        host, path = self._address(bucket, key)
-        url = f"{self._scheme}://{host}{path}"
-        put = _Request("PutObject", "PUT", key, host, path, url, body, headers)
+        put = self._request("PutObject", bucket, key, body=body, headers=headers)
         reply = await self._traced(put, bucket, span_attributes)
         return reply.headers.get("ETag", "").strip('"')
 
     async def get_object(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
         """The object at ``key``; ObjectTooLarge, before its body is read, if it is over
         ``max_bytes``."""
-        host, path = self._address(bucket, key)
-        url = f"{self._scheme}://{host}{path}"
-        get = _Request("GetObject", "GET", key, host, path, url, max_bytes=max_bytes)
+        get = self._request("GetObject", bucket, key, max_bytes=max_bytes)
         return (await self._traced(get, bucket)).content
+
+    def _request(
+        self,
+        operation: str,
+        bucket: str,
+        key: str,
+        *,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> _Request:
+        host, path = self._address(bucket, key)
+        method = {"PutObject": "PUT", "GetObject": "GET"}[operation]
+        url = f"{self._scheme}://{host}{path}"
+        return _Request(operation, method, key, host, path, url, body, headers or {}, max_bytes)
 
     async def _traced(
         self,

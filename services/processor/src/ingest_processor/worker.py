@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import pickle
 import re
@@ -215,8 +216,16 @@ def die_with_parent(parent: int, signal_number: int = signal.SIGKILL) -> None:
 
 def _libc_function(name: str) -> Any:
     """A C library function by name, or None where the C library lacks it (musl: mallopt)."""
+    libc = _libc()
+    return getattr(libc, name, None) if libc is not None else None
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Once per process: find_library runs ldconfig (2 ms), and a worker's set-up needs three
+    # functions.
     path = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(path, use_errno=True), name, None) if path else None
+    return ctypes.CDLL(path, use_errno=True) if path else None
 
 
 def send_message(channel: socket.socket, message: object) -> None:
@@ -251,10 +260,21 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used; 0.0 once it is gone."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS if fields else 0.0
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults a process has taken (pages it touched first); 0 once it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[7]) if fields else 0
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """/proc/PID/stat after the command name in parentheses (state is field 3 of proc(5), so
+    [0] here); [] once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            # After the command name in parentheses: state is field 3, utime 14, stime 15.
-            fields = stat.read().rsplit(b")", 1)[1].split()
+            return stat.read().rsplit(b")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return []
