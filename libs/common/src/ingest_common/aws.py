@@ -23,6 +23,7 @@ from opentelemetry.util.types import AttributeValue
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
 from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
+from ingest_common.s3_put_blocking import PutSettings
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.aws_spans import instrument_aws
@@ -106,6 +107,7 @@ class Aws:
         # only after the body: with no answer (a partition) a put would wait forever.
         self.s3.meta.events.unregister("before-call.s3", add_expect_header)
         # The PUTs of objects in memory (renditions, originals, mosaics) skip botocore.
+        self._s3_timeouts = (connect_timeout, S3_READ_TIMEOUT, attempts)
         self.s3_objects = await self._stack.enter_async_context(
             ObjectPutter(
                 session,
@@ -265,6 +267,12 @@ class Aws:
         return refused
 
     # --- S3 ---------------------------------------------------------------------------
+
+    def put_settings(self) -> PutSettings:
+        """How another process's blocking client (a render worker's) reaches S3 as this one
+        does: the same endpoint, timeouts and attempts."""
+        connect_timeout, read_timeout, attempts = self._s3_timeouts
+        return PutSettings(self.s3_objects.endpoint, connect_timeout, read_timeout, attempts)
 
     async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
         """An object's bytes: s3:GetObject, through `s3_put`; ObjectTooLarge over

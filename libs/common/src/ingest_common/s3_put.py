@@ -16,14 +16,11 @@ on the aiobotocore client.
 from __future__ import annotations
 
 import asyncio
-import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.session import AioSession
@@ -40,16 +37,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
-from ingest_common.sigv4 import Credentials, object_path, sign
-
-# Worth another attempt, as botocore's standard retry mode judges them.
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
-_RETRY_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
-)
-_MAX_BACKOFF = 20.0
-_CODE = re.compile(rb"<Code>([^<]+)</Code>")
-_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+from ingest_common.s3_request import S3Endpoint, backoff, client_error, worth_retrying
+from ingest_common.sigv4 import Credentials, sign
 
 
 class ObjectTooLarge(Exception):
@@ -96,15 +85,7 @@ class ObjectPutter:
         connections: int,
     ) -> None:
         self._aws_session = session
-        self._region = region
-        endpoint = urlsplit(s3.meta.endpoint_url)
-        self._scheme = endpoint.scheme
-        self._endpoint_host = endpoint.netloc
-        # Virtual-hosted addressing on AWS's own endpoints, as botocore's default does; path
-        # style elsewhere (moto, LocalStack, a VPC endpoint URL) and for dotted bucket names.
-        self._virtual = endpoint.hostname is not None and endpoint.hostname.endswith(
-            "amazonaws.com"
-        )
+        self.endpoint = S3Endpoint.of(s3.meta.endpoint_url, region)
         self._max_attempts = max(1, max_attempts)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
@@ -161,9 +142,9 @@ class ObjectPutter:
         headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
     ) -> _Request:
-        host, path = self._address(bucket, key)
+        host, path = self.endpoint.address(bucket, key)
         method = {"PutObject": "PUT", "GetObject": "GET"}[operation]
-        url = f"{self._scheme}://{host}{path}"
+        url = f"{self.endpoint.scheme}://{host}{path}"
         return _Request(operation, method, key, host, path, url, body, headers or {}, max_bytes)
 
     async def _traced(
@@ -179,22 +160,13 @@ class ObjectPutter:
             f"S3.{request.operation}",
             kind=SpanKind.CLIENT,
             attributes={
-                "rpc.system": "aws-api",
-                "rpc.service": "S3",
-                "rpc.method": request.operation,
-                "cloud.region": self._region,
-                "server.address": request.host.partition(":")[0],
-                "aws.s3.bucket": bucket,
-                "aws.s3.key": request.key,
+                **self.endpoint.span_attributes(
+                    request.operation, request.host, bucket, request.key
+                ),
                 **(extra_attributes or {}),
             },
         ) as span:
             return await self._attempts(request, span)
-
-    def _address(self, bucket: str, key: str) -> tuple[str, str]:
-        if self._virtual and "." not in bucket:
-            return f"{bucket}.{self._endpoint_host}", object_path(None, key)
-        return self._endpoint_host, object_path(bucket, key)
 
     async def _attempts(self, request: _Request, span: trace.Span | None) -> _Reply:
         retries = 0
@@ -202,9 +174,9 @@ class ObjectPutter:
             try:
                 return await self._once(request, span)
             except (aiohttp.ClientError, TimeoutError, ClientError) as exc:
-                if retries + 1 >= self._max_attempts or not _worth_retrying(exc):
+                if retries + 1 >= self._max_attempts or not worth_retrying(exc):
                     raise _as_botocore(exc, request.url) from exc
-            await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 2.0**retries)))
+            await asyncio.sleep(backoff(retries))
             retries += 1
             if span is not None:  # the instrumentor's attribute: retries made so far
                 span.set_attribute("retry_attempts", retries)
@@ -217,8 +189,8 @@ class ObjectPutter:
             request.path,
             request.headers,
             request.body,
-            credentials=await self._credentials(),
-            region=self._region,
+            credentials=await self.credentials(),
+            region=self.endpoint.region,
             now=datetime.now(UTC),
         )
         url = URL(request.url, encoded=True)
@@ -235,13 +207,13 @@ class ObjectPutter:
                 raise ObjectTooLarge(request.key, length or 0, request.max_bytes or 0)
             content = await reply.read()
             if reply.status >= 300:
-                error = _client_error(request.operation, reply.status, content, reply.headers)
+                error = client_error(request.operation, reply.status, content, reply.headers)
                 if span is not None:
                     _record_error(span, request, reply.status, error)
                 raise error
             return _Reply(reply.headers, content)
 
-    async def _credentials(self) -> Credentials:
+    async def credentials(self) -> Credentials:
         # The session's provider chain (environment, profile, the ECS task role), refreshed
         # by botocore before they expire.
         source = await self._aws_session.get_credentials()
@@ -261,32 +233,6 @@ def _record_error(span: trace.Span, request: _Request, status: int, error: Clien
         return
     span.set_attribute("error.type", error.response["Error"]["Code"])
     span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-
-
-def _client_error(
-    operation: str, status: int, content: bytes, headers: Mapping[str, str]
-) -> ClientError:
-    code = _CODE.search(content)
-    message = _MESSAGE.search(content)
-    response: Any = {  # the shape botocore parses an S3 error into
-        "Error": {
-            "Code": code.group(1).decode() if code else str(status),
-            "Message": message.group(1).decode() if message else "",
-        },
-        "ResponseMetadata": {
-            "HTTPStatusCode": status,
-            "RequestId": headers.get("x-amz-request-id", ""),
-        },
-    }
-    return ClientError(response, operation)
-
-
-def _worth_retrying(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        response = exc.response
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status in _RETRY_STATUS or response.get("Error", {}).get("Code") in _RETRY_CODES
-    return True  # a connection refused, reset or timed out
 
 
 def _as_botocore(exc: BaseException, url: str) -> Exception:

@@ -1,9 +1,9 @@
 """What one render message does.
 
 the SVG (carried by the message if small, else the original from S3) → every width × format
-in a worker process → renditions to S3 with immutable caching → the image row ready (or
-failed with a reason) and the product's counters, in one transaction → if that completed
-the product: product-ready, at once.
+in a worker process, which puts the renditions to S3 with immutable caching → the image row
+ready (or failed with a reason) and the product's counters, in one transaction → if that
+completed the product: product-ready, at once.
 
 Two lanes, so that one heavy SVG never costs anyone else (README "Render isolation"): the
 render queue's renders get `INGEST_RENDER_SLOW_AFTER` seconds of CPU; one that needs more
@@ -38,8 +38,9 @@ from opentelemetry import trace
 from ingest_processor.lanes import Uploads
 from ingest_processor.pool import RenderPool, RenderTimedOut, render_pool
 from ingest_processor.render import RenderRejected, RenderResult
-from ingest_processor.renditions import render_profile, store_renditions
+from ingest_processor.renditions import StoreOrder, render_profile, store_order
 from ingest_processor.settings import ProcessorSettings
+from ingest_processor.stored import stored_entries
 
 log = structlog.get_logger("ingest.processor")
 
@@ -66,7 +67,8 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         """The handler with its render pool, which lives as long as the service."""
         settings = resources.settings
         assert isinstance(settings, ProcessorSettings)
-        async with render_pool(settings, slow=cls.slow) as pool:
+        puts = resources.aws.put_settings()
+        async with render_pool(settings, slow=cls.slow, puts=puts) as pool:
             yield cls(resources, pool)
 
     async def handle(self, message: RenderImage, delivery: Delivery) -> None:
@@ -127,15 +129,21 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                 await self._to_slow_lane(delivery, "its upload is heavy")
                 return None
             svg = await self._original(message)
+            store = store_order(
+                self.settings,
+                message.image_id,
+                self.profile,
+                await self.aws.s3_objects.credentials(),
+            )
             if self.budget is None:
-                result = await self._render_in_pool(svg)
+                result = await self._render_in_pool(svg, store)
             else:
                 async with self.uploads.trial(upload):
                     if self.uploads.heavy(upload):  # decided while this one waited its turn
                         await self._to_slow_lane(delivery, "its upload is heavy")
                         return None
                     try:
-                        result = await self._render_in_pool(svg)
+                        result = await self._render_in_pool(svg, store)
                     except RenderTimedOut:
                         self.uploads.judge(upload, "heavy")
                         await self._to_slow_lane(delivery, f"over {self.budget:g} s of CPU")
@@ -149,9 +157,8 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             return await self._fail(message, exc.reason)
         except (BotoCoreError, ClientError) as exc:
             raise RetryableError(f"could not read the original: {exc}") from exc
-        renditions = await store_renditions(
-            self.aws, self.settings, message.image_id, result.renditions, self.profile
-        )
+        # Stored by the worker that rendered them; their PUTs' spans are drawn here.
+        renditions = stored_entries(result, self.aws.s3_objects.endpoint)
         async with self.db.acquire() as connection:
             state = await finish_image(
                 connection,
@@ -191,34 +198,42 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         )
         log.info("processor.moved_to_slow_lane", why=why)
 
-    async def _render_in_pool(self, svg: bytes) -> RenderResult:
-        """`render svg` (in a worker) with a child span per rendition, timed by the worker."""
-        with tracer().start_as_current_span(
+    async def _render_in_pool(self, svg: bytes, store: StoreOrder) -> RenderResult:
+        """`render svg` (in a worker, which then stores the renditions) with a child span per
+        rendition, timed by the worker. The span ends with the last rendition: the worker's
+        PUTs come after, and their spans go beside it (stored.py)."""
+        span = tracer().start_span(
             "render svg", attributes={"ingest.svg.bytes": len(svg), "ingest.slow_lane": self.slow}
-        ) as span:
-            result = await self.pool.render(svg, timeout=self.budget)
-            span.set_attribute("ingest.svg.width", result.source_width)
-            span.set_attribute("ingest.svg.height", result.source_height)
-            first_of_width: set[int] = set()
-            for rendition in result.renditions:
-                seconds = max(0, rendition.ended_ns - rendition.started_ns) / 1e9
-                metrics.render_duration.record(
-                    seconds, {"width": rendition.width, "format": rendition.format}
-                )
-                child = tracer().start_span(
-                    f"render {rendition.width}px {rendition.format}",
-                    context=trace.set_span_in_context(span),
-                    start_time=rendition.started_ns,
-                    attributes={
-                        "ingest.rendition.width": rendition.width,
-                        "ingest.rendition.height": rendition.height,
-                        "ingest.rendition.format": rendition.format,
-                        "ingest.rendition.bytes": len(rendition.data),
-                        "ingest.rendition.rasterised": rendition.width not in first_of_width,
-                    },
-                )
-                child.end(end_time=rendition.ended_ns)
-                first_of_width.add(rendition.width)
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                result = await self.pool.render(svg, timeout=self.budget, store=store)
+        except BaseException:
+            span.end()
+            raise
+        span.set_attribute("ingest.svg.width", result.source_width)
+        span.set_attribute("ingest.svg.height", result.source_height)
+        first_of_width: set[int] = set()
+        for rendition in result.renditions:
+            seconds = max(0, rendition.ended_ns - rendition.started_ns) / 1e9
+            metrics.render_duration.record(
+                seconds, {"width": rendition.width, "format": rendition.format}
+            )
+            child = tracer().start_span(
+                f"render {rendition.width}px {rendition.format}",
+                context=trace.set_span_in_context(span),
+                start_time=rendition.started_ns,
+                attributes={
+                    "ingest.rendition.width": rendition.width,
+                    "ingest.rendition.height": rendition.height,
+                    "ingest.rendition.format": rendition.format,
+                    "ingest.rendition.bytes": rendition.size,
+                    "ingest.rendition.rasterised": rendition.width not in first_of_width,
+                },
+            )
+            child.end(end_time=rendition.ended_ns)
+            first_of_width.add(rendition.width)
+        span.end(end_time=max((r.ended_ns for r in result.renditions), default=None))
         return result
 
     async def _fail(

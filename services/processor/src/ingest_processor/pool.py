@@ -29,6 +29,15 @@ holds, in order.
   gets one transparent retry on another worker, one that died under its retry raises
   ``RenderCrashed`` (retryable: the message stays for SQS redelivery, which ends in the DLQ for
   an SVG that kills the renderer every time); the render queued behind it is sent again.
+* **Workers store what they render.** A render given a ``StoreOrder`` is put in S3 by its own
+  worker's store threads (worker.py): the worker says "rendered" when the render is done, which
+  ends its timer and frees its place (the next render starts), and the result follows once
+  every PUT has ended, each rendition with its ``PutOutcome`` and without its bytes. So S3's
+  latency or an outage never counts as render time, the bytes never cross the socket, and the
+  PUTs' CPU scales with the workers instead of queueing on the processor's one event loop. A
+  worker holds at most ``_STORING`` rendered images (bounded memory when S3 is slow: no more
+  renders go to it), retires only after reporting them, and if it dies or is killed for a
+  timeout they are rendered again on another worker (not their fault: no attempt counted).
 * **Eager start.** Workers start in ``__aenter__`` and successors the moment a worker is
   retired or lost; renders go only to workers that have reported ready (pyvips imported,
   libvips configured), so start-up never counts against a render. A pool whose workers cannot
@@ -104,6 +113,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import structlog
+from ingest_common.s3_put_blocking import PutSettings
 
 from ingest_processor.render import (
     MIB,
@@ -112,6 +122,7 @@ from ingest_processor.render import (
     RenderResult,
     RenderSpec,
 )
+from ingest_processor.renditions import StoreOrder
 from ingest_processor.settings import ProcessorSettings
 from ingest_processor.spec import (
     DEFAULT_MAX_RENDERS,
@@ -138,6 +149,9 @@ _START_TIMEOUT = 60.0
 _SPAWN = multiprocessing.get_context("spawn")
 # Renders held per worker: one running, one queued behind it.
 _DEPTH = 2
+# Rendered images a worker may hold while its store threads put their renditions; no render
+# is sent to a worker at this many (its memory stays bounded through an S3 outage).
+_STORING = 4
 # How much of a worker's stderr is kept to tell why it died.
 _STDERR_TAIL = 4096
 # How long a dead worker's last stderr may take to arrive after its socket closed.
@@ -217,6 +231,7 @@ class _Job:
     only: Only
     timeout: float
     future: asyncio.Future[RenderResult]
+    store: StoreOrder | None = None  # its worker stores the renditions (worker.py)
     attempts: int = 0  # how many workers died while running it
     timer: asyncio.TimerHandle | None = None
     cpu_start: float = 0.0  # its worker's CPU seconds when it started (cpu_timeout)
@@ -262,6 +277,7 @@ class _Worker:
     def __init__(self) -> None:
         self.state = _State.STARTING
         self.jobs: deque[_Job] = deque()  # jobs[0] is rendering; the rest wait in its socket
+        self.storing: dict[int, _Job] = {}  # rendered, renditions being stored; by ticket
         self.sent = 0  # renders sent to it, for max_renders
         self.replaced = False  # its successor has been started
         self.peak_data = 0  # the most VmData sampled during the render it runs (_NEAR_LIMIT)
@@ -275,7 +291,7 @@ class _Worker:
         self.task: asyncio.Task[None] | None = None
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    async def start(self, spec: RenderSpec, limits: WorkerLimits) -> int:
+    async def start(self, spec: RenderSpec, limits: WorkerLimits, puts: PutSettings | None) -> int:
         """Spawn the process and wait for its "ready"; its RSS then. Raises _StartFailed."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
@@ -283,7 +299,7 @@ class _Worker:
         try:
             self.process = _SPAWN.Process(
                 target=worker_main,
-                args=(theirs, stderr_theirs, spec, os.getpid(), limits),
+                args=(theirs, stderr_theirs, spec, os.getpid(), limits, puts),
                 name="render-worker",
                 daemon=True,
             )
@@ -343,6 +359,10 @@ class _Worker:
             return None
         return pickle.loads(payload)
 
+    def holds_nothing(self) -> bool:
+        """Neither rendering nor storing anything: a retiring worker may go."""
+        return not self.jobs and not self.storing
+
     def close(self) -> None:
         """End its socket: the worker finishes what it holds, reads EOF and exits."""
         if self.writer is not None:
@@ -400,11 +420,13 @@ class RenderPool:
         max_renders: int = DEFAULT_MAX_RENDERS,
         nice: int = 0,
         cpu_timeout: bool = False,
+        puts: PutSettings | None = None,
     ) -> None:
         """``nice``: added to the workers' nice level (a slow lane yields the CPU to the
         others). ``cpu_timeout``: a render's timeout counts the CPU time its worker spends,
         not the clock, so a low-priority render is not cut for the time it waited for a CPU
-        (a clock backstop of _CPU_CLOCK_BACKSTOP × the timeout still holds)."""
+        (a clock backstop of _CPU_CLOCK_BACKSTOP × the timeout still holds). ``puts``: how
+        workers reach S3, for renders that come with a StoreOrder."""
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if timeout <= 0:
@@ -425,6 +447,7 @@ class RenderPool:
         self.stats = PoolStats()
         self.cpu_timeout = cpu_timeout
         self._limits = WorkerLimits(memory_soft_limit, memory_hard_limit, nice)
+        self._puts = puts
         self._workers: list[_Worker] = []
         self._pending: deque[_Job] = deque()  # renders no worker holds yet, oldest first
         self._open = False
@@ -478,10 +501,13 @@ class RenderPool:
         # Not the await's timeout (asyncio.timeout would count waiting for a worker, and could
         # not stop the worker): it bounds the rendering, which the pool times and ends itself.
         timeout: float | None = None,  # noqa: ASYNC109
+        store: StoreOrder | None = None,
     ) -> RenderResult:
         """Render in a worker process: every rendition of the spec, or ``only`` those.
 
         ``timeout`` (seconds of rendering, not of waiting for a worker) overrides the pool's.
+        ``store``: the worker also puts the renditions in S3; each comes back with its
+        ``stored`` outcome and without its bytes (the timeout ends when the render does).
         Raises RenderRejected (bad input; RenderTimedOut, RenderOverMemory: not retryable) or
         RenderCrashed (the worker died twice under this render: retryable).
         """
@@ -490,7 +516,9 @@ class RenderPool:
         seconds = self.timeout if timeout is None else timeout
         if seconds <= 0:
             raise ValueError(f"timeout must be positive, got {seconds}")
-        job = _Job(svg, only, seconds, asyncio.get_running_loop().create_future())
+        if store is not None and self._puts is None:
+            raise ValueError("a render with a StoreOrder needs a pool made with PutSettings")
+        job = _Job(svg, only, seconds, asyncio.get_running_loop().create_future(), store)
         self._pending.append(job)
         self._dispatch()
         # Cancelled here, the future is cancelled too: a worker's result for it is dropped.
@@ -505,14 +533,18 @@ class RenderPool:
             if job.future.done():  # its caller gave up while it waited
                 self._pending.popleft()
                 continue
-            free = [w for w in self._workers if w.state is _State.READY and len(w.jobs) < _DEPTH]
+            free = [
+                w
+                for w in self._workers
+                if w.state is _State.READY and len(w.jobs) < _DEPTH and len(w.storing) < _STORING
+            ]
             if not free:
                 return
             worker = min(free, key=lambda w: len(w.jobs))
             self._pending.popleft()
             worker.jobs.append(job)
             worker.sent += 1
-            worker.send((id(job), job.svg, job.only))
+            worker.send((id(job), job.svg, job.only, job.store))
             if len(worker.jobs) == 1:  # it was idle: the render starts now
                 self._start_timer(worker, job)
             if worker.sent >= self.max_renders:
@@ -563,15 +595,17 @@ class RenderPool:
         if worker.state is _State.READY:
             worker.state = _State.RETIRING
         self._replace(worker)
-        if not worker.jobs:
+        if worker.holds_nothing():
             worker.close()
 
     def _lose(self, worker: _Worker) -> None:
-        """Kill ``worker`` now; what it held but had not started goes back to the queue."""
+        """Kill ``worker`` now; what it held but had not started, and the renders it was
+        storing (not their fault, and never stored whole), go back to the queue."""
         worker.kill()
         self.stats.rss.pop(worker.pid, None)
         self._replace(worker)
-        self._requeue(worker.jobs)
+        self._requeue([*worker.storing.values(), *worker.jobs])
+        worker.storing.clear()
         worker.jobs.clear()
 
     def _replace(self, worker: _Worker) -> None:
@@ -603,7 +637,7 @@ class RenderPool:
         """Start ``worker``, take its results until its socket ends, then settle and reap it."""
         try:
             try:
-                rss = await worker.start(self.spec, self._limits)
+                rss = await worker.start(self.spec, self._limits, self._puts)
             except Exception as exc:  # whatever stops a start (spawn, import, setup) is one
                 worker.kill()  # if it hangs rather than died
                 self._start_failed(worker, exc)
@@ -635,6 +669,9 @@ class RenderPool:
         if worker.state is _State.GONE:
             return  # killed for a timeout just after it finished: already settled
         ticket, kind, value, rss, retire = message
+        if ticket in worker.storing:
+            self._on_stored(worker, worker.storing.pop(ticket), kind, value, rss)
+            return
         if not worker.jobs or id(worker.jobs[0]) != ticket:
             # Cannot happen with a sane worker; treat it as broken rather than misattribute.
             self._lose(worker)
@@ -642,11 +679,15 @@ class RenderPool:
         job = worker.jobs.popleft()
         job.stop_timer()
         self.stats.rss[worker.pid] = rss
+        if kind == "rendered":  # its store threads put the renditions now; the result follows
+            worker.storing[ticket] = job
         # A failure near the limit is the limit's, whatever libvips called it (_NEAR_LIMIT).
         suspect = kind in ("rejected", "error") and self._near_limit(worker)
         if suspect:
             kind = "memory"
-        if kind == "ok":
+        if kind == "rendered":
+            pass
+        elif kind == "ok":
             if not job.future.done():
                 job.future.set_result(cast(RenderResult, value))
         elif kind == "memory":
@@ -668,23 +709,39 @@ class RenderPool:
             self._retire(worker)
         elif worker.jobs:
             self._start_timer(worker, worker.jobs[0])  # the next one starts now
-        elif worker.state is _State.RETIRING:
+        elif worker.state is _State.RETIRING and worker.holds_nothing():
+            worker.close()
+        self._dispatch()
+
+    def _on_stored(self, worker: _Worker, job: _Job, kind: str, value: object, rss: int) -> None:
+        """A rendered job's renditions are stored (each with its outcome, failed or not)."""
+        self.stats.rss[worker.pid] = rss
+        if kind == "ok":
+            if not job.future.done():
+                job.future.set_result(cast(RenderResult, value))
+        else:
+            job.fail(value if isinstance(value, BaseException) else RuntimeError(repr(value)))
+        if worker.state is _State.RETIRING and worker.holds_nothing():
             worker.close()
         self._dispatch()
 
     async def _on_exit(self, worker: _Worker) -> None:
         """The worker's socket ended: expected (told to go, or killed), or it died."""
         expected = worker.state is _State.GONE or (
-            worker.state is _State.RETIRING and not worker.jobs
+            worker.state is _State.RETIRING and worker.holds_nothing()
         )
+        # What it was storing is requeued whole (not those renders' fault), ahead of what it
+        # was rendering: they came first. The running render (jobs[0]) is the suspect.
+        bystanders = list(worker.storing.values())
         jobs = list(worker.jobs)
+        worker.storing.clear()
         worker.jobs.clear()
         for job in jobs:
             job.stop_timer()
         worker.state = _State.GONE
         self.stats.rss.pop(worker.pid, None)
         if expected:
-            self._requeue(jobs)  # only at shutdown is anything left
+            self._requeue([*bystanders, *jobs])  # only at shutdown is anything left
             return
         self._replace(worker)
         # Its last words tell an allocation failure from a crash; they may trail the socket.
@@ -717,10 +774,12 @@ class RenderPool:
             pid=worker.pid,
             exitcode=worker.exitcode,
             render=outcome,
+            storing=len(bystanders),
             peak_data_mib=worker.peak_data // MIB,
             last_words=last_words[-300:].strip(),
         )
-        self._requeue(jobs)  # the one that died gets its retry; those behind it never started
+        # The one that died gets its retry; those behind it never started.
+        self._requeue([*bystanders, *jobs])
         self._dispatch()
 
     def _start_failed(self, worker: _Worker, error: Exception) -> None:
@@ -758,11 +817,11 @@ class RenderPool:
             self._watcher.cancel()
         stranded, self._pending = list(self._pending), deque()
         self._requeue(stranded)  # fails them: closing
-        running = [job.future for w in self._workers for job in w.jobs]
+        running = [job.future for w in self._workers for job in [*w.jobs, *w.storing.values()]]
         if running:
             await asyncio.wait(running, timeout=self.timeout)
         for worker in list(self._workers):
-            if worker.jobs or worker.state is _State.STARTING:
+            if not worker.holds_nothing() or worker.state is _State.STARTING:
                 # Over the grace: cut short, its renders fail. One still starting fails its
                 # start (or, not spawned yet, is killed once it has been).
                 self._lose(worker)
@@ -774,9 +833,11 @@ class RenderPool:
             await asyncio.wait(tasks)
 
 
-def render_pool(settings: ProcessorSettings, *, slow: bool = False) -> RenderPool:
+def render_pool(
+    settings: ProcessorSettings, *, slow: bool = False, puts: PutSettings | None = None
+) -> RenderPool:
     """The render pool the settings describe, for the render queue's lane or the slow one
-    (the backfill uses the render queue's)."""
+    (the backfill uses the render queue's); ``puts``: its workers store renditions."""
     if slow:
         workers, nice = settings.render_slow_workers, settings.render_slow_nice
     else:
@@ -790,4 +851,5 @@ def render_pool(settings: ProcessorSettings, *, slow: bool = False) -> RenderPoo
         max_renders=settings.render_max_renders,
         nice=nice,
         cpu_timeout=True,
+        puts=puts,
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyvips
 from ingest_common.imaging import as_srgb_with_alpha
@@ -46,6 +47,9 @@ from ingest_processor.svgdoc import (
     geometry_of,
     read_document,
 )
+
+if TYPE_CHECKING:
+    from ingest_common.s3_put_blocking import PutOutcome
 
 __all__ = [
     "DEFAULT_WEBP_MODE",
@@ -88,10 +92,18 @@ class Rendition:
     # format of a width includes rasterising it.
     started_ns: int = field(compare=False)
     ended_ns: int = field(compare=False)
+    # Where the worker that rendered it put it, when asked to store it (`data` is then empty:
+    # the bytes never cross the worker's socket).
+    stored: PutOutcome | None = field(default=None, compare=False)
 
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES[self.format]
+
+    @property
+    def size(self) -> int:
+        """Its encoded bytes' length, stored or not."""
+        return self.stored.size if self.stored is not None else len(self.data)
 
 
 @dataclass(frozen=True)

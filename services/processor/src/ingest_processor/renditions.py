@@ -1,4 +1,7 @@
-"""Store one image's renditions: the one way, shared by the processor and ``ingest backfill``.
+"""Where one image's renditions go: the one way, shared by the processor and ``ingest backfill``.
+
+The worker that renders an image stores its renditions (`StoreOrder`, worker.py); the
+processor then records what was stored (stored.py). Imported by render workers: keep it light.
 
 A rendition's key names its render profile (``renditions/<image>/<profile>/<width>.<format>``):
 renditions are served with ``Cache-Control: immutable``, so a re-render with other encoder
@@ -8,18 +11,19 @@ Re-rendering with the same profile writes the same keys (same bytes: idempotent)
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ingest_common.aws import Aws
+from ingest_common.sigv4 import Credentials
 
 from ingest_processor.render import RenderSpec, Rendition
-from ingest_processor.settings import ProcessorSettings
+
+if TYPE_CHECKING:
+    from ingest_processor.settings import ProcessorSettings
 
 # RenderSpec fields that do not change a rendition's bytes: which sizes and formats exist is
 # recorded per rendition, and the input limits only decide whether an SVG renders at all.
@@ -52,42 +56,20 @@ def target(spec: RenderSpec, profile: str) -> list[dict[str, Any]]:
     ]
 
 
-async def store_renditions(
-    aws: Aws,
-    settings: ProcessorSettings,
-    image: uuid.UUID,
-    renditions: Sequence[Rendition],
-    profile: str,
-) -> list[dict[str, Any]]:
-    """Put every rendition (concurrently; the S3 client caps requests) and return the entries
-    for ``images.renditions``."""
-    return list(
-        await asyncio.gather(*(_store(aws, settings, image, r, profile) for r in renditions))
-    )
+@dataclass(frozen=True, slots=True)
+class StoreOrder:
+    """Where a render's renditions go, sent with the render to the worker that stores them
+    (worker.py): the bucket, the image and profile that name their keys, their caching, and the
+    credentials to sign with (the processor's, fresh for each render: they rotate)."""
+
+    bucket: str
+    image: uuid.UUID
+    profile: str
+    cache_control: str
+    credentials: Credentials
 
 
-async def _store(
-    aws: Aws, settings: ProcessorSettings, image: uuid.UUID, rendition: Rendition, profile: str
-) -> dict[str, Any]:
-    key = rendition_key(image, rendition, profile)
-    await aws.put_bytes(
-        settings.previews_bucket,
-        key,
-        rendition.data,
-        content_type=rendition.content_type,
-        cache_control=settings.cache_control,
-        # On the PutObject span itself: a span of its own per rendition cost as much again.
-        span_attributes={
-            "ingest.rendition.width": rendition.width,
-            "ingest.rendition.format": rendition.format,
-            "ingest.rendition.bytes": len(rendition.data),
-        },
-    )
-    return {
-        "width": rendition.width,
-        "height": rendition.height,
-        "format": rendition.format,
-        "key": key,
-        "bytes": len(rendition.data),
-        "profile": profile,
-    }
+def store_order(
+    settings: ProcessorSettings, image: uuid.UUID, profile: str, credentials: Credentials
+) -> StoreOrder:
+    return StoreOrder(settings.previews_bucket, image, profile, settings.cache_control, credentials)

@@ -4,11 +4,17 @@ Spawned, it sets itself up (dies with its parent, libvips configured with its ca
 malloc keeping freed surfaces for the next render, its nice level, its RLIMIT_DATA), says
 ready, then renders requests in order until its socket ends, reporting its RSS with each
 result and trimming malloc's free memory when it grew.
+
+A request may come with a `StoreOrder`: the worker then says "rendered" as soon as the render
+is done (which ends the render's timer: an S3 outage never reads as a slow render), hands the
+renditions to its store threads, and renders the next request meanwhile; the result follows
+once every rendition is put, with each one's `PutOutcome` and without its bytes.
 Also the two halves of the socket protocol, and the /proc readers the pool samples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -20,21 +26,27 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 import pyvips
+from ingest_common.s3_put_blocking import BlockingPutter, PutOutcome, PutSettings
 
 from ingest_processor.render import (
     MIB,
     Only,
     RenderRejected,
+    RenderResult,
     RenderSpec,
+    Rendition,
     configure_vips,
     render_svg,
 )
+from ingest_processor.renditions import StoreOrder, rendition_key
 
 # A worker trims malloc's free memory once its RSS has grown this much since it last did.
 _TRIM_GROWTH = 64 * MIB
@@ -50,6 +62,11 @@ ALLOCATION_FAILED = re.compile(
     r"|cannot allocate memory|bad_alloc|MemoryError",
     re.IGNORECASE,
 )
+# Threads that store a worker's renditions: with 20 ms per request (a region) eight PUTs of an
+# image take about 20 ms on eight threads, less than the render of the next one.
+STORE_THREADS = 8
+# Their stacks count against RLIMIT_DATA (glibc's default is 8 MiB each); a PUT needs little.
+_STORE_THREAD_STACK = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,9 +77,15 @@ class WorkerLimits:
 
 
 def worker_main(
-    channel: socket.socket, stderr: Connection, spec: RenderSpec, parent: int, limits: WorkerLimits
+    channel: socket.socket,
+    stderr: Connection,
+    spec: RenderSpec,
+    parent: int,
+    limits: WorkerLimits,
+    puts: PutSettings | None = None,
 ) -> None:
-    """A worker's whole life: set up, say ready, then render requests in order until EOF."""
+    """A worker's whole life: set up, say ready, then render requests in order until EOF.
+    ``puts``: how to reach S3 for requests that come with a StoreOrder."""
     # First, so that whatever the process writes from here on (an allocator's last words
     # included) reaches the parent.
     os.dup2(stderr.fileno(), 2)
@@ -75,9 +98,11 @@ def worker_main(
     resource.setrlimit(resource.RLIMIT_DATA, (limits.hard, limits.hard))
     trim = _malloc_trim()
     low = _rss()
-    send_message(channel, ("ready", os.getpid(), low))
+    sender = _Sender(channel)
+    stores = _Stores(sender, puts) if puts is not None else None
+    sender.send(("ready", os.getpid(), low))
     while (request := receive_message(channel)) is not None:
-        ticket, svg, only = request
+        ticket, svg, only, order = request
         kind, value = _render(svg, spec, only)
         del request, svg
         rss = _rss()
@@ -87,19 +112,113 @@ def worker_main(
         # After an allocation failure the heap may be in pieces and libvips half-way: start
         # afresh rather than find out on the next contributor's image.
         retire = kind == "memory" or rss > limits.soft
-        try:
-            send_message(channel, (ticket, kind, value, rss, retire))
-        except MemoryError:
-            retire = True
-            send_message(channel, (ticket, "memory", None, rss, retire))
+        if kind == "ok" and order is not None:
+            if stores is None:
+                raise RuntimeError("a StoreOrder came to a worker started without PutSettings")
+            sender.send((ticket, "rendered", None, rss, retire))
+            stores.store(ticket, _as_result(value), order)
+        else:
+            try:
+                sender.send((ticket, kind, value, rss, retire))
+            except MemoryError:
+                retire = True
+                sender.send((ticket, "memory", None, rss, retire))
         del value
         if retire:
+            if stores is not None:
+                stores.drain()  # the renditions it holds are put and reported first
             # Read no further render (the parent sends what it queued here elsewhere), but keep
             # the socket open until the parent closes it: exiting now could break the socket
             # under a write of the parent's before it has read this result.
             while channel.recv(1 << 16):
                 pass
             return
+    if stores is not None:
+        stores.drain()
+
+
+def _as_result(value: object) -> RenderResult:
+    assert isinstance(value, RenderResult)
+    return value
+
+
+class _Sender:
+    """The worker's half of the socket for writing: the render loop and the store threads
+    both report on it, a whole message at a time."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._channel.sendall(HEADER.pack(len(payload)))
+            self._channel.sendall(payload)
+
+
+class _Stores:
+    """The worker's store threads: each render's renditions, put concurrently; its result
+    (renditions without bytes, each with its PutOutcome) sent when the last put ends."""
+
+    def __init__(self, sender: _Sender, puts: PutSettings) -> None:
+        self._sender = sender
+        self._putter = BlockingPutter(puts)
+        threading.stack_size(_STORE_THREAD_STACK)
+        self._threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+
+    def store(self, ticket: int, result: RenderResult, order: StoreOrder) -> None:
+        renditions = result.renditions
+        outcomes: list[PutOutcome | None] = [None] * len(renditions)
+        left = [len(renditions)]
+        lock = threading.Lock()
+
+        def done(index: int, put: Future[PutOutcome]) -> None:
+            outcomes[index] = _outcome(put, order, renditions[index])
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._report(ticket, result, outcomes)
+
+        if not renditions:
+            self._report(ticket, result, outcomes)
+        for index, rendition in enumerate(renditions):
+            headers = {"content-type": rendition.content_type}
+            if order.cache_control:
+                headers["cache-control"] = order.cache_control
+            put = self._threads.submit(
+                self._putter.put,
+                order.bucket,
+                rendition_key(order.image, rendition, order.profile),
+                rendition.data,
+                headers,
+                order.credentials,
+            )
+            put.add_done_callback(functools.partial(done, index))
+
+    def drain(self) -> None:
+        """Wait for every put under way and its report."""
+        self._threads.shutdown(wait=True)
+
+    def _report(self, ticket: int, result: RenderResult, outcomes: list[PutOutcome | None]) -> None:
+        stored = tuple(
+            replace(rendition, data=b"", stored=outcome)
+            for rendition, outcome in zip(result.renditions, outcomes, strict=True)
+        )
+        # OSError: the parent closed the socket or died, and nobody waits for this result.
+        with contextlib.suppress(OSError):
+            self._sender.send((ticket, "ok", replace(result, renditions=stored), _rss(), False))
+
+
+def _outcome(put: Future[PutOutcome], order: StoreOrder, rendition: Rendition) -> PutOutcome:
+    """The put's outcome; a failure of our own code (not S3's: those are outcomes) as one."""
+    error = put.exception()
+    if error is None:
+        return put.result()
+    key = rendition_key(order.image, rendition, order.profile)
+    failure = error if isinstance(error, Exception) else RuntimeError(repr(error))
+    return PutOutcome(order.bucket, key, "", rendition.size, 0, 0, error=_portable(failure))
 
 
 def _render(svg: bytes, spec: RenderSpec, only: Only) -> tuple[str, object]:

@@ -4,8 +4,8 @@
       → ``in_flight`` image tasks (the pool's capacity + 8 per render worker): get the
         original (S3, capped by ``s3_concurrency``)
         → render in the RenderPool (``render_workers`` processes; the other tasks wait with
-          their SVG in memory, so the pool always has the next render queued)
-        → put the renditions (S3, same cap)
+          their SVG in memory, so the pool always has the next render queued), where the
+          worker that rendered an image also puts its renditions (its store threads)
       → one writer: ``executemany`` of the row updates plus the checkpoint, in one transaction,
         every 100 images or half a second (one connection).
 
@@ -41,8 +41,9 @@ from ingest_processor.backfill.settings import BackfillSettings
 from ingest_processor.backfill.stats import BackfillStats, CpuMeter
 from ingest_processor.pool import RenderCrashed, RenderPool, render_pool
 from ingest_processor.render import RenderRejected
-from ingest_processor.renditions import render_profile, store_renditions, target
+from ingest_processor.renditions import render_profile, store_order, target
 from ingest_processor.settings import IN_FLIGHT_PER_WORKER
+from ingest_processor.stored import stored_entries
 
 _NIL = uuid.UUID(int=0)
 _FLUSH_ROWS = 100
@@ -122,7 +123,7 @@ class Backfill:
     async def run(self) -> BackfillStats:
         if self._pool is not None:
             return await self._run(self._pool)
-        async with render_pool(self.settings) as pool:
+        async with render_pool(self.settings, puts=self.aws.put_settings()) as pool:
             return await self._run(pool)
 
     async def _run(self, pool: RenderPool) -> BackfillStats:
@@ -227,15 +228,18 @@ class Backfill:
                 if r.get("profile") == self.profile
             }
             missing = self._every - have
+            store = store_order(
+                settings, item.image, self.profile, await self.aws.s3_objects.credentials()
+            )
             self._pool_enter(1)
             try:
-                result = await pool.render(svg, None if missing == self._every else missing)
+                result = await pool.render(
+                    svg, None if missing == self._every else missing, store=store
+                )
             finally:
                 self._pool_enter(-1)
             self.stats.rendered += 1
-            stored = await store_renditions(
-                self.aws, settings, item.image, result.renditions, self.profile
-            )
+            stored = stored_entries(result, self.aws.s3_objects.endpoint)  # its worker put them
         except ObjectTooLarge as exc:
             reason = f"original is {exc.size:,} bytes, over the limit of {exc.limit:,}"
         except RenderRejected as exc:

@@ -1,0 +1,189 @@
+"""Render workers that store their own renditions (worker.py, s3_put_blocking.py), against the
+real S3 endpoint (moto server), with a fault proxy in front of it for the outages."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from ingest_common.aws import Aws
+from ingest_common.s3_put_blocking import BlockingPutter, PutSettings
+from ingest_common.settings import IngestSettings
+from ingest_processor.pool import RenderPool
+from ingest_processor.render import RenderSpec, render_svg
+from ingest_processor.renditions import StoreOrder
+from ingest_processor.stored import stored_entries
+
+from tests.reliability.proxy import FaultProxy
+from tests.svgs import MDI_FORWARD
+
+SPEC = RenderSpec(widths=(32, 64), formats=("png", "webp"))
+_AMPLE = 120.0  # seconds: the timeout of renders that must not time out
+
+
+@pytest.fixture
+def proxy(settings: IngestSettings) -> Iterator[FaultProxy]:
+    target = urlsplit(settings.aws_endpoint_url)
+    with FaultProxy(str(target.hostname or "127.0.0.1"), target.port or 80) as proxy:
+        yield proxy
+
+
+def through(puts: PutSettings, proxy: FaultProxy, **changes: float) -> PutSettings:
+    """``puts`` with the endpoint behind ``proxy`` (and other timeouts or attempts)."""
+    endpoint = dataclasses.replace(puts.endpoint, host=f"127.0.0.1:{proxy.port}")
+    return dataclasses.replace(puts, endpoint=endpoint, **changes)  # type: ignore[arg-type]
+
+
+async def order(aws: Aws, settings: IngestSettings) -> StoreOrder:
+    credentials = await aws.s3_objects.credentials()
+    return StoreOrder(
+        settings.previews_bucket, uuid.uuid4(), "p1", "public, max-age=60", credentials
+    )
+
+
+async def test_a_worker_stores_its_renditions_and_sends_back_no_bytes(
+    aws: Aws, settings: IngestSettings
+) -> None:
+    store = await order(aws, settings)
+    async with RenderPool(1, SPEC, _AMPLE, puts=aws.put_settings()) as pool:
+        result = await pool.render(MDI_FORWARD, store=store)
+    expected = render_svg(MDI_FORWARD, SPEC).renditions
+    assert len(result.renditions) == len(expected) == 4
+    entries = stored_entries(result, aws.s3_objects.endpoint)
+    for rendition, reference, entry in zip(result.renditions, expected, entries, strict=True):
+        put = rendition.stored
+        assert put is not None
+        assert put.error is None
+        assert put.status == 200
+        assert rendition.data == b""  # the bytes stayed in the worker
+        assert rendition.size == len(reference.data) == entry["bytes"]
+        key = f"renditions/{store.image}/p1/{rendition.width}.{rendition.format}"
+        assert put.key == entry["key"] == key
+        assert entry["profile"] == "p1"
+        stored = await aws.s3.get_object(Bucket=settings.previews_bucket, Key=key)
+        assert await stored["Body"].read() == reference.data
+        assert stored["ContentType"] == reference.content_type
+        assert stored["CacheControl"] == "public, max-age=60"
+        assert put.etag == hashlib.md5(reference.data).hexdigest()
+        assert put.started_ns <= put.ended_ns
+
+
+async def test_an_s3_outage_fails_the_store_not_the_render(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    """The render's timeout ends with the render: the PUTs that wait out a black hole past it
+    fail as S3's error (retryable upstream), never as a render that took too long."""
+    puts = through(aws.put_settings(), proxy, read_timeout=2.0, max_attempts=2)
+    async with RenderPool(1, SPEC, _AMPLE, puts=puts) as pool:
+        proxy.blackhole()
+        store = await order(aws, settings)
+        result = await pool.render(MDI_FORWARD, timeout=1.0, store=store)
+        assert pool.stats.timeouts == 0
+        with pytest.raises(ReadTimeoutError):
+            stored_entries(result, aws.s3_objects.endpoint)
+        assert all(r.stored and r.stored.retries == 1 for r in result.renditions)
+        proxy.up()
+        again = await pool.render(MDI_FORWARD, store=store)
+    assert len(stored_entries(again, aws.s3_objects.endpoint)) == 4
+
+
+async def test_a_worker_killed_while_storing_renders_that_image_again(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    """A render whose worker died while storing it is not its fault: it runs again whole."""
+    async with RenderPool(1, SPEC, _AMPLE, puts=through(aws.put_settings(), proxy)) as pool:
+        proxy.blackhole()
+        store = await order(aws, settings)
+        render = asyncio.ensure_future(pool.render(MDI_FORWARD, store=store))
+        while proxy.counters.accepted < 1:  # its PUTs are under way, held
+            await asyncio.sleep(0.02)
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        while pid in pool.worker_pids() or not pool.worker_pids():
+            await asyncio.sleep(0.02)
+        proxy.up()
+        result = await asyncio.wait_for(render, _AMPLE)
+        assert pool.stats.crashes == 1
+        assert pool.stats.retries == 0
+    assert len(stored_entries(result, aws.s3_objects.endpoint)) == 4
+
+
+async def test_a_retiring_worker_reports_what_it_was_storing(
+    aws: Aws, settings: IngestSettings
+) -> None:
+    """After max_renders a worker takes no more renders, but still puts and reports the
+    renditions it holds before it goes."""
+    async with RenderPool(1, SPEC, _AMPLE, max_renders=1, puts=aws.put_settings()) as pool:
+        stores = [await order(aws, settings) for _ in range(4)]
+        results = await asyncio.gather(*(pool.render(MDI_FORWARD, store=s) for s in stores))
+        assert pool.stats.recycled_for_count >= 4
+    for result in results:
+        assert len(stored_entries(result, aws.s3_objects.endpoint)) == 4
+
+
+async def test_a_store_order_needs_a_pool_that_can_store(
+    aws: Aws, settings: IngestSettings
+) -> None:
+    async with RenderPool(1, SPEC, _AMPLE) as pool:
+        with pytest.raises(ValueError, match="PutSettings"):
+            await pool.render(MDI_FORWARD, store=await order(aws, settings))
+
+
+# --- the blocking client itself ----------------------------------------------------------
+
+
+async def test_s3s_refusal_is_a_client_error_with_its_code_and_no_retry(aws: Aws) -> None:
+    putter = BlockingPutter(aws.put_settings())
+    credentials = await aws.s3_objects.credentials()
+    put = await asyncio.to_thread(
+        putter.put, "no-such-bucket", "k", b"x", {"content-type": "text/plain"}, credentials
+    )
+    assert isinstance(put.error, ClientError)
+    assert put.error.response["Error"]["Code"] == "NoSuchBucket"
+    assert put.status == 404
+    assert put.retries == 0
+
+
+async def test_a_refused_endpoint_is_botocores_error_after_every_attempt(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=3))
+    credentials = await aws.s3_objects.credentials()
+    proxy.refuse()
+    put = await asyncio.to_thread(
+        putter.put, settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
+    )
+    assert isinstance(put.error, EndpointConnectionError)
+    assert put.retries == 2
+    assert put.status == 0
+
+
+async def test_a_connection_the_server_closed_is_reopened_without_spending_an_attempt(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=1))
+    credentials = await aws.s3_objects.credentials()
+
+    def put_twice() -> list[int]:
+        statuses = []
+        for round_ in range(2):
+            put = putter.put(
+                settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
+            )
+            assert put.error is None, put.error
+            statuses.append(put.status)
+            if round_ == 0:  # the kept-alive connection is reset, as by a server's idle timeout
+                proxy.refuse()
+                proxy.up()
+        return statuses
+
+    assert await asyncio.to_thread(put_twice) == [200, 200]
+    assert proxy.counters.accepted == 2
