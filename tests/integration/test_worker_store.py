@@ -144,7 +144,7 @@ async def test_s3s_refusal_is_a_client_error_with_its_code_and_no_retry(aws: Aws
     putter = BlockingPutter(aws.put_settings())
     credentials = await aws.s3_objects.credentials()
     put = await asyncio.to_thread(
-        putter.put, "no-such-bucket", "k", b"x", {"content-type": "text/plain"}, credentials
+        putter.put_object, "no-such-bucket", "k", b"x", {"content-type": "text/plain"}, credentials
     )
     assert isinstance(put.error, ClientError)
     assert put.error.response["Error"]["Code"] == "NoSuchBucket"
@@ -159,7 +159,7 @@ async def test_a_refused_endpoint_is_botocores_error_after_every_attempt(
     credentials = await aws.s3_objects.credentials()
     proxy.refuse()
     put = await asyncio.to_thread(
-        putter.put, settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
+        putter.put_object, settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
     )
     assert isinstance(put.error, EndpointConnectionError)
     assert put.retries == 2
@@ -175,7 +175,7 @@ async def test_a_connection_the_server_closed_is_reopened_without_spending_an_at
     def put_twice() -> list[int]:
         statuses = []
         for round_ in range(2):
-            put = putter.put(
+            put = putter.put_object(
                 settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
             )
             assert put.error is None, put.error

@@ -1255,7 +1255,8 @@ def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() 
 # code's: not compared).
 
 # Attribute names of the clients in code (`aws.s3.get_object`) → their IAM prefix. `s3_objects`
-# is Aws's own S3 PutObject client (ingest_common.s3_put), which names its method so.
+# is Aws's own S3 PutObject client (ingest_common.s3_put), which names its method so, and a
+# render worker's (ingest_common.s3_put_blocking), named alike.
 AWS_CLIENTS = {"s3": "s3", "s3_objects": "s3", "sqs": "sqs", "sns": "sns", "events": "events"}
 IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     ("s3", "head_object"): frozenset({"s3:GetObject"}),
@@ -1273,6 +1274,9 @@ IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     # A presigned POST form (the api's upload forms) is signed locally, and S3 checks the
     # upload against the signer's rights: the role that signs needs s3:PutObject on the key.
     ("s3", "generate_presigned_post"): frozenset({"s3:PutObject"}),
+    # The session's credentials, which the processor hands to its render workers to sign
+    # their PUTs (`put_object` there, counted as such): reading them calls no AWS API.
+    ("s3_objects", "credentials"): frozenset(),
 }
 MISSING_OBJECT_CODES = ("NoSuchKey",)  # naming it: the code relies on 404 for a missing key
 # Granted although no code path of the deployable calls it, and why.
@@ -1325,25 +1329,45 @@ def _module_names() -> dict[str, Path]:
 def _client_call(call: ast.Call) -> tuple[str, str] | None:
     """(client, operation) of `<x>.<client>.<operation>(...)` or `<x>.<client>.get_paginator("op")`."""
     func = call.func
-    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)):
+    if not isinstance(func, ast.Attribute):
         return None
-    client = func.value.attr
-    if client not in AWS_CLIENTS:
+    if func.attr == "get_paginator":
+        if (
+            _client_of(func) is not None
+            and call.args
+            and isinstance(call.args[0], ast.Constant)
+            and isinstance(call.args[0].value, str)
+        ):
+            return (_client_of(func) or "", call.args[0].value)
+        return None
+    return _client_operation(func)
+
+
+def _client_operation(func: ast.Attribute) -> tuple[str, str] | None:
+    """(client, operation) of `<x>.<client>.<operation>`, called or handed on to be called."""
+    client = _client_of(func)
+    if client is None or func.attr.startswith("_") or func.attr in ("meta", "can_paginate"):
+        return None
+    return (client, func.attr)
+
+
+def _client_of(func: ast.Attribute) -> str | None:
+    """The client of `<x>.<client>.<attribute>`, if `<client>` names one."""
+    if not isinstance(func.value, ast.Attribute) or func.value.attr not in AWS_CLIENTS:
         return None
     owner = func.value.value
     if isinstance(owner, ast.Attribute) and owner.attr == "meta":
         return None  # s3.meta.events: botocore's event hooks, not the EventBridge client
-    if func.attr == "get_paginator":
-        if (
-            call.args
-            and isinstance(call.args[0], ast.Constant)
-            and isinstance(call.args[0].value, str)
-        ):
-            return (client, call.args[0].value)
-        return None
-    if func.attr.startswith("_") or func.attr in ("meta", "can_paginate"):
-        return None
-    return (client, func.attr)
+    return func.value.attr
+
+
+# Calls that call their first argument (in a thread).
+HANDS_ON = frozenset({"submit", "to_thread"})
+
+
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
 
 
 def _names_outside_functions(statement: ast.stmt) -> set[str]:
@@ -1385,6 +1409,21 @@ def _unit(
                 unit.calls.add(inner.func.id)
             elif isinstance(inner.func, ast.Attribute):
                 unit.method_calls.add(inner.func.attr)
+            # A function handed to a process or a thread runs too: `Process(target=f)`,
+            # `threads.submit(self.s3_objects.put_object, ...)`, `asyncio.to_thread(f, ...)`.
+            unit.calls.update(
+                kw.value.id
+                for kw in inner.keywords
+                if kw.arg == "target" and isinstance(kw.value, ast.Name)
+            )
+            if _called_name(inner) in HANDS_ON and inner.args:
+                first = inner.args[0]
+                if isinstance(first, ast.Name):
+                    unit.calls.add(first.id)
+                elif isinstance(first, ast.Attribute):
+                    unit.method_calls.add(first.attr)
+                    if (op := _client_operation(first)) is not None:
+                        unit.operations.add(op)
         elif (isinstance(inner, ast.Constant) and inner.value in MISSING_OBJECT_CODES) or (
             isinstance(inner, ast.Name) and inner.id in gone
         ):

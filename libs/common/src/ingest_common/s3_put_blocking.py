@@ -80,7 +80,7 @@ class BlockingPutter:
         self.settings = settings
         self._local = threading.local()
 
-    def put(
+    def put_object(
         self,
         bucket: str,
         key: str,
