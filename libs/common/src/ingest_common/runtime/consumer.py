@@ -257,11 +257,19 @@ class Consumer(Generic[M]):
             )
 
     async def _wait_for_room(self) -> int:
-        """Wait for a free handler slot; never ask SQS for more than we can start."""
-        while self._free <= 0 and not self._stopping.is_set():
+        """Wait for free handler slots; never ask SQS for more than we can start.
+
+        While half the slots or more are busy, wait until a batch's worth are free (half the
+        slots, at most a receive's batch): receiving as soon as one slot freed made a busy
+        service call ReceiveMessage once per message (each a billed request, and the
+        emulator's costliest call); with half its slots busy it has work enough meanwhile.
+        """
+        batch = min(SQS_BATCH, self.settings.receive_batch_size)
+        enough = max(1, min(batch, self.settings.concurrency // 2))
+        while self._free < enough and not self._stopping.is_set():
             self._room.clear()
             await self._room.wait()
-        return min(SQS_BATCH, self._free, self.settings.receive_batch_size)
+        return min(batch, self._free)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
