@@ -151,10 +151,8 @@ class _Sender:
         self._lock = threading.Lock()
 
     def send(self, message: object) -> None:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            self._channel.sendall(HEADER.pack(len(payload)))
-            self._channel.sendall(payload)
+            send_message(self._channel, message)
 
 
 class _Stores:
