@@ -415,6 +415,13 @@ def report(result: Scenario, core: Core, workers: int) -> None:
         f"  ingest's own / render workers: {own:.0%}; render core alone "
         f"{1000 * core.cpu_per_image:.1f} ms per SVG"
     )
+    # Whichever process does it (the render workers store their renditions too), all of
+    # ingest's CPU per image against the core's: what moving work between processes cannot hide.
+    ingest_ms = 1000 * (result.cpu.ingest_own + result.cpu.render_workers) / result.images
+    print(
+        f"  all of ingest (mains + render workers): {ingest_ms:.1f} ms per image, "
+        f"{ingest_ms / max(1000 * core.cpu_per_image, 1e-9):.2f}× the render core's"
+    )
 
 
 def targets(args: argparse.Namespace, results: Sequence[Scenario], core: Core) -> list[str]:
