@@ -38,13 +38,6 @@ TABLES = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The outage tests first (stable otherwise): each holds a dependency down for minutes and
-    mostly waits, so started first they overlap the CPU-bound rest across xdist's workers
-    instead of running last, alone, at the end of CI's wall time."""
-    items.sort(key=lambda item: item.get_closest_marker("outage") is None)
-
-
 # --- the reliability summary: cases tried, passed, data lost ---------------------------
 
 _RELIABILITY: list[tuple[str, str, bool, int]] = []
