@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from ingest_common.aws import Aws
-from ingest_common.s3_put_blocking import BlockingPutter, PutSettings
+from ingest_common.s3_put_blocking import BlockingPutter, PutOutcome, PutSettings
 from ingest_common.settings import IngestSettings
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderSpec, render_svg
@@ -57,7 +57,7 @@ async def test_a_worker_stores_its_renditions_and_sends_back_no_bytes(
         result = await pool.render(MDI_FORWARD, store=store)
     expected = render_svg(MDI_FORWARD, SPEC).renditions
     assert len(result.renditions) == len(expected) == 4
-    entries = stored_entries(result, aws.s3_objects.endpoint)
+    entries = stored_entries(result, aws.s3_objects.endpoint, "p1")
     for rendition, reference, entry in zip(result.renditions, expected, entries, strict=True):
         put = rendition.stored
         assert put is not None
@@ -88,11 +88,11 @@ async def test_an_s3_outage_fails_the_store_not_the_render(
         result = await pool.render(MDI_FORWARD, timeout=1.0, store=store)
         assert pool.stats.timeouts == 0
         with pytest.raises(ReadTimeoutError):
-            stored_entries(result, aws.s3_objects.endpoint)
+            stored_entries(result, aws.s3_objects.endpoint, "p1")
         assert all(r.stored and r.stored.retries == 1 for r in result.renditions)
         proxy.up()
         again = await pool.render(MDI_FORWARD, store=store)
-    assert len(stored_entries(again, aws.s3_objects.endpoint)) == 4
+    assert len(stored_entries(again, aws.s3_objects.endpoint, "p1")) == 4
 
 
 async def test_a_worker_killed_while_storing_renders_that_image_again(
@@ -113,7 +113,7 @@ async def test_a_worker_killed_while_storing_renders_that_image_again(
         result = await asyncio.wait_for(render, _AMPLE)
         assert pool.stats.crashes == 1
         assert pool.stats.retries == 0
-    assert len(stored_entries(result, aws.s3_objects.endpoint)) == 4
+    assert len(stored_entries(result, aws.s3_objects.endpoint, "p1")) == 4
 
 
 async def test_a_retiring_worker_reports_what_it_was_storing(
@@ -126,7 +126,7 @@ async def test_a_retiring_worker_reports_what_it_was_storing(
         results = await asyncio.gather(*(pool.render(MDI_FORWARD, store=s) for s in stores))
         assert pool.stats.recycled_for_count >= 4
     for result in results:
-        assert len(stored_entries(result, aws.s3_objects.endpoint)) == 4
+        assert len(stored_entries(result, aws.s3_objects.endpoint, "p1")) == 4
 
 
 async def test_a_store_order_needs_a_pool_that_can_store(
@@ -140,12 +140,16 @@ async def test_a_store_order_needs_a_pool_that_can_store(
 # --- the blocking client itself ----------------------------------------------------------
 
 
-async def test_s3s_refusal_is_a_client_error_with_its_code_and_no_retry(aws: Aws) -> None:
-    putter = BlockingPutter(aws.put_settings())
+async def put_one(aws: Aws, putter: BlockingPutter, bucket: str) -> PutOutcome:
+    """One small PUT through ``putter``, from a thread (it blocks)."""
     credentials = await aws.s3_objects.credentials()
-    put = await asyncio.to_thread(
-        putter.put_object, "no-such-bucket", "k", b"x", {"content-type": "text/plain"}, credentials
+    return await asyncio.to_thread(
+        putter.put_object, bucket, "k", b"x", {"content-type": "a/b"}, credentials
     )
+
+
+async def test_s3s_refusal_is_a_client_error_with_its_code_and_no_retry(aws: Aws) -> None:
+    put = await put_one(aws, BlockingPutter(aws.put_settings()), "no-such-bucket")
     assert isinstance(put.error, ClientError)
     assert put.error.response["Error"]["Code"] == "NoSuchBucket"
     assert put.status == 404
@@ -156,11 +160,8 @@ async def test_a_refused_endpoint_is_botocores_error_after_every_attempt(
     aws: Aws, settings: IngestSettings, proxy: FaultProxy
 ) -> None:
     putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=3))
-    credentials = await aws.s3_objects.credentials()
     proxy.refuse()
-    put = await asyncio.to_thread(
-        putter.put_object, settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
-    )
+    put = await put_one(aws, putter, settings.previews_bucket)
     assert isinstance(put.error, EndpointConnectionError)
     assert put.retries == 2
     assert put.status == 0

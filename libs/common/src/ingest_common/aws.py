@@ -24,6 +24,7 @@ from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
 from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
 from ingest_common.s3_put_blocking import PutSettings
+from ingest_common.s3_request import object_headers
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.aws_spans import instrument_aws
@@ -107,7 +108,6 @@ class Aws:
         # only after the body: with no answer (a partition) a put would wait forever.
         self.s3.meta.events.unregister("before-call.s3", add_expect_header)
         # The PUTs of objects in memory (renditions, originals, mosaics) skip botocore.
-        self._s3_timeouts = (connect_timeout, S3_READ_TIMEOUT, attempts)
         self.s3_objects = await self._stack.enter_async_context(
             ObjectPutter(
                 session,
@@ -118,6 +118,9 @@ class Aws:
                 max_attempts=attempts,
                 connections=connections,
             )
+        )
+        self._put_settings = PutSettings(
+            self.s3_objects.endpoint, connect_timeout, S3_READ_TIMEOUT, attempts
         )
         instrument_aws()  # CLIENT spans for every client's calls (once per process)
         return self
@@ -271,8 +274,7 @@ class Aws:
     def put_settings(self) -> PutSettings:
         """How another process's blocking client (a render worker's) reaches S3 as this one
         does: the same endpoint, timeouts and attempts."""
-        connect_timeout, read_timeout, attempts = self._s3_timeouts
-        return PutSettings(self.s3_objects.endpoint, connect_timeout, read_timeout, attempts)
+        return self._put_settings
 
     async def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
         """An object's bytes: s3:GetObject, through `s3_put`; ObjectTooLarge over
@@ -293,11 +295,7 @@ class Aws:
     ) -> str:
         """Put an object and return its ETag (unquoted): s3:PutObject, through `s3_put`;
         ``span_attributes`` go on its span."""
-        headers = {"content-type": content_type}
-        if cache_control:
-            headers["cache-control"] = cache_control
-        for name, value in (metadata or {}).items():
-            headers[f"x-amz-meta-{name}"] = value
+        headers = object_headers(content_type, cache_control, metadata)
         async with self._s3_slots:
             return await self.s3_objects.put_object(
                 bucket, key, data, headers, span_attributes=span_attributes

@@ -68,6 +68,18 @@ class S3Endpoint:
         }
 
 
+def object_headers(
+    content_type: str, cache_control: str | None = None, metadata: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The headers of an object's PUT: its type, caching and user metadata."""
+    headers = {"content-type": content_type}
+    if cache_control:
+        headers["cache-control"] = cache_control
+    for name, value in (metadata or {}).items():
+        headers[f"x-amz-meta-{name}"] = value
+    return headers
+
+
 def backoff(retries: int) -> float:
     """Seconds before the next attempt after ``retries`` of them: full jitter, capped."""
     return random.uniform(0, min(_MAX_BACKOFF, 2.0**retries))

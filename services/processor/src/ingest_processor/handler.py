@@ -158,7 +158,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         except (BotoCoreError, ClientError) as exc:
             raise RetryableError(f"could not read the original: {exc}") from exc
         # Stored by the worker that rendered them; their PUTs' spans are drawn here.
-        renditions = stored_entries(result, self.aws.s3_objects.endpoint)
+        renditions = stored_entries(result, self.aws.s3_objects.endpoint, self.profile)
         async with self.db.acquire() as connection:
             state = await finish_image(
                 connection,

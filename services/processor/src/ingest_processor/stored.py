@@ -15,7 +15,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ingest_processor.render import RenderResult, Rendition
 
 
-def stored_entries(result: RenderResult, endpoint: S3Endpoint) -> list[dict[str, Any]]:
+def stored_entries(
+    result: RenderResult, endpoint: S3Endpoint, profile: str
+) -> list[dict[str, Any]]:
     """The entries for ``images.renditions`` of a render its worker stored; each PUT's span
     drawn from its outcome under the current span. Raises the first PUT's error, if any (the
     botocore exception the S3 client would have raised)."""
@@ -38,16 +40,12 @@ def stored_entries(result: RenderResult, endpoint: S3Endpoint) -> list[dict[str,
                 "format": rendition.format,
                 "key": put.key,
                 "bytes": put.size,
-                "profile": _profile_of(put.key),
+                "profile": profile,
             }
         )
     if failed is not None:
         raise failed
     return entries
-
-
-def _profile_of(key: str) -> str:
-    return key.rsplit("/", 2)[-2]  # renditions/<image>/<profile>/<width>.<format>
 
 
 def _put_span(put: PutOutcome, rendition: Rendition, endpoint: S3Endpoint) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import pyvips
 from ingest_common.s3_put_blocking import BlockingPutter, PutOutcome, PutSettings
+from ingest_common.s3_request import object_headers
 
 from ingest_processor.render import (
     MIB,
@@ -182,15 +183,12 @@ class _Stores:
         if not renditions:
             self._report(ticket, result, outcomes)
         for index, rendition in enumerate(renditions):
-            headers = {"content-type": rendition.content_type}
-            if order.cache_control:
-                headers["cache-control"] = order.cache_control
             put = self._threads.submit(
                 self.s3_objects.put_object,
                 order.bucket,
                 rendition_key(order.image, rendition, order.profile),
                 rendition.data,
-                headers,
+                object_headers(rendition.content_type, order.cache_control),
                 order.credentials,
             )
             put.add_done_callback(functools.partial(done, index))

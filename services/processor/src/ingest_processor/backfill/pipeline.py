@@ -239,7 +239,8 @@ class Backfill:
             finally:
                 self._pool_enter(-1)
             self.stats.rendered += 1
-            stored = stored_entries(result, self.aws.s3_objects.endpoint)  # its worker put them
+            # Its worker put them; this records them.
+            stored = stored_entries(result, self.aws.s3_objects.endpoint, self.profile)
         except ObjectTooLarge as exc:
             reason = f"original is {exc.size:,} bytes, over the limit of {exc.limit:,}"
         except RenderRejected as exc:
