@@ -21,7 +21,7 @@ demo: install
 # database; a timed comparison measures both sides in the same test, under the same load.
 test: install
 	bash tools/ensure_browser.sh  # Chromium and ChromeDriver for tests/browser (apt, once)
-	$(UV) run --frozen pytest -n 4
+	$(UV) run --frozen pytest -n 4 --dist loadgroup  # loadgroup: see OUTAGE_LANES in tests/conftest.py
 
 lint: install
 	$(UV) run --frozen ruff check .

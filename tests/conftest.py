@@ -38,6 +38,23 @@ TABLES = (
 )
 
 
+# The outage tests hold a dependency down for minutes and mostly wait. Run under
+# `--dist loadgroup` (make test), they are collected first in this many xdist groups, so they
+# overlap the CPU-bound rest instead of running last, alone; at most this many run at once, as
+# each runs the whole stack and, when its outage ends, every service reconnects to PostgreSQL
+# (four at once ran the machine's server out of its 100 connections).
+OUTAGE_LANES = 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    outages = [item for item in items if item.get_closest_marker("outage") is not None]
+    for n, item in enumerate(outages):
+        item.add_marker(pytest.mark.xdist_group(f"outage-{n % OUTAGE_LANES}"))
+    items.sort(key=lambda item: item.get_closest_marker("outage") is None)
+
+
 # --- the reliability summary: cases tried, passed, data lost ---------------------------
 
 _RELIABILITY: list[tuple[str, str, bool, int]] = []
