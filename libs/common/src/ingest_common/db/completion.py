@@ -44,36 +44,40 @@ class ProductState:
     notified: bool
 
 
-# Pending images, and failed ones whose failure was not about the file, may (still) finish.
+# Pending images, and failed ones whose failure was not about the file, may (still) finish;
+# the product's counters move by what the image was and is now. One statement, one round trip
+# (an image's finish is most of the processor's SQL); no row: the image did not change.
 _FINISH_IMAGE = """
 WITH target AS (
     SELECT id, status AS was FROM images
      WHERE id = $1 AND (status = 'pending' OR (status = 'failed' AND failure_retryable))
        FOR UPDATE
+), finished AS (
+    UPDATE images i
+       SET status = $2, failure_reason = $3, failure_retryable = $4,
+           width = coalesce($5, i.width), height = coalesce($6, i.height), renditions = $7,
+           warnings = $8, finished_at = now()
+      FROM target
+     WHERE i.id = target.id
+    RETURNING i.product_id,
+              (i.status = 'ready')::int - (target.was = 'ready')::int AS ready,
+              (i.status = 'failed')::int - (target.was = 'failed')::int AS failed
 )
-UPDATE images i
-   SET status = $2, failure_reason = $3, failure_retryable = $4,
-       width = coalesce($5, i.width), height = coalesce($6, i.height), renditions = $7,
-       warnings = $8, finished_at = now()
-  FROM target
- WHERE i.id = target.id
-RETURNING i.product_id, target.was::text AS was
-"""
-
-_COUNT = """
-UPDATE products
-   SET images_ready = images_ready + $2,
-       images_failed = images_failed + $3,
+UPDATE products p
+   SET images_ready = images_ready + f.ready,
+       images_failed = images_failed + f.failed,
        progressed_at = now(),
-       completed_at = CASE WHEN images_ready + $2 + images_failed + $3 = image_count
+       completed_at = CASE WHEN images_ready + f.ready + images_failed + f.failed = image_count
                            THEN coalesce(completed_at, now()) END,
-       status = CASE WHEN images_ready + $2 + images_failed + $3 < image_count THEN 'processing'
-                     WHEN images_ready + $2 > 0 THEN 'ready'
+       status = CASE WHEN images_ready + f.ready + images_failed + f.failed < image_count
+                          THEN 'processing'
+                     WHEN images_ready + f.ready > 0 THEN 'ready'
                      ELSE 'failed' END::product_status,
        ready_notified_at = NULL
- WHERE id = $1
-RETURNING id, current_upload_id, family_id, status::text AS status,
-          completed_at IS NOT NULL AS complete, false AS notified
+  FROM finished f
+ WHERE p.id = f.product_id
+RETURNING p.id, p.current_upload_id, p.family_id, p.status::text AS status,
+          p.completed_at IS NOT NULL AS complete, false AS notified
 """
 
 _UPLOAD_DONE = """
@@ -102,7 +106,7 @@ async def finish_image(
     """
     status = "failed" if failure_reason else "ready"
     async with connection.transaction():
-        row = await connection.fetchrow(
+        product = await connection.fetchrow(
             _FINISH_IMAGE,
             image_id,
             status,
@@ -113,7 +117,7 @@ async def finish_image(
             renditions or [],
             warnings or [],
         )
-        if row is None:
+        if product is None:
             if renditions and await _retired(connection, image_id):
                 await discard_renditions(
                     connection,
@@ -130,11 +134,6 @@ async def finish_image(
                 reason=f"image failed: {failure_reason}",
                 delay=discard_delay,
             )
-        was = row["was"]
-        ready_delta = int(status == "ready") - int(was == "ready")
-        failed_delta = int(status == "failed") - int(was == "failed")
-        product = await connection.fetchrow(_COUNT, row["product_id"], ready_delta, failed_delta)
-        assert product is not None, "an image always has its product"
         if product["complete"]:
             await connection.execute(_UPLOAD_DONE, product["current_upload_id"], product["status"])
             await connection.execute(_FAMILY_CHANGED, product["family_id"])
