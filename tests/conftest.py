@@ -52,7 +52,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     outages = [item for item in items if item.get_closest_marker("outage") is not None]
     for n, item in enumerate(outages):
         item.add_marker(pytest.mark.xdist_group(f"outage-{n % OUTAGE_LANES}"))
-    items.sort(key=lambda item: item.get_closest_marker("outage") is None)
+    first = set(outages)
+    items.sort(key=lambda item: item not in first)
 
 
 # --- the reliability summary: cases tried, passed, data lost ---------------------------

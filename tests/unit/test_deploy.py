@@ -1332,13 +1332,14 @@ def _client_call(call: ast.Call) -> tuple[str, str] | None:
     if not isinstance(func, ast.Attribute):
         return None
     if func.attr == "get_paginator":
+        client = _client_of(func)
         if (
-            _client_of(func) is not None
+            client is not None
             and call.args
             and isinstance(call.args[0], ast.Constant)
             and isinstance(call.args[0].value, str)
         ):
-            return (_client_of(func) or "", call.args[0].value)
+            return (client, call.args[0].value)
         return None
     return _client_operation(func)
 
