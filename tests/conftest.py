@@ -24,6 +24,8 @@ from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.tracing import configure_tracing
 from ingest_common.topology import apply_topology, load_topology
 from ingest_devstack.local import LOCAL_CREDENTIALS, moto_server, scratch_database
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 # Shared helpers that assert (tests.integration.pipeline): pytest explains their failures too.
@@ -135,6 +137,20 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider = configure_tracing("tests", exporter)
     yield exporter
     provider.shutdown()
+
+
+@pytest.fixture
+def new_spans(spans: InMemorySpanExporter) -> Callable[[], list[ReadableSpan]]:
+    """The spans finished since the test started (the exporter serves the whole session)."""
+    before = {id(s) for s in spans.get_finished_spans()}
+
+    def finished() -> list[ReadableSpan]:
+        provider = trace.get_tracer_provider()
+        assert isinstance(provider, TracerProvider)
+        provider.force_flush()
+        return [s for s in spans.get_finished_spans() if id(s) not in before]
+
+    return finished
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,7 @@ from ingest_common.runtime.health import Health
 from ingest_common.schemas.messages import Message
 from ingest_common.telemetry.tracing import tracer
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ConfigDict
 
@@ -33,20 +32,6 @@ QUEUE = "ingest-index"  # any queue of the real topology
 class Ping(Message):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int
-
-
-@pytest.fixture
-def new_spans(spans: InMemorySpanExporter) -> Callable[[], list[ReadableSpan]]:
-    """The spans finished since the test started (the exporter serves the whole session)."""
-    before = {id(s) for s in spans.get_finished_spans()}
-
-    def finished() -> list[ReadableSpan]:
-        provider = trace.get_tracer_provider()
-        assert isinstance(provider, TracerProvider)
-        provider.force_flush()
-        return [s for s in spans.get_finished_spans() if id(s) not in before]
-
-    return finished
 
 
 def aws_calls(spans: list[ReadableSpan]) -> list[ReadableSpan]:

@@ -117,16 +117,23 @@ async def test_publisher_killed_while_events_flow_then_restarted(
     writing events that nobody publishes; restarted, it sends every one, in order."""
     env = local_env(aws.settings.aws_endpoint_url or "", database_url, **FAST)
     async with stack(env, tmp_path / "logs") as running:
-        uploads = await upload_sets(aws)
-        # Killed once both sets are dispatched, the rest of their events come from the other
-        # services: killed mid-set, what was left could wait for the batcher itself, and the
-        # events "written while nobody publishes" might never come (CI saw that once).
-        await until(lambda: _published_at_least(db, len(uploads), kind="upload.received"))
-        batcher = running.processes["batcher"]
-        os.kill(batcher.pid, signal.SIGKILL)
-        batcher.wait()
-        # The second set's product.ready, family.preview_updated and product.indexed at least.
-        await until(lambda: _unpublished_at_least(db, 3))  # written while nobody publishes
+        # The indexer is held (SIGSTOP) until the publisher is dead, so each set's
+        # product.indexed is certainly written while nobody publishes: the rest of a small
+        # set can be through, and its events published, before the kill (CI saw that).
+        indexer = running.processes["indexer"]
+        os.kill(indexer.pid, signal.SIGSTOP)
+        try:
+            uploads = await upload_sets(aws)
+            # Killed once both sets are dispatched, the rest of their events come from the
+            # other services: killed mid-set, what was left could wait for the batcher itself.
+            await until(lambda: _published_at_least(db, len(uploads), kind="upload.received"))
+            batcher = running.processes["batcher"]
+            os.kill(batcher.pid, signal.SIGKILL)
+            batcher.wait()
+        finally:
+            os.kill(indexer.pid, signal.SIGCONT)
+        # Each set's product.indexed at least, written while nobody publishes.
+        await until(lambda: _unpublished_at_least(db, len(uploads)))
         running.start("batcher")
         await asyncio.to_thread(running.wait_ready)
         await finish_and_check(aws, database_url, uploads, data_lost)

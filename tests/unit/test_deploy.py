@@ -1256,8 +1256,19 @@ def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() 
 
 # Attribute names of the clients in code (`aws.s3.get_object`) → their IAM prefix. `s3_objects`
 # is Aws's own S3 PutObject client (ingest_common.s3_put), which names its method so, and a
-# render worker's (ingest_common.s3_put_blocking), named alike.
-AWS_CLIENTS = {"s3": "s3", "s3_objects": "s3", "sqs": "sqs", "sns": "sns", "events": "events"}
+# render worker's (ingest_common.s3_put_blocking), named alike. `sqs_messages` and `bus` are
+# Aws's JSON-protocol clients (ingest_common.aws_json): `aws.bus.call("PutEvents", ...)`
+# is read as the aiobotocore client's `put_events`.
+AWS_CLIENTS = {
+    "s3": "s3",
+    "s3_objects": "s3",
+    "sqs": "sqs",
+    "sqs_messages": "sqs",
+    "sns": "sns",
+    "events": "events",
+    "bus": "events",
+}
+JSON_CLIENTS = {"sqs_messages": "sqs", "bus": "events"}  # → the aiobotocore client they stand for
 IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     ("s3", "head_object"): frozenset({"s3:GetObject"}),
     ("s3", "list_objects_v2"): frozenset({"s3:ListBucket"}),
@@ -1327,7 +1338,8 @@ def _module_names() -> dict[str, Path]:
 
 
 def _client_call(call: ast.Call) -> tuple[str, str] | None:
-    """(client, operation) of `<x>.<client>.<operation>(...)` or `<x>.<client>.get_paginator("op")`."""
+    """(client, operation) of `<x>.<client>.<operation>(...)`, `<x>.<client>.get_paginator("op")`
+    or `<x>.<json client>.call("Operation", ...)`."""
     func = call.func
     if not isinstance(func, ast.Attribute):
         return None
@@ -1340,6 +1352,12 @@ def _client_call(call: ast.Call) -> tuple[str, str] | None:
             and isinstance(call.args[0].value, str)
         ):
             return (client, call.args[0].value)
+        return None
+    if func.attr == "call" and (client := _client_of(func)) in JSON_CLIENTS:
+        operation = call.args[0] if call.args else None
+        if isinstance(operation, ast.Constant) and isinstance(operation.value, str):
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", operation.value).lower()
+            return (JSON_CLIENTS[client], snake)
         return None
     return _client_operation(func)
 

@@ -2,7 +2,9 @@
 
 One `Aws` per process, opened with `async with`. It knows the queue URLs and topic ARNs by
 name, sends messages in batches of 10 with the current trace context, and caps concurrent
-S3 calls.
+S3 calls. The calls made per image skip botocore (`s3_objects`: an object's PUT and GET;
+`sqs_messages`: a message's send, receive, delete and visibility; `bus`: PutEvents); set-up,
+lookups and probes use the aiobotocore clients.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from botocore.handlers import add_expect_header
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
+from ingest_common.aws_http import CallSettings
+from ingest_common.aws_json import EVENTBRIDGE, SQS, JsonApi
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
 from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
@@ -68,8 +72,10 @@ class Aws:
         self.s3: S3Client
         self.s3_objects: ObjectPutter  # Put/GetObject of bytes, without botocore (s3_put.py)
         self.sqs: SQSClient
+        self.sqs_messages: JsonApi  # SQS's message calls, without botocore (aws_json.py)
         self.sns: SNSClient
         self.events: EventBridgeClient
+        self.bus: JsonApi  # EventBridge's PutEvents, without botocore (aws_json.py)
 
     async def __aenter__(self) -> Self:
         session = get_session()
@@ -90,7 +96,8 @@ class Aws:
         # The read timeout is per socket read, not per call: S3 answers within seconds
         # even mid-download, while an SQS long poll legitimately waits its full 20 s.
         s3_config = AioConfig(**config, read_timeout=S3_READ_TIMEOUT)
-        sqs_config = AioConfig(**config, read_timeout=self.settings.receive_wait_seconds + 10)
+        sqs_read_timeout = self.settings.receive_wait_seconds + 10
+        sqs_config = AioConfig(**config, read_timeout=sqs_read_timeout)
         self.s3 = await self._stack.enter_async_context(
             session.create_client("s3", config=s3_config, **common)
         )
@@ -107,17 +114,18 @@ class Aws:
         # botocore sends PUTs with "Expect: 100-continue", and aiohttp starts its read timer
         # only after the body: with no answer (a partition) a put would wait forever.
         self.s3.meta.events.unregister("before-call.s3", add_expect_header)
-        # The PUTs of objects in memory (renditions, originals, mosaics) skip botocore.
+        # The calls each image, message and event makes skip botocore: the PUTs and GETs of
+        # objects in memory (renditions, originals, mosaics), SQS's message calls, PutEvents.
+        s3_calls = CallSettings(connect_timeout, S3_READ_TIMEOUT, attempts, connections)
+        sqs_calls = CallSettings(connect_timeout, sqs_read_timeout, attempts, connections)
         self.s3_objects = await self._stack.enter_async_context(
-            ObjectPutter(
-                session,
-                self.s3,
-                region=self.settings.aws_region,
-                connect_timeout=connect_timeout,
-                read_timeout=S3_READ_TIMEOUT,
-                max_attempts=attempts,
-                connections=connections,
-            )
+            ObjectPutter(session, self.s3, s3_calls)
+        )
+        self.sqs_messages = await self._stack.enter_async_context(
+            JsonApi(session, self.sqs, SQS, sqs_calls)
+        )
+        self.bus = await self._stack.enter_async_context(
+            JsonApi(session, self.events, EVENTBRIDGE, sqs_calls)
         )
         self._put_settings = PutSettings(
             self.s3_objects.endpoint, connect_timeout, S3_READ_TIMEOUT, attempts
@@ -221,7 +229,9 @@ class Aws:
                 for i, body in enumerate(chunk)
             ]
             try:
-                response = await self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+                response = await self.sqs_messages.call(
+                    "SendMessageBatch", {"QueueUrl": url, "Entries": entries}
+                )
             except (BotoCoreError, ClientError) as exc:
                 raise RetryableError(f"could not send to {queue}: {exc}") from exc
             if failed := response.get("Failed"):
@@ -240,11 +250,14 @@ class Aws:
             kind=SpanKind.PRODUCER,
             attributes=messaging_attributes(queue, "send", "SendMessage"),
         ):
-            await self.sqs.send_message(
-                QueueUrl=url,
-                MessageBody=body,
-                MessageAttributes=attributes,
-                DelaySeconds=delay_seconds,
+            await self.sqs_messages.call(
+                "SendMessage",
+                {
+                    "QueueUrl": url,
+                    "MessageBody": body,
+                    "MessageAttributes": attributes,
+                    "DelaySeconds": delay_seconds,
+                },
             )
 
     async def change_visibility(
@@ -262,7 +275,9 @@ class Aws:
                 {"Id": str(start + i), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
                 for i, handle in enumerate(receipt_handles[start : start + SQS_BATCH])
             ]
-            response = await self.sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            response = await self.sqs_messages.call(
+                "ChangeMessageVisibilityBatch", {"QueueUrl": url, "Entries": entries}
+            )
             refused.extend(
                 (int(entry["Id"]), f"{entry['Code']}: {entry.get('Message', '')}")
                 for entry in response.get("Failed", [])

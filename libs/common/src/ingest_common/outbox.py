@@ -163,17 +163,16 @@ class OutboxPublisher:
             raise PublishFailed(f"the topic refused {len(failed)} event(s): {failed[0]}")
 
     async def _to_bus(self, events: list[dict[str, Any]]) -> None:
-        response = await self.aws.events.put_events(
-            Entries=[
-                {
-                    "Source": SOURCE,
-                    "DetailType": event["type"],
-                    "Detail": json.dumps(event),
-                    "EventBusName": self.settings.event_bus,
-                }
-                for event in events
-            ]
-        )
+        entries = [
+            {
+                "Source": SOURCE,
+                "DetailType": event["type"],
+                "Detail": json.dumps(event),
+                "EventBusName": self.settings.event_bus,
+            }
+            for event in events
+        ]
+        response = await self.aws.bus.call("PutEvents", {"Entries": entries})
         if response.get("FailedEntryCount"):
             failed = [e for e in response.get("Entries", []) if e.get("ErrorCode")]
             raise PublishFailed(f"the bus refused {len(failed)} event(s): {failed[:1]}")

@@ -5,40 +5,29 @@ An image costs nine S3 calls, eight of them rendition PUTs and one GET of its or
 botocore spends 2.1 ms of CPU on each PUT of a small object through aiobotocore, this 0.6 ms
 (`bench/README.md`); a GET through aiobotocore was 28 % of the backfill's event loop: the
 request needs no model, no parameter validation, no event hooks, no response parsing. It
-behaves as the aiobotocore client it stands in for: the same endpoint (botocore's resolved
-one), credentials (the session's chain, refreshed when they expire), timeouts, retries
-(standard mode: errors that may pass, full-jitter backoff) and exceptions (`ClientError` with
-S3's error code, botocore's connection errors), and a CLIENT span `S3.PutObject` or
-`S3.GetObject` with the instrumentor's attributes, only inside a trace. Everything else stays
-on the aiobotocore client.
+behaves as the aiobotocore client it stands in for (`aws_http`): botocore's resolved
+endpoint, the same credentials, timeouts, retries and exceptions (`ClientError` with S3's
+error code), and a CLIENT span `S3.PutObject` or `S3.GetObject` with the instrumentor's
+attributes, only inside a trace. Everything else stays on the aiobotocore client.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import aiohttp
 from aiobotocore.session import AioSession
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import ClientError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
-from ingest_common.s3_request import S3Endpoint, backoff, client_error, worth_retrying
-from ingest_common.sigv4 import Credentials, sign
+from ingest_common.aws_http import CallSettings, SignedHttp
+from ingest_common.s3_request import S3Endpoint, client_error
+from ingest_common.sigv4 import sign
 
 
 class ObjectTooLarge(Exception):
@@ -69,47 +58,14 @@ class _Reply:
     content: bytes
 
 
-class ObjectPutter:
-    """PUTs and GETs objects at the endpoint that ``s3`` (an aiobotocore S3 client) resolved,
+class ObjectPutter(SignedHttp):
+    """PUTs and GETs objects at the endpoint and region of ``s3`` (an aiobotocore S3 client),
     with the credentials of the ``session`` that made it; open with `async with`."""
 
-    def __init__(
-        self,
-        session: AioSession,
-        s3: Any,
-        *,
-        region: str,
-        connect_timeout: float,
-        read_timeout: float,
-        max_attempts: int,
-        connections: int,
-    ) -> None:
-        self._aws_session = session
-        self.endpoint = S3Endpoint.of(s3.meta.endpoint_url, region)
-        self._max_attempts = max(1, max_attempts)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, session: AioSession, s3: Any, calls: CallSettings) -> None:
+        super().__init__(session, calls)
+        self.endpoint = S3Endpoint.of(s3.meta.endpoint_url, s3.meta.region_name)
         self._tracer = trace.get_tracer("ingest.s3_put")
-
-    async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._connections),
-            timeout=self._timeout,
-            auto_decompress=False,
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     async def put_object(
         self,
@@ -155,7 +111,7 @@ class ObjectPutter:
     ) -> _Reply:
         parent = trace.get_current_span()
         if not parent.is_recording():  # an AWS call never starts a trace (aws_spans.py)
-            return await self._attempts(request, None)
+            return await self.attempts(lambda: self._once(request, None), request.url, None)
         with self._tracer.start_as_current_span(
             f"S3.{request.operation}",
             kind=SpanKind.CLIENT,
@@ -166,23 +122,9 @@ class ObjectPutter:
                 **(extra_attributes or {}),
             },
         ) as span:
-            return await self._attempts(request, span)
-
-    async def _attempts(self, request: _Request, span: trace.Span | None) -> _Reply:
-        retries = 0
-        while True:
-            try:
-                return await self._once(request, span)
-            except (aiohttp.ClientError, TimeoutError, ClientError) as exc:
-                if retries + 1 >= self._max_attempts or not worth_retrying(exc):
-                    raise _as_botocore(exc, request.url) from exc
-            await asyncio.sleep(backoff(retries))
-            retries += 1
-            if span is not None:  # the instrumentor's attribute: retries made so far
-                span.set_attribute("retry_attempts", retries)
+            return await self.attempts(lambda: self._once(request, span), request.url, span)
 
     async def _once(self, request: _Request, span: trace.Span | None) -> _Reply:
-        assert self._session is not None, "ObjectPutter used outside `async with`"
         signed = sign(
             request.method,
             request.host,
@@ -195,7 +137,7 @@ class ObjectPutter:
         )
         url = URL(request.url, encoded=True)
         data = request.body if request.method == "PUT" else None  # an empty PUT sends length 0
-        async with self._session.request(request.method, url, data=data, headers=signed) as reply:
+        async with self.http.request(request.method, url, data=data, headers=signed) as reply:
             if span is not None:
                 span.set_attribute("http.status_code", reply.status)
                 if request_id := reply.headers.get("x-amz-request-id"):
@@ -213,17 +155,6 @@ class ObjectPutter:
                 raise error
             return _Reply(reply.headers, content)
 
-    async def credentials(self) -> Credentials:
-        # The session's provider chain (environment, profile, the ECS task role), refreshed
-        # by botocore before they expire.
-        source = await self._aws_session.get_credentials()
-        if source is None:
-            raise NoCredentialsError()
-        frozen = await source.get_frozen_credentials()
-        if not frozen.access_key or not frozen.secret_key:
-            raise NoCredentialsError()
-        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
-
 
 def _record_error(span: trace.Span, request: _Request, status: int, error: ClientError) -> None:
     if status == 404 and request.method == "GET":
@@ -233,16 +164,3 @@ def _record_error(span: trace.Span, request: _Request, status: int, error: Clien
         return
     span.set_attribute("error.type", error.response["Error"]["Code"])
     span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-
-
-def _as_botocore(exc: BaseException, url: str) -> Exception:
-    """The exception the aiobotocore client would have raised, so callers catch one family."""
-    if isinstance(exc, ClientError):
-        return exc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectTimeoutError(endpoint_url=url, error=exc)
-    if isinstance(exc, TimeoutError):  # aiohttp's read timeout is one too
-        return ReadTimeoutError(endpoint_url=url, error=exc)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return EndpointConnectionError(endpoint_url=url, error=exc)
-    return ConnectionClosedError(endpoint_url=url, error=exc)

@@ -195,7 +195,7 @@ class BlockingPutter:
 
 
 def _as_botocore(exc: BaseException, url: str) -> Exception:
-    """The exception the aiobotocore client would have raised (as `s3_put` maps aiohttp's);
+    """The exception the aiobotocore client would have raised (as `aws_http` maps aiohttp's);
     its cause as text, so that it pickles."""
     if isinstance(exc, ClientError):
         return exc

@@ -19,10 +19,29 @@ from opentelemetry.util.types import AttributeValue
 
 from ingest_common.sigv4 import object_path
 
-# Worth another attempt, as botocore's standard retry mode judges them.
+# Worth another attempt, as botocore's standard retry mode judges them (its transient and
+# throttling codes; S3's InternalError besides), whichever service answered (`aws_json` too).
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 _RETRY_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+    }
 )
 _MAX_BACKOFF = 20.0
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")

@@ -37,6 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from ingest_common.aws import SQS_BATCH, Aws
+from ingest_common.aws_json import received_messages
 from ingest_common.dead_letters import dead_letter_attributes, original_attributes
 from ingest_common.errors import InvalidMessage, PermanentError, RetryableError
 from ingest_common.runtime.dependencies import Dependencies
@@ -297,13 +298,16 @@ class Consumer(Generic[M]):
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         self._poll_started = time.monotonic()
         try:
-            response = await self.aws.sqs.receive_message(
-                QueueUrl=self._url,
-                MaxNumberOfMessages=count,
-                WaitTimeSeconds=self.settings.receive_wait_seconds,
-                VisibilityTimeout=self.settings.visibility_timeout,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-                MessageAttributeNames=["All"],
+            response = await self.aws.sqs_messages.call(
+                "ReceiveMessage",
+                {
+                    "QueueUrl": self._url,
+                    "MaxNumberOfMessages": count,
+                    "WaitTimeSeconds": self.settings.receive_wait_seconds,
+                    "VisibilityTimeout": self.settings.visibility_timeout,
+                    "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+                    "MessageAttributeNames": ["All"],
+                },
             )
         except (BotoCoreError, ClientError) as exc:
             # Down (then the poll loop pauses) or throttling: keep the service alive.
@@ -315,7 +319,7 @@ class Consumer(Generic[M]):
             return []
         finally:
             self._poll_started = None
-        messages: list[dict[str, Any]] = [dict(m) for m in response.get("Messages", [])]
+        messages = received_messages(response)
         self.health.received += len(messages)
         return messages
 
@@ -446,10 +450,13 @@ class Consumer(Generic[M]):
 
     async def _set_visibility(self, delivery: Delivery, seconds: int) -> None:
         try:
-            await self.aws.sqs.change_message_visibility(
-                QueueUrl=self._url,
-                ReceiptHandle=delivery.receipt_handle,
-                VisibilityTimeout=max(0, min(MAX_VISIBILITY, seconds)),
+            await self.aws.sqs_messages.call(
+                "ChangeMessageVisibility",
+                {
+                    "QueueUrl": self._url,
+                    "ReceiptHandle": delivery.receipt_handle,
+                    "VisibilityTimeout": max(0, min(MAX_VISIBILITY, seconds)),
+                },
             )
         except (BotoCoreError, ClientError) as exc:
             # The message reappears when its current timeout ends: later, not lost.
@@ -527,8 +534,8 @@ class Consumer(Generic[M]):
         attempt = 0
         while True:
             try:
-                response = await self.aws.sqs.delete_message_batch(
-                    QueueUrl=self._url, Entries=entries
+                response = await self.aws.sqs_messages.call(
+                    "DeleteMessageBatch", {"QueueUrl": self._url, "Entries": entries}
                 )
             except (BotoCoreError, ClientError) as exc:
                 attempt += 1

@@ -1,0 +1,120 @@
+"""Signed AWS requests over aiohttp, where botocore's machinery costs more than the call: what
+`s3_put` (an S3 object's PUT and GET) and `aws_json` (SQS's and EventBridge's calls) share.
+
+Each behaves as the aiobotocore client it stands in for: the same credentials (the session's
+chain, refreshed when they expire), timeouts, retries (standard mode: errors that may pass,
+full-jitter backoff) and exceptions (`ClientError` with the service's error code, botocore's
+connection errors), so callers catch one family of exceptions whichever client made the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self, TypeVar
+
+import aiohttp
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+from opentelemetry import trace
+
+from ingest_common.s3_request import backoff, worth_retrying
+from ingest_common.sigv4 import Credentials
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """How calls are made, as the aiobotocore client's config says."""
+
+    connect_timeout: float
+    read_timeout: float  # per socket read, as botocore's
+    max_attempts: int
+    connections: int  # kept open at most
+
+
+class SignedHttp:
+    """An aiohttp session that signs with the credentials of ``session`` (aiobotocore's) and
+    makes each call's attempts as botocore would; open with `async with`."""
+
+    def __init__(self, session: AioSession, calls: CallSettings) -> None:
+        self._aws_session = session
+        self._max_attempts = max(1, calls.max_attempts)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=calls.connect_timeout, sock_read=calls.read_timeout
+        )
+        self._connections = calls.connections
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections),
+            timeout=self._timeout,
+            auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._http is not None, f"{type(self).__name__} used outside `async with`"
+        return self._http
+
+    async def credentials(self) -> Credentials:
+        # The session's provider chain (environment, profile, the ECS task role), refreshed
+        # by botocore before they expire.
+        source = await self._aws_session.get_credentials()
+        if source is None:
+            raise NoCredentialsError()
+        frozen = await source.get_frozen_credentials()
+        if not frozen.access_key or not frozen.secret_key:
+            raise NoCredentialsError()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    async def attempts(
+        self, once: Callable[[], Awaitable[T]], url: str, span: trace.Span | None
+    ) -> T:
+        """``once()`` until it succeeds, fails for good or has used every attempt; a failure
+        is raised as the exception botocore would have raised."""
+        retries = 0
+        while True:
+            try:
+                return await once()
+            except (aiohttp.ClientError, TimeoutError, ClientError) as exc:
+                if retries + 1 >= self._max_attempts or not worth_retrying(exc):
+                    raise as_botocore(exc, url) from exc
+            await asyncio.sleep(backoff(retries))
+            retries += 1
+            if span is not None:  # the instrumentor's attribute: retries made so far
+                span.set_attribute("retry_attempts", retries)
+
+
+def as_botocore(exc: BaseException, url: str) -> Exception:
+    """The exception the aiobotocore client would have raised for aiohttp's."""
+    if isinstance(exc, ClientError):
+        return exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimeoutError(endpoint_url=url, error=exc)
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeout is one too
+        return ReadTimeoutError(endpoint_url=url, error=exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return EndpointConnectionError(endpoint_url=url, error=exc)
+    return ConnectionClosedError(endpoint_url=url, error=exc)

@@ -1,0 +1,177 @@
+"""SQS's and EventBridge's data calls over aiohttp, signed by `sigv4`: the AWS JSON protocol
+without botocore.
+
+Every image costs SQS calls in each service it passes (its share of a receive, a delete, a
+send) and every product a few events on the bus; aiobotocore spends about 3 ms of CPU on
+each such call, this about 1.3 ms (`bench/README.md`), most of it the socket's. The protocol
+needs no model: a call's parameters are its JSON body as botocore would serialise them
+(strings, numbers, lists and maps of them; bytes, a message attribute's binary value, go
+as base64), and the answer's body is what botocore would return, once a received message's
+binary attribute values are bytes again (`received_messages`; nothing read is a timestamp).
+
+It behaves as the aiobotocore client it stands in for (`aws_http`): the endpoint that client
+resolved, its credentials, timeouts, retries and exceptions, with the service's error code
+as botocore parses it (SQS's legacy code, `AWS.SimpleQueueService.NonExistentQueue`, where
+SQS sends one). A call inside a trace gets the instrumentor's CLIENT span
+`<Service>.<Operation>`, except the calls that have messaging spans of ours (`aws_spans`).
+Queue and topic set-up, lookups and probes stay on the aiobotocore clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiobotocore.session import AioSession
+from botocore.exceptions import ClientError
+from multidict import CIMultiDictProxy
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from ingest_common.aws_http import CallSettings, SignedHttp
+from ingest_common.sigv4 import sign
+from ingest_common.telemetry.aws_spans import MESSAGING_CALLS
+
+
+@dataclass(frozen=True, slots=True)
+class JsonService:
+    """What a JSON-protocol service's requests say about it."""
+
+    name: str  # the instrumentor's service id: rpc.service, and the spans' prefix
+    signing_name: str
+    target_prefix: str  # X-Amz-Target: <prefix>.<Operation>
+    json_version: str
+
+
+SQS = JsonService("SQS", "sqs", "AmazonSQS", "1.0")
+EVENTBRIDGE = JsonService("EventBridge", "events", "AWSEvents", "1.1")
+
+
+class JsonApi(SignedHttp):
+    """Calls ``service`` at the endpoint and region of ``client`` (its aiobotocore client),
+    with the credentials of the ``session`` that made it; open with `async with`."""
+
+    def __init__(
+        self, session: AioSession, client: Any, service: JsonService, calls: CallSettings
+    ) -> None:
+        super().__init__(session, calls)
+        self.service = service
+        self.region: str = client.meta.region_name
+        endpoint = urlsplit(client.meta.endpoint_url)
+        self._host = endpoint.netloc
+        self._url = f"{endpoint.scheme}://{endpoint.netloc}/"
+        self._server: dict[str, AttributeValue] = {"server.address": endpoint.hostname or ""}
+        if endpoint.port is not None:
+            self._server["server.port"] = endpoint.port
+        self._content_type = f"application/x-amz-json-{service.json_version}"
+        self._tracer = trace.get_tracer("ingest.aws_json")
+
+    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``operation`` with ``params`` (botocore's names and shapes)."""
+        body = json.dumps(params, default=_blob).encode()
+        name = f"{self.service.name}.{operation}"
+        parent = trace.get_current_span()
+        if name in MESSAGING_CALLS or not parent.is_recording():
+            return await self.attempts(lambda: self._once(operation, body, None), self._url, None)
+        with self._tracer.start_as_current_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes=self._span_attributes(operation, params),
+        ) as span:
+            return await self.attempts(lambda: self._once(operation, body, span), self._url, span)
+
+    async def _once(self, operation: str, body: bytes, span: trace.Span | None) -> dict[str, Any]:
+        headers = {
+            "content-type": self._content_type,
+            "x-amz-target": f"{self.service.target_prefix}.{operation}",
+        }
+        signed = sign(
+            "POST",
+            self._host,
+            "/",
+            headers,
+            body,
+            credentials=await self.credentials(),
+            region=self.region,
+            now=datetime.now(UTC),
+            service=self.service.signing_name,
+        )
+        async with self.http.post(self._url, data=body, headers=signed) as reply:
+            content = await reply.read()
+            if span is not None:
+                span.set_attribute("http.status_code", reply.status)
+                if request_id := reply.headers.get("x-amzn-RequestId"):
+                    span.set_attribute("aws.request_id", request_id)
+            if reply.status >= 300:
+                error = json_error(operation, reply.status, content, reply.headers)
+                if span is not None:
+                    span.set_attribute("error.type", error.response["Error"]["Code"])
+                    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                raise error
+            answer: dict[str, Any] = json.loads(content) if content else {}
+            return answer
+
+    def _span_attributes(self, operation: str, params: dict[str, Any]) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {
+            "rpc.system": "aws-api",
+            "rpc.service": self.service.name,
+            "rpc.method": operation,
+            "cloud.region": self.region,
+            **self._server,
+        }
+        if queue_url := params.get("QueueUrl"):  # as the instrumentor's SQS extension
+            attributes["aws.queue_url"] = queue_url
+            attributes["messaging.system"] = "aws.sqs"
+            attributes["messaging.url"] = queue_url
+            attributes["messaging.destination"] = queue_url.rsplit("/", 1)[-1]
+        return attributes
+
+
+def received_messages(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """ReceiveMessage's messages as botocore returns them: binary attribute values as bytes."""
+    messages: list[dict[str, Any]] = answer.get("Messages", [])
+    for message in messages:
+        for value in message.get("MessageAttributes", {}).values():
+            if "BinaryValue" in value:
+                value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
+            if "BinaryListValues" in value:
+                value["BinaryListValues"] = [
+                    base64.b64decode(item) for item in value["BinaryListValues"]
+                ]
+    return messages
+
+
+def _blob(value: object) -> str:
+    """A blob parameter, as botocore serialises one in JSON: base64."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_error(
+    operation: str, status: int, content: bytes, headers: CIMultiDictProxy[str]
+) -> ClientError:
+    """The `ClientError` botocore's JSON parser makes of an error answer."""
+    try:
+        parsed = json.loads(content) if content else {}
+    except ValueError:
+        parsed = {}  # not the service's answer (a proxy's page): the status is the code
+    if not isinstance(parsed, dict):
+        parsed = {}
+    code = str(parsed.get("__type") or parsed.get("code") or status).rpartition("#")[2]
+    # Services that kept their query-protocol codes (SQS) name the old code in a header.
+    if query_error := headers.get("x-amzn-query-error"):
+        code = query_error.partition(";")[0] or code
+    response: Any = {
+        "Error": {"Code": code, "Message": str(parsed.get("message", parsed.get("Message", "")))},
+        "ResponseMetadata": {
+            "HTTPStatusCode": status,
+            "RequestId": headers.get("x-amzn-RequestId", ""),
+        },
+    }
+    return ClientError(response, operation)
