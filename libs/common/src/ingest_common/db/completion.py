@@ -46,18 +46,24 @@ class ProductState:
 
 # Pending images, and failed ones whose failure was not about the file, may (still) finish;
 # the product's counters move by what the image was and is now. One statement, one round trip
-# (an image's finish is most of the processor's SQL); no row: the image did not change.
+# (an image's finish is most of the processor's SQL); no row: the image did not change. The
+# image is locked first, then its product, whose counters are read under that lock: with $9
+# the statement changes nothing (no row) unless the product stays incomplete after it.
 _FINISH_IMAGE = """
 WITH target AS (
-    SELECT id, status AS was FROM images
+    SELECT id, product_id, status AS was FROM images
      WHERE id = $1 AND (status = 'pending' OR (status = 'failed' AND failure_retryable))
        FOR UPDATE
+), product AS (
+    SELECT p.id FROM products p JOIN target t ON p.id = t.product_id
+     WHERE NOT $9 OR p.images_ready + p.images_failed + (t.was = 'pending')::int < p.image_count
+       FOR UPDATE OF p
 ), finished AS (
     UPDATE images i
        SET status = $2, failure_reason = $3, failure_retryable = $4,
            width = coalesce($5, i.width), height = coalesce($6, i.height), renditions = $7,
            warnings = $8, finished_at = now()
-      FROM target
+      FROM target JOIN product ON product.id = target.product_id
      WHERE i.id = target.id
     RETURNING i.product_id,
               (i.status = 'ready')::int - (target.was = 'ready')::int AS ready,
@@ -105,18 +111,25 @@ async def finish_image(
     image is ready again when the sweeper comes); so does a render for a retired image.
     """
     status = "failed" if failure_reason else "ready"
+    arguments = (
+        image_id,
+        status,
+        failure_reason,
+        retryable and status == "failed",
+        width,
+        height,
+        renditions or [],
+        warnings or [],
+    )
+    if status == "ready":
+        # Most images do not complete their product: then the finish is this one statement,
+        # atomic on its own, without BEGIN and COMMIT (two round trips of the three). Any
+        # other outcome changed nothing and takes the transaction below.
+        product = await connection.fetchrow(_FINISH_IMAGE, *arguments, True)
+        if product is not None:
+            return _state(product)
     async with connection.transaction():
-        product = await connection.fetchrow(
-            _FINISH_IMAGE,
-            image_id,
-            status,
-            failure_reason,
-            retryable and status == "failed",
-            width,
-            height,
-            renditions or [],
-            warnings or [],
-        )
+        product = await connection.fetchrow(_FINISH_IMAGE, *arguments, False)
         if product is None:
             if renditions and await _retired(connection, image_id):
                 await discard_renditions(
