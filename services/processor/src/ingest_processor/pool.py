@@ -348,8 +348,8 @@ class _Worker:
         """Queue a message on the socket (asyncio writes it as the worker reads)."""
         assert self.writer is not None
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self.writer.write(HEADER.pack(len(payload)))
-        self.writer.write(payload)
+        # Together: asyncio sends each write at once if it can, a syscall each.
+        self.writer.writelines((HEADER.pack(len(payload)), payload))
 
     async def receive(self) -> Any:
         """The next message, or None at the end of the stream (the worker exited or died)."""

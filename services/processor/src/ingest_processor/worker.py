@@ -345,8 +345,8 @@ def _libc() -> ctypes.CDLL | None:
 
 def send_message(channel: socket.socket, message: object) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    channel.sendall(HEADER.pack(len(payload)))
-    channel.sendall(payload)
+    # One send, not two: each is a syscall here and a wake-up of the processor's event loop.
+    channel.sendall(HEADER.pack(len(payload)) + payload)
 
 
 def receive_message(channel: socket.socket) -> Any:
