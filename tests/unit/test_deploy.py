@@ -1256,7 +1256,8 @@ def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() 
 
 # Attribute names of the clients in code (`aws.s3.get_object`) → their IAM prefix. `s3_objects`
 # is Aws's own S3 PutObject client (ingest_common.s3_put), which names its method so, and a
-# render worker's (ingest_common.s3_put_blocking), named alike. `sqs_messages` and `bus` are
+# render worker's (ingest_common.s3_put_blocking), named alike; `sns_publisher`, SNS's
+# PublishBatch (ingest_common.aws_query), likewise. `sqs_messages` and `bus` are
 # Aws's JSON-protocol clients (ingest_common.aws_json): `aws.bus.call("PutEvents", ...)`
 # is read as the aiobotocore client's `put_events`.
 AWS_CLIENTS = {
@@ -1265,6 +1266,7 @@ AWS_CLIENTS = {
     "sqs": "sqs",
     "sqs_messages": "sqs",
     "sns": "sns",
+    "sns_publisher": "sns",
     "events": "events",
     "bus": "events",
 }
@@ -1279,6 +1281,7 @@ IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     ("sqs", "delete_message_batch"): frozenset({"sqs:DeleteMessage"}),
     ("sqs", "change_message_visibility_batch"): frozenset({"sqs:ChangeMessageVisibility"}),
     ("sns", "publish_batch"): frozenset({"sns:Publish"}),
+    ("sns_publisher", "publish_batch"): frozenset({"sns:Publish"}),  # aws_query.SnsPublisher
     # The S3 dependency probe counts any answer below 500 as S3 being there, 403 included
     # (runtime/dependencies.py): it needs no grant.
     ("s3", "head_bucket"): frozenset(),

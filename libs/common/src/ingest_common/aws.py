@@ -3,8 +3,8 @@
 One `Aws` per process, opened with `async with`. It knows the queue URLs and topic ARNs by
 name, sends messages in batches of 10 with the current trace context, and caps concurrent
 S3 calls. The calls made per image skip botocore (`s3_objects`: an object's PUT and GET;
-`sqs_messages`: a message's send, receive, delete and visibility; `bus`: PutEvents); set-up,
-lookups and probes use the aiobotocore clients.
+`sqs_messages`: a message's send, receive, delete and visibility; `bus`: PutEvents;
+`sns_publisher`: PublishBatch); set-up, lookups and probes use the aiobotocore clients.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ingest_common.aws_http import CallSettings
 from ingest_common.aws_json import EVENTBRIDGE, SQS, JsonApi
+from ingest_common.aws_query import SnsPublisher
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
 from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
@@ -74,6 +75,7 @@ class Aws:
         self.sqs: SQSClient
         self.sqs_messages: JsonApi  # SQS's message calls, without botocore (aws_json.py)
         self.sns: SNSClient
+        self.sns_publisher: SnsPublisher  # SNS's PublishBatch, without botocore (aws_query.py)
         self.events: EventBridgeClient
         self.bus: JsonApi  # EventBridge's PutEvents, without botocore (aws_json.py)
 
@@ -115,7 +117,8 @@ class Aws:
         # only after the body: with no answer (a partition) a put would wait forever.
         self.s3.meta.events.unregister("before-call.s3", add_expect_header)
         # The calls each image, message and event makes skip botocore: the PUTs and GETs of
-        # objects in memory (renditions, originals, mosaics), SQS's message calls, PutEvents.
+        # objects in memory (renditions, originals, mosaics), SQS's message calls, the
+        # outbox's PublishBatch and PutEvents.
         s3_calls = CallSettings(connect_timeout, S3_READ_TIMEOUT, attempts, connections)
         sqs_calls = CallSettings(connect_timeout, sqs_read_timeout, attempts, connections)
         self.s3_objects = await self._stack.enter_async_context(
@@ -126,6 +129,9 @@ class Aws:
         )
         self.bus = await self._stack.enter_async_context(
             JsonApi(session, self.events, EVENTBRIDGE, sqs_calls)
+        )
+        self.sns_publisher = await self._stack.enter_async_context(
+            SnsPublisher(session, self.sns, sqs_calls)
         )
         self._put_settings = PutSettings(
             self.s3_objects.endpoint, connect_timeout, S3_READ_TIMEOUT, attempts

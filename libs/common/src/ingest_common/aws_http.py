@@ -4,13 +4,15 @@
 Each behaves as the aiobotocore client it stands in for: the same credentials (the session's
 chain, refreshed when they expire), timeouts, retries (standard mode: errors that may pass,
 full-jitter backoff) and exceptions (`ClientError` with the service's error code, botocore's
-connection errors), so callers catch one family of exceptions whichever client made the call.
+connection errors), so callers catch one family of exceptions whichever client made the call;
+and the instrumentor's CLIENT span `<Service>.<Operation>` under its rules (`aws_spans`): only
+inside a trace, and none for the calls that have messaging spans of ours.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, TypeVar
@@ -26,9 +28,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from ingest_common.s3_request import backoff, worth_retrying
 from ingest_common.sigv4 import Credentials
+from ingest_common.telemetry.aws_spans import MESSAGING_CALLS
 
 T = TypeVar("T")
 
@@ -55,6 +60,7 @@ class SignedHttp:
         )
         self._connections = calls.connections
         self._http: aiohttp.ClientSession | None = None
+        self._tracer = trace.get_tracer(f"ingest.{type(self).__module__.rpartition('.')[2]}")
 
     async def __aenter__(self) -> Self:
         self._http = aiohttp.ClientSession(
@@ -88,6 +94,23 @@ class SignedHttp:
         if not frozen.access_key or not frozen.secret_key:
             raise NoCredentialsError()
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    async def traced(
+        self,
+        name: str,
+        attributes: Callable[[], Mapping[str, AttributeValue]],
+        url: str,
+        once: Callable[[trace.Span | None], Awaitable[T]],
+    ) -> T:
+        """The `attempts` of ``once``, inside a CLIENT span ``name`` (`<Service>.<Operation>`)
+        with ``attributes()`` if the caller is in a trace and the call has no messaging span
+        of ours; ``once`` gets the span (None: none) to record the answer on."""
+        if name in MESSAGING_CALLS or not trace.get_current_span().is_recording():
+            return await self.attempts(lambda: once(None), url, None)
+        with self._tracer.start_as_current_span(
+            name, kind=SpanKind.CLIENT, attributes=attributes()
+        ) as span:
+            return await self.attempts(lambda: once(span), url, span)
 
     async def attempts(
         self, once: Callable[[], Awaitable[T]], url: str, span: trace.Span | None

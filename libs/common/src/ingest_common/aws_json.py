@@ -30,12 +30,11 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from ingest_common.aws_http import CallSettings, SignedHttp
 from ingest_common.sigv4 import sign
-from ingest_common.telemetry.aws_spans import MESSAGING_CALLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +68,16 @@ class JsonApi(SignedHttp):
         if endpoint.port is not None:
             self._server["server.port"] = endpoint.port
         self._content_type = f"application/x-amz-json-{service.json_version}"
-        self._tracer = trace.get_tracer("ingest.aws_json")
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """The answer to ``operation`` with ``params`` (botocore's names and shapes)."""
         body = json.dumps(params, default=_blob).encode()
-        name = f"{self.service.name}.{operation}"
-        parent = trace.get_current_span()
-        if name in MESSAGING_CALLS or not parent.is_recording():
-            return await self.attempts(lambda: self._once(operation, body, None), self._url, None)
-        with self._tracer.start_as_current_span(
-            name,
-            kind=SpanKind.CLIENT,
-            attributes=self._span_attributes(operation, params),
-        ) as span:
-            return await self.attempts(lambda: self._once(operation, body, span), self._url, span)
+        return await self.traced(
+            f"{self.service.name}.{operation}",
+            lambda: self._span_attributes(operation, params),
+            self._url,
+            lambda span: self._once(operation, body, span),
+        )
 
     async def _once(self, operation: str, body: bytes, span: trace.Span | None) -> dict[str, Any]:
         headers = {

@@ -144,9 +144,9 @@ class OutboxPublisher:
             topic = await self.aws.topic_arn(self.settings.events_topic)
         except UnknownTopic as exc:
             raise PublishFailed(str(exc)) from exc
-        response = await self.aws.sns.publish_batch(
-            TopicArn=topic,
-            PublishBatchRequestEntries=[
+        response = await self.aws.sns_publisher.publish_batch(
+            topic,
+            [
                 {
                     "Id": str(i),
                     "Message": json.dumps(event),

@@ -21,7 +21,7 @@ from typing import Any
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
@@ -65,7 +65,6 @@ class ObjectPutter(SignedHttp):
     def __init__(self, session: AioSession, s3: Any, calls: CallSettings) -> None:
         super().__init__(session, calls)
         self.endpoint = S3Endpoint.of(s3.meta.endpoint_url, s3.meta.region_name)
-        self._tracer = trace.get_tracer("ingest.s3_put")
 
     async def put_object(
         self,
@@ -109,20 +108,17 @@ class ObjectPutter(SignedHttp):
         bucket: str,
         extra_attributes: Mapping[str, AttributeValue] | None = None,
     ) -> _Reply:
-        parent = trace.get_current_span()
-        if not parent.is_recording():  # an AWS call never starts a trace (aws_spans.py)
-            return await self.attempts(lambda: self._once(request, None), request.url, None)
-        with self._tracer.start_as_current_span(
+        return await self.traced(
             f"S3.{request.operation}",
-            kind=SpanKind.CLIENT,
-            attributes={
+            lambda: {
                 **self.endpoint.span_attributes(
                     request.operation, request.host, bucket, request.key
                 ),
                 **(extra_attributes or {}),
             },
-        ) as span:
-            return await self.attempts(lambda: self._once(request, span), request.url, span)
+            request.url,
+            lambda span: self._once(request, span),
+        )
 
     async def _once(self, request: _Request, span: trace.Span | None) -> _Reply:
         signed = sign(
