@@ -5,7 +5,8 @@ call of every client gets a CLIENT span `<Service>.<Operation>` (`S3.GetObject`,
 `SQS.ReceiveMessage`) with `rpc.system` aws-api, `rpc.service`, `rpc.method`,
 `cloud.region`, `server.address`/`server.port`, `aws.request_id`, `http.status_code`,
 `retry_attempts` and, for SQS, the queue (`aws.queue_url`, `messaging.destination`). The
-calls that skip botocore (`s3_put`, `aws_json`) make the same spans under the same rules.
+calls that skip botocore (`s3_put`, `aws_json`, `aws_query`, through `aws_http`) make the
+same spans under the same rules.
 
 Propagation. The instrumentor adds the X-Ray header (`X-Amzn-Trace-Id`) to each HTTP
 request, which SQS keeps as the message's `AWSTraceHeader`: we do not read it. Its SQS
