@@ -1,5 +1,6 @@
 """Signed AWS requests over aiohttp, where botocore's machinery costs more than the call: what
-`s3_put` (an S3 object's PUT and GET) and `aws_json` (SQS's and EventBridge's calls) share.
+`s3_put` (an S3 object's PUT and GET), `aws_json` (SQS's and EventBridge's calls) and
+`aws_query` (SNS's PublishBatch) share; the latter two POST every call to `/` (`ServiceApi`).
 
 Each behaves as the aiobotocore client it stands in for: the same credentials (the session's
 chain, refreshed when they expire), timeouts, retries (standard mode: errors that may pass,
@@ -14,8 +15,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.session import AioSession
@@ -27,12 +30,13 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from multidict import CIMultiDictProxy
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from ingest_common.s3_request import backoff, worth_retrying
-from ingest_common.sigv4 import Credentials
+from ingest_common.sigv4 import Credentials, sign
 from ingest_common.telemetry.aws_spans import MESSAGING_CALLS
 
 T = TypeVar("T")
@@ -128,6 +132,68 @@ class SignedHttp:
             retries += 1
             if span is not None:  # the instrumentor's attribute: retries made so far
                 span.set_attribute("retry_attempts", retries)
+
+
+class ServiceApi(SignedHttp):
+    """A service each of whose calls is a signed POST to `/` at the endpoint and region of
+    ``client`` (its aiobotocore client)."""
+
+    def __init__(
+        self, session: AioSession, client: Any, service: str, signing_name: str, calls: CallSettings
+    ) -> None:
+        super().__init__(session, calls)
+        self.service = service  # the instrumentor's service id: rpc.service, the spans' prefix
+        self.region: str = client.meta.region_name
+        self._signing_name = signing_name
+        endpoint = urlsplit(client.meta.endpoint_url)
+        self._host = endpoint.netloc
+        self.url = f"{endpoint.scheme}://{endpoint.netloc}/"
+        self._server: dict[str, AttributeValue] = {"server.address": endpoint.hostname or ""}
+        if endpoint.port is not None:
+            self._server["server.port"] = endpoint.port
+
+    def span_attributes(self, operation: str) -> dict[str, AttributeValue]:
+        """The instrumentor's attributes of a call's span, before the service's own."""
+        return {
+            "rpc.system": "aws-api",
+            "rpc.service": self.service,
+            "rpc.method": operation,
+            "cloud.region": self.region,
+            **self._server,
+        }
+
+    async def post(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        span: trace.Span | None,
+        error: Callable[[int, bytes, CIMultiDictProxy[str]], ClientError],
+    ) -> bytes:
+        """One attempt: the answer's body, or ``error(status, body, headers)`` raised."""
+        signed = sign(
+            "POST",
+            self._host,
+            "/",
+            headers,
+            body,
+            credentials=await self.credentials(),
+            region=self.region,
+            now=datetime.now(UTC),
+            service=self._signing_name,
+        )
+        async with self.http.post(self.url, data=body, headers=signed) as reply:
+            content = await reply.read()
+            if span is not None:
+                span.set_attribute("http.status_code", reply.status)
+                if request_id := reply.headers.get("x-amzn-RequestId"):
+                    span.set_attribute("aws.request_id", request_id)
+            if reply.status >= 300:
+                failure = error(reply.status, content, reply.headers)
+                if span is not None:
+                    span.set_attribute("error.type", failure.response["Error"]["Code"])
+                    span.set_status(Status(StatusCode.ERROR, str(failure)[:200]))
+                raise failure
+            return content
 
 
 def as_botocore(exc: BaseException, url: str) -> Exception:

@@ -22,19 +22,16 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from ingest_common.aws_http import CallSettings, SignedHttp
-from ingest_common.sigv4 import sign
+from ingest_common.aws_http import CallSettings, ServiceApi
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,73 +48,39 @@ SQS = JsonService("SQS", "sqs", "AmazonSQS", "1.0")
 EVENTBRIDGE = JsonService("EventBridge", "events", "AWSEvents", "1.1")
 
 
-class JsonApi(SignedHttp):
+class JsonApi(ServiceApi):
     """Calls ``service`` at the endpoint and region of ``client`` (its aiobotocore client),
     with the credentials of the ``session`` that made it; open with `async with`."""
 
     def __init__(
         self, session: AioSession, client: Any, service: JsonService, calls: CallSettings
     ) -> None:
-        super().__init__(session, calls)
-        self.service = service
-        self.region: str = client.meta.region_name
-        endpoint = urlsplit(client.meta.endpoint_url)
-        self._host = endpoint.netloc
-        self._url = f"{endpoint.scheme}://{endpoint.netloc}/"
-        self._server: dict[str, AttributeValue] = {"server.address": endpoint.hostname or ""}
-        if endpoint.port is not None:
-            self._server["server.port"] = endpoint.port
+        super().__init__(session, client, service.name, service.signing_name, calls)
+        self._target_prefix = service.target_prefix
         self._content_type = f"application/x-amz-json-{service.json_version}"
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """The answer to ``operation`` with ``params`` (botocore's names and shapes)."""
         body = json.dumps(params, default=_blob).encode()
-        return await self.traced(
-            f"{self.service.name}.{operation}",
-            lambda: self._span_attributes(operation, params),
-            self._url,
-            lambda span: self._once(operation, body, span),
-        )
-
-    async def _once(self, operation: str, body: bytes, span: trace.Span | None) -> dict[str, Any]:
         headers = {
             "content-type": self._content_type,
-            "x-amz-target": f"{self.service.target_prefix}.{operation}",
+            "x-amz-target": f"{self._target_prefix}.{operation}",
         }
-        signed = sign(
-            "POST",
-            self._host,
-            "/",
-            headers,
-            body,
-            credentials=await self.credentials(),
-            region=self.region,
-            now=datetime.now(UTC),
-            service=self.service.signing_name,
-        )
-        async with self.http.post(self._url, data=body, headers=signed) as reply:
-            content = await reply.read()
-            if span is not None:
-                span.set_attribute("http.status_code", reply.status)
-                if request_id := reply.headers.get("x-amzn-RequestId"):
-                    span.set_attribute("aws.request_id", request_id)
-            if reply.status >= 300:
-                error = json_error(operation, reply.status, content, reply.headers)
-                if span is not None:
-                    span.set_attribute("error.type", error.response["Error"]["Code"])
-                    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-                raise error
+
+        async def once(span: trace.Span | None) -> dict[str, Any]:
+            content = await self.post(headers, body, span, partial(json_error, operation))
             answer: dict[str, Any] = json.loads(content) if content else {}
             return answer
 
+        return await self.traced(
+            f"{self.service}.{operation}",
+            lambda: self._span_attributes(operation, params),
+            self.url,
+            once,
+        )
+
     def _span_attributes(self, operation: str, params: dict[str, Any]) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {
-            "rpc.system": "aws-api",
-            "rpc.service": self.service.name,
-            "rpc.method": operation,
-            "cloud.region": self.region,
-            **self._server,
-        }
+        attributes = self.span_attributes(operation)
         if queue_url := params.get("QueueUrl"):  # as the instrumentor's SQS extension
             attributes["aws.queue_url"] = queue_url
             attributes["messaging.system"] = "aws.sqs"

@@ -14,85 +14,51 @@ exceptions (`ClientError` with SNS's code: `NotFound` for a missing topic), and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from functools import partial
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 from aiobotocore.session import AioSession
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
-from opentelemetry.util.types import AttributeValue
 
-from ingest_common.aws_http import CallSettings, SignedHttp
+from ingest_common.aws_http import CallSettings, ServiceApi
 from ingest_common.s3_request import client_error
-from ingest_common.sigv4 import sign
 
 _VERSION = "2010-03-31"
 _NS = {"sns": f"http://sns.amazonaws.com/doc/{_VERSION}/"}
-_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
+_HEADERS = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
 
 
-class SnsPublisher(SignedHttp):
+class SnsPublisher(ServiceApi):
     """Publishes to SNS at the endpoint and region of ``sns`` (the aiobotocore client), with the
     credentials of the ``session`` that made it; open with `async with`."""
 
     def __init__(self, session: AioSession, sns: Any, calls: CallSettings) -> None:
-        super().__init__(session, calls)
-        self.region: str = sns.meta.region_name
-        endpoint = urlsplit(sns.meta.endpoint_url)
-        self._host = endpoint.netloc
-        self._url = f"{endpoint.scheme}://{endpoint.netloc}/"
-        self._server: dict[str, AttributeValue] = {"server.address": endpoint.hostname or ""}
-        if endpoint.port is not None:
-            self._server["server.port"] = endpoint.port
+        super().__init__(session, sns, "SNS", "sns", calls)
 
     async def publish_batch(
         self, topic_arn: str, entries: Sequence[Mapping[str, Any]]
     ) -> dict[str, list[dict[str, str]]]:
         """PublishBatch of ``entries`` (botocore's shape: Id, Message, MessageAttributes of
-        strings); its Successful and Failed members, as botocore returns them."""
+        strings); its Successful and Failed members, as botocore returns them (their fields
+        as text)."""
         body = urlencode(publish_batch_form(topic_arn, entries)).encode()
+
+        async def once(span: trace.Span | None) -> dict[str, list[dict[str, str]]]:
+            error = partial(client_error, "PublishBatch")
+            return publish_batch_result(await self.post(_HEADERS, body, span, error))
+
         return await self.traced(
             "SNS.PublishBatch",
             lambda: {
-                "rpc.system": "aws-api",
-                "rpc.service": "SNS",
-                "rpc.method": "PublishBatch",
-                "cloud.region": self.region,
-                **self._server,
+                **self.span_attributes("PublishBatch"),
                 "messaging.system": "aws.sns",
                 "messaging.destination.name": topic_arn.rpartition(":")[2],
             },
-            self._url,
-            lambda span: self._once(body, span),
+            self.url,
+            once,
         )
-
-    async def _once(self, body: bytes, span: trace.Span | None) -> dict[str, list[dict[str, str]]]:
-        signed = sign(
-            "POST",
-            self._host,
-            "/",
-            {"content-type": _CONTENT_TYPE},
-            body,
-            credentials=await self.credentials(),
-            region=self.region,
-            now=datetime.now(UTC),
-            service="sns",
-        )
-        async with self.http.post(self._url, data=body, headers=signed) as reply:
-            content = await reply.read()
-            if span is not None:
-                span.set_attribute("http.status_code", reply.status)
-                if request_id := reply.headers.get("x-amzn-RequestId"):
-                    span.set_attribute("aws.request_id", request_id)
-            if reply.status >= 300:
-                error = client_error("PublishBatch", reply.status, content, reply.headers)
-                if span is not None:
-                    span.set_attribute("error.type", error.response["Error"]["Code"])
-                    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-                raise error
-            return publish_batch_result(content)
 
 
 def publish_batch_form(topic_arn: str, entries: Sequence[Mapping[str, Any]]) -> dict[str, str]:
