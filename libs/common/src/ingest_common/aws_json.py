@@ -3,7 +3,7 @@ without botocore.
 
 Every image costs SQS calls in each service it passes (its share of a receive, a delete, a
 send) and every product a few events on the bus; aiobotocore spends about 3 ms of CPU on
-each such call, this about 1.3 ms (`bench/README.md`), most of it the socket's. The protocol
+each such call, this about 1.3 ms (`bench/README.md`), much of it the socket's. The protocol
 needs no model: a call's parameters are its JSON body as botocore would serialise them
 (strings, numbers, lists and maps of them; bytes, a message attribute's binary value, go
 as base64), and the answer's body is what botocore would return, once a received message's
