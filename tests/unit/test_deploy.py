@@ -1270,7 +1270,7 @@ AWS_CLIENTS = {
     "events": "events",
     "bus": "events",
 }
-JSON_CLIENTS = {"sqs_messages": "sqs", "bus": "events"}  # → the aiobotocore client they stand for
+JSON_CLIENTS = frozenset({"sqs_messages", "bus"})  # Aws's `call("Operation", ...)` clients
 IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     ("s3", "head_object"): frozenset({"s3:GetObject"}),
     ("s3", "list_objects_v2"): frozenset({"s3:ListBucket"}),
@@ -1360,7 +1360,7 @@ def _client_call(call: ast.Call) -> tuple[str, str] | None:
         operation = call.args[0] if call.args else None
         if isinstance(operation, ast.Constant) and isinstance(operation.value, str):
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", operation.value).lower()
-            return (JSON_CLIENTS[client], snake)
+            return (AWS_CLIENTS[client], snake)  # read as the aiobotocore client's call
         return None
     return _client_operation(func)
 

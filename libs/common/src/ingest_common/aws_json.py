@@ -74,12 +74,12 @@ class JsonApi(ServiceApi):
 
         return await self.traced(
             f"{self.service}.{operation}",
-            lambda: self._span_attributes(operation, params),
+            lambda: self._call_attributes(operation, params),
             self.url,
             once,
         )
 
-    def _span_attributes(self, operation: str, params: dict[str, Any]) -> dict[str, AttributeValue]:
+    def _call_attributes(self, operation: str, params: dict[str, Any]) -> dict[str, AttributeValue]:
         attributes = self.span_attributes(operation)
         if queue_url := params.get("QueueUrl"):  # as the instrumentor's SQS extension
             attributes["aws.queue_url"] = queue_url

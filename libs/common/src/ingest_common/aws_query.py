@@ -44,9 +44,9 @@ class SnsPublisher(ServiceApi):
         strings); its Successful and Failed members, as botocore returns them (their fields
         as text)."""
         body = urlencode(publish_batch_form(topic_arn, entries)).encode()
+        error = partial(client_error, "PublishBatch")
 
         async def once(span: trace.Span | None) -> dict[str, list[dict[str, str]]]:
-            error = partial(client_error, "PublishBatch")
             return publish_batch_result(await self.post(_HEADERS, body, span, error))
 
         return await self.traced(
