@@ -324,12 +324,18 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     count = args.images if "one" in args.scenario else args.sets * args.per_set
     svgs = load_svgs(args.svgs, max(count, args.sets * args.per_set))
     distinct = len({data for _, data in svgs})
+    client_spans = float(
+        dict(args.set).get(
+            "trace_client_spans", settings.model_fields["trace_client_spans"].default
+        )
+    )
     print(
         f"e2e: {args.images}-image set and {args.sets} × {args.per_set} sets, {distinct} distinct "
         f"SVGs from {', '.join(map(str, args.svgs))}; {args.processors} processor(s) × {workers} "
         f"render workers on {len(os.sched_getaffinity(0))} CPUs; "
         f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
-        f"AWS latency {args.latency_ms:g} ms per request"
+        f"AWS latency {args.latency_ms:g} ms per request; {client_spans:.0%} of uploads traced with"
+        " a span per call (INGEST_TRACE_CLIENT_SPANS)"
         + "".join(f"; INGEST_{name.upper()}={value}" for name, value in args.set)
     )
     core = await core_time(settings, [data for _, data in svgs[: args.images]])

@@ -273,6 +273,8 @@ locals {
         INGEST_LOG_FORMAT  = "json"
         INGEST_LOG_LEVEL   = var.log_level
         INGEST_HEALTH_PORT = "8080"
+        # Same share in every service: an upload's trace has all its calls' spans or none.
+        INGEST_TRACE_CLIENT_SPANS = tostring(var.trace_client_spans)
       },
       # The visibility timeout of the queue it consumes, from topology.json (not the api's).
       svc.queue == null ? {} : { INGEST_VISIBILITY_TIMEOUT = tostring(local.queues[svc.queue].visibility_timeout) },

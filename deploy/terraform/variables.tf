@@ -236,6 +236,17 @@ variable "log_level" {
   default     = "INFO"
 }
 
+variable "trace_client_spans" {
+  description = "INGEST_TRACE_CLIENT_SPANS of every service: the share of uploads whose traces keep a span per S3, SQS, SNS and SQL call (1 while investigating)."
+  type        = number
+  default     = 0.1
+
+  validation {
+    condition     = var.trace_client_spans >= 0 && var.trace_client_spans <= 1
+    error_message = "trace_client_spans is a share, from 0 to 1."
+  }
+}
+
 variable "log_retention_days" {
   description = "CloudWatch Logs retention."
   type        = number

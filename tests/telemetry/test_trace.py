@@ -67,6 +67,7 @@ async def test_one_upload_is_one_trace_across_four_processes(
             safety_net_delay="120",
             render_workers="1",
             log_format="json",
+            trace_client_spans="1",  # the whole shape, every call's span included
         )
         env.update(collector.env())
         with services(env, tmp_path / "logs") as running:

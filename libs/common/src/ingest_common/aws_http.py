@@ -38,6 +38,7 @@ from opentelemetry.util.types import AttributeValue
 from ingest_common.s3_request import backoff, worth_retrying
 from ingest_common.sigv4 import Credentials, sign
 from ingest_common.telemetry.aws_spans import MESSAGING_CALLS
+from ingest_common.telemetry.tracing import call_spans_under
 
 T = TypeVar("T")
 
@@ -107,9 +108,10 @@ class SignedHttp:
         once: Callable[[trace.Span | None], Awaitable[T]],
     ) -> T:
         """The `attempts` of ``once``, inside a CLIENT span ``name`` (`<Service>.<Operation>`)
-        with ``attributes()`` if the caller is in a trace and the call has no messaging span
-        of ours; ``once`` gets the span (None: none) to record the answer on."""
-        if name in MESSAGING_CALLS or not trace.get_current_span().is_recording():
+        with ``attributes()`` if the caller is in a trace that keeps its calls' spans
+        (INGEST_TRACE_CLIENT_SPANS) and the call has no messaging span of ours; ``once`` gets
+        the span (None: none) to record the answer on."""
+        if name in MESSAGING_CALLS or not call_spans_under(trace.get_current_span()):
             return await self.attempts(lambda: once(None), url, None)
         with self._tracer.start_as_current_span(
             name, kind=SpanKind.CLIENT, attributes=attributes()

@@ -129,6 +129,14 @@ class IngestSettings(BaseSettings):
         "console", pattern="^(json|console)$", description="json: one event per line"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    trace_client_spans: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of uploads whose traces keep a span per S3, SQS, SNS and SQL call"
+        " (picked by trace ID, the same in every service; 1: all); messaging, render and"
+        " handler spans are always kept",
+    )
 
     # --- settings that only work together -------------------------------------------------
     @model_validator(mode="after")

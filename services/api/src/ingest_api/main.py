@@ -64,9 +64,7 @@ def api_dependencies(settings: ApiSettings, aws: Aws, db: asyncpg.Pool) -> Depen
 
 def run() -> None:
     settings = load_settings(ApiSettings)
-    telemetry = configure_telemetry(
-        settings.service_name, log_format=settings.log_format, log_level=settings.log_level
-    )
+    telemetry = configure_telemetry(settings)
     try:
         asyncio.run(serve(settings))
     finally:

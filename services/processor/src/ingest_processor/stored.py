@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from ingest_common.s3_put_blocking import PutOutcome
 from ingest_common.s3_request import S3Endpoint
-from ingest_common.telemetry.tracing import tracer
+from ingest_common.telemetry.tracing import call_spans_under, tracer
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -19,16 +19,16 @@ def stored_entries(
     result: RenderResult, endpoint: S3Endpoint, profile: str
 ) -> list[dict[str, Any]]:
     """The entries for ``images.renditions`` of a render its worker stored; each PUT's span
-    drawn from its outcome under the current span. Raises the first PUT's error, if any (the
-    botocore exception the S3 client would have raised)."""
+    drawn from its outcome under the current span, if its trace keeps calls' spans. Raises
+    the first PUT's error, if any (the botocore exception the S3 client would have raised)."""
     entries: list[dict[str, Any]] = []
     failed: Exception | None = None
-    parent = trace.get_current_span()
+    spans = call_spans_under(trace.get_current_span())
     for rendition in result.renditions:
         put = rendition.stored
         if put is None:
             raise ValueError("a rendition came back from its worker without being stored")
-        if parent.is_recording():
+        if spans:
             _put_span(put, rendition, endpoint)
         if put.error is not None:
             failed = failed or put.error

@@ -71,6 +71,9 @@ async def run_demo(settings: CliSettings, sample: Path, output: Path) -> int:
             safety_net_delay="30",
             stall_timeout="150",
             mosaic_images="16",
+            # The demo shows the whole trace; by default only a share of uploads keep a
+            # span per S3, SQS and SQL call.
+            trace_client_spans="1",
         )
         env.update(collector.env())
         demo_settings = settings.model_copy(

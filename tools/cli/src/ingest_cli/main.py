@@ -252,7 +252,7 @@ def run(argv: list[str] | None = None) -> None:
     """Run one command; expected failures are one line and an exit code (ingest_cli.errors)."""
     args = build_parser().parse_args(argv)
     settings = CliSettings()
-    provider = configure_tracing(settings.service_name)
+    provider = configure_tracing(settings.service_name, client_spans=settings.trace_client_spans)
     try:
         code = asyncio.run(args.run(args, settings))
     except KeyboardInterrupt:

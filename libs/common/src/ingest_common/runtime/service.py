@@ -164,9 +164,7 @@ class Consumes:
 
 def run_service(settings: IngestSettings, *consumes: Consumes) -> None:
     """The entry point of every service process."""
-    telemetry = configure_telemetry(
-        settings.service_name, log_format=settings.log_format, log_level=settings.log_level
-    )
+    telemetry = configure_telemetry(settings)
     try:
         asyncio.run(serve(settings, *consumes))
     finally:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
+from ingest_common.settings import IngestSettings
 from ingest_common.telemetry.logging import configure_logging
 from ingest_common.telemetry.metrics import configure_metrics
 from ingest_common.telemetry.resource import build_resource
@@ -26,11 +27,14 @@ class Telemetry:
         self.meter_provider.shutdown()
 
 
-def configure_telemetry(service: str, *, log_format: str, log_level: str) -> Telemetry:
+def configure_telemetry(settings: IngestSettings) -> Telemetry:
     """Everything a service process needs, once, before its event loop starts."""
-    configure_logging(service, fmt=log_format, level=log_level)
+    service = settings.service_name
+    configure_logging(service, fmt=settings.log_format, level=settings.log_level)
     resource = build_resource(service)
-    tracer_provider = configure_tracing(service, resource=resource)
+    tracer_provider = configure_tracing(
+        service, resource=resource, client_spans=settings.trace_client_spans
+    )
     meter_provider = configure_metrics(service, resource=resource)
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 

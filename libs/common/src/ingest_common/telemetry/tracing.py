@@ -14,7 +14,7 @@ deletes, whatever their traces).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -22,9 +22,17 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+    _get_from_env_or_default,
+)
+from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from ingest_common.telemetry.resource import build_resource
 
@@ -35,14 +43,23 @@ MESSAGING_SYSTEM = "aws_sqs"
 
 
 def configure_tracing(
-    service: str, exporter: SpanExporter | None = None, *, resource: Resource | None = None
+    service: str,
+    exporter: SpanExporter | None = None,
+    *,
+    resource: Resource | None = None,
+    client_spans: float = 1.0,
 ) -> TracerProvider:
     """Install a tracer provider; OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    ``client_spans``: the share of traces that keep their calls' spans (`ClientSpanSampler`).
 
     The OTLP exporter reads the standard variables itself (OTEL_EXPORTER_OTLP_*_ENDPOINT,
-    _HEADERS, _TIMEOUT, _COMPRESSION), and the batch processor OTEL_BSP_*.
+    _HEADERS, _TIMEOUT, _COMPRESSION), the batch processor OTEL_BSP_*, and the sampler
+    OTEL_TRACES_SAMPLER (parent-based always-on by default).
     """
-    provider = TracerProvider(resource=resource or build_resource(service))
+    provider = TracerProvider(
+        resource=resource or build_resource(service),
+        sampler=ClientSpanSampler(client_spans, _get_from_env_or_default()),
+    )
     if exporter is None and otlp_enabled("traces"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -51,6 +68,64 @@ def configure_tracing(
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
+
+
+class ClientSpanSampler(Sampler):
+    """``delegate``'s decisions, except that only ``share`` of traces keep their calls'
+    spans: the CLIENT spans that are not messaging spans (S3, SQS, SNS and SQL calls, about
+    half of an upload's spans and of what tracing costs per image). The share is picked by
+    trace ID, as TraceIdRatioBased picks traces, so every service keeps or leaves out the
+    same uploads' calls: a trace has all of them or none. Messaging (`send`, `process`,
+    `settle`), render and handler spans are the delegate's to decide, as before."""
+
+    def __init__(self, share: float, delegate: Sampler) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"the share of traces with client spans is in [0, 1], got {share}")
+        self.share = share
+        self._bound = TraceIdRatioBased.get_bound_for_rate(share)
+        self._delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if (
+            kind is SpanKind.CLIENT
+            and not self.keeps_calls(trace_id)
+            and not (attributes and "messaging.system" in attributes)
+        ):
+            parent = trace.get_current_span(parent_context).get_span_context()
+            return SamplingResult(
+                Decision.DROP, None, parent.trace_state if parent.is_valid else None
+            )
+        return self._delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def keeps_calls(self, trace_id: int) -> bool:
+        """Whether the trace ``trace_id`` is one of those that keep their calls' spans."""
+        return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound
+
+    def get_description(self) -> str:
+        return f"ClientSpanSampler{{{self.share}, {self._delegate.get_description()}}}"
+
+
+def call_spans_under(span: trace.Span) -> bool:
+    """Whether a call made under ``span`` gets a span: ``span`` records, and its trace keeps
+    its calls' spans (`ClientSpanSampler`). Asked before building a call span's attributes,
+    which cost more than the span itself."""
+    if not span.is_recording():
+        return False
+    sampler = getattr(trace.get_tracer_provider(), "sampler", None)
+    return not isinstance(sampler, ClientSpanSampler) or sampler.keeps_calls(
+        span.get_span_context().trace_id
+    )
 
 
 def otlp_enabled(signal: str) -> bool:
