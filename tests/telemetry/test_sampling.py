@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ingest_cli.main import build_parser
 from ingest_common.telemetry.tracing import (
     ClientSpanSampler,
     call_spans_under,
@@ -139,3 +140,9 @@ def test_call_spans_under_follows_the_installed_share(
     with provider.get_tracer("t").start_as_current_span("process") as span:
         assert call_spans_under(span) is expected
     assert call_spans_under(trace.INVALID_SPAN) is False  # outside a trace: never
+
+
+def test_the_demo_keeps_every_call_span_other_commands_follow_the_setting() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).client_spans == 1.0
+    assert not hasattr(parser.parse_args(["trace", "some-upload"]), "client_spans")

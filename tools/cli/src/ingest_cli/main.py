@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole pipeline locally on a sample set")
     demo.add_argument("--set", default=str(default_sample()), help="the set folder to upload")
     demo.add_argument("--output", default="demo-output", help="where to save the mosaic and logs")
-    demo.set_defaults(run=cmd_demo)
+    # The demo shows the whole trace: its own upload's calls too, as the services' (demo.py).
+    demo.set_defaults(run=cmd_demo, client_spans=1.0)
     return parser
 
 
@@ -252,7 +253,8 @@ def run(argv: list[str] | None = None) -> None:
     """Run one command; expected failures are one line and an exit code (ingest_cli.errors)."""
     args = build_parser().parse_args(argv)
     settings = CliSettings()
-    provider = configure_tracing(settings.service_name, client_spans=settings.trace_client_spans)
+    client_spans = getattr(args, "client_spans", settings.trace_client_spans)
+    provider = configure_tracing(settings.service_name, client_spans=client_spans)
     try:
         code = asyncio.run(args.run(args, settings))
     except KeyboardInterrupt:

@@ -73,7 +73,7 @@ def configure_tracing(
 class ClientSpanSampler(Sampler):
     """``delegate``'s decisions, except that only ``share`` of traces keep their calls'
     spans: the CLIENT spans that are not messaging spans (S3, SQS, SNS and SQL calls, about
-    half of an upload's spans and of what tracing costs per image). The share is picked by
+    half of an upload's spans). The share is picked by
     trace ID, as TraceIdRatioBased picks traces, so every service keeps or leaves out the
     same uploads' calls: a trace has all of them or none. Messaging (`send`, `process`,
     `settle`), render and handler spans are the delegate's to decide, as before."""
@@ -118,8 +118,8 @@ class ClientSpanSampler(Sampler):
 
 def call_spans_under(span: trace.Span) -> bool:
     """Whether a call made under ``span`` gets a span: ``span`` records, and its trace keeps
-    its calls' spans (`ClientSpanSampler`). Asked before building a call span's attributes,
-    which cost more than the span itself."""
+    its calls' spans (`ClientSpanSampler`). Asked before building a call span's attributes, so
+    that a call whose span would be dropped builds nothing."""
     if not span.is_recording():
         return False
     sampler = getattr(trace.get_tracer_provider(), "sampler", None)
