@@ -55,6 +55,7 @@ import asyncpg
 from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
 from ingest_common.settings import IngestSettings
+from ingest_common.telemetry.tracing import ClientSpanSampler
 from ingest_common.topology import apply_topology, load_topology
 from ingest_common.upload_status import load_status
 from ingest_devstack.local import (
@@ -68,6 +69,7 @@ from ingest_devstack.local import (
 from ingest_processor.pool import RenderPool
 from ingest_processor.settings import ProcessorSettings
 from latency import delay_proxy
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from procstat import cpu_seconds, own_child, process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +110,7 @@ class Scenario:
     stages: dict[str, float | None]  # of the first set (the only one, for `one`)
     render_busy: float  # render workers' CPU / (render stage × workers)
     cpu: Cpu
+    traced_calls: int  # sets whose trace kept a span per call (INGEST_TRACE_CLIENT_SPANS)
 
     def per_image_ms(self) -> dict[str, float]:
         per = {f"{n} main": 1000 * s / self.images for n, s in self.cpu.services.items()}
@@ -208,6 +211,7 @@ async def run_scenario(
     moto: int,
     workers: int,
     profile: Path | None,
+    client_spans: float,
 ) -> Scenario:
     images = sum(len(list(f.glob("*.svg"))) for f in folders)
     profiling = profilers(stacks, profile, name)
@@ -245,7 +249,9 @@ async def run_scenario(
     completed = max(s.product["completed_at"] for s in done)
     render_seconds = (completed - dispatched).total_seconds()
     busy = cpu.render_workers / (render_seconds * workers) if render_seconds > 0 else 0.0
-    return Scenario(name, images, len(folders), wall, searchable, stages, busy, cpu)
+    calls = ClientSpanSampler(client_spans, ALWAYS_ON)
+    traced = sum(calls.keeps_calls(int(s.upload["trace_id"], 16)) for s in done)
+    return Scenario(name, images, len(folders), wall, searchable, stages, busy, cpu, traced)
 
 
 def profilers(
@@ -364,7 +370,15 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                     folder = write_set(scratch / "one", svgs[: args.images], "One big set", "one")
                     results.append(
                         await run_scenario(
-                            "one set", aws, dsn, [folder], stacks, moto, all_workers, args.profile
+                            "one set",
+                            aws,
+                            dsn,
+                            [folder],
+                            stacks,
+                            moto,
+                            all_workers,
+                            args.profile,
+                            client_spans,
                         )
                     )
                     report(results[-1], core, all_workers)
@@ -380,7 +394,15 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                     ]
                     results.append(
                         await run_scenario(
-                            "many sets", aws, dsn, folders, stacks, moto, all_workers, args.profile
+                            "many sets",
+                            aws,
+                            dsn,
+                            folders,
+                            stacks,
+                            moto,
+                            all_workers,
+                            args.profile,
+                            client_spans,
                         )
                     )
                     report(results[-1], core, all_workers)
@@ -407,6 +429,10 @@ def report(result: Scenario, core: Core, workers: int) -> None:
         )
     print(f"  wall (bench's view, upload → all searchable): {result.wall:.2f} s")
     print(f"  render workers busy: {result.render_busy:.0%} of {workers} during the render stage")
+    print(
+        f"  traces with a span per S3, SQS and SQL call: {result.traced_calls} of {result.sets}"
+        " set(s) (the rest keep their messaging and render spans)"
+    )
     cores = len(os.sched_getaffinity(0))
     used = result.cpu.render_workers + result.cpu.ingest_own + result.cpu.emulator
     print(
