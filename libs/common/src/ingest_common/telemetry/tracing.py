@@ -40,6 +40,9 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_KEYS = ("traceparent", "tracestate")
 SQS_MAX_ATTRIBUTES = 10  # SQS's limit of message attributes per message
 MESSAGING_SYSTEM = "aws_sqs"
+# Set by `messaging_attributes` on our messaging spans (send, process, settle) only; the
+# instrumentor's SQS and SNS call spans carry `messaging.system` too, but not this.
+MESSAGING_OPERATION = "messaging.operation.type"
 
 
 def configure_tracing(
@@ -72,8 +75,8 @@ def configure_tracing(
 
 class ClientSpanSampler(Sampler):
     """``delegate``'s decisions, except that only ``share`` of traces keep their calls'
-    spans: the CLIENT spans that are not messaging spans (S3, SQS, SNS and SQL calls, about
-    half of an upload's spans). The share is picked by
+    spans: the CLIENT spans that are not our messaging spans (S3, SQS, SNS and SQL calls,
+    about half of an upload's spans). The share is picked by
     trace ID, as TraceIdRatioBased picks traces, so every service keeps or leaves out the
     same uploads' calls: a trace has all of them or none. Messaging (`send`, `process`,
     `settle`), render and handler spans are the delegate's to decide, as before."""
@@ -98,7 +101,7 @@ class ClientSpanSampler(Sampler):
         if (
             kind is SpanKind.CLIENT
             and not self.keeps_calls(trace_id)
-            and not (attributes and "messaging.system" in attributes)
+            and not (attributes and MESSAGING_OPERATION in attributes)
         ):
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(
@@ -209,7 +212,7 @@ def messaging_attributes(
     """Attributes of a messaging span (operation: send, receive, process or settle)."""
     return {
         "messaging.system": MESSAGING_SYSTEM,
-        "messaging.operation.type": operation,
+        MESSAGING_OPERATION: operation,
         "messaging.operation.name": name,
         "messaging.destination.name": queue,
         **extra,
