@@ -134,7 +134,7 @@ def figure(request: pytest.FixtureRequest) -> Callable[[str, float], None]:
 def spans() -> Iterator[InMemorySpanExporter]:
     """Every span the test process makes, so tests can check trace propagation."""
     exporter = InMemorySpanExporter()
-    provider = configure_tracing("tests", exporter)
+    provider = configure_tracing("tests", exporter, client_spans=1.0)  # every span, to check
     yield exporter
     provider.shutdown()
 

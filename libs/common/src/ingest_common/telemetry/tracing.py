@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
     _get_from_env_or_default,
+    _get_parent_trace_state,
 )
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -50,7 +51,7 @@ def configure_tracing(
     exporter: SpanExporter | None = None,
     *,
     resource: Resource | None = None,
-    client_spans: float = 1.0,
+    client_spans: float,
 ) -> TracerProvider:
     """Install a tracer provider; OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     ``client_spans``: the share of traces that keep their calls' spans (`ClientSpanSampler`).
@@ -103,10 +104,7 @@ class ClientSpanSampler(Sampler):
             and not self.keeps_calls(trace_id)
             and not (attributes and MESSAGING_OPERATION in attributes)
         ):
-            parent = trace.get_current_span(parent_context).get_span_context()
-            return SamplingResult(
-                Decision.DROP, None, parent.trace_state if parent.is_valid else None
-            )
+            return SamplingResult(Decision.DROP, None, _get_parent_trace_state(parent_context))
         return self._delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
