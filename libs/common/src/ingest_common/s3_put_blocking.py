@@ -6,7 +6,7 @@ however many render workers there are. Stored by the worker that rendered them, 
 the workers and never cross the worker's socket. The request is `s3_put`'s (`s3_request`): the
 same endpoint, SigV4 signature, retries (botocore's standard mode: errors that may pass,
 full-jitter backoff) and exceptions (`ClientError` with S3's code, botocore's connection
-errors), over http.client with one keep-alive connection per thread and host.
+errors), over one keep-alive HTTP/1.1 connection per thread and host (`http1`).
 
 A worker has no tracer: each PUT returns a `PutOutcome` (its timings, status, retries, error)
 from which the processor draws the `S3.PutObject` span afterwards, as it draws render spans.
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import http.client
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from botocore.exceptions import (
     ClientError,
@@ -31,6 +31,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from ingest_common.http1 import Http1Connection
 from ingest_common.s3_request import S3Endpoint, backoff, client_error, worth_retrying
 from ingest_common.sigv4 import Credentials, sign
 
@@ -142,49 +143,44 @@ class BlockingPutter:
             region=self.settings.endpoint.region,
             now=datetime.now(UTC),
         )
+        signed["host"] = host
         connection, reused = self._connection(host)
         try:
-            connection.request("PUT", path, body=body, headers=signed)
-            reply = connection.getresponse()
+            reply = connection.request("PUT", path, signed, body)
         except _STALE:
             if not reused:
                 raise
             self._drop(host)
             connection, _ = self._connection(host)
-            connection.request("PUT", path, body=body, headers=signed)
-            reply = connection.getresponse()
-        content = reply.read()
+            reply = connection.request("PUT", path, signed, body)
         if reply.will_close:
             self._drop(host)
-        return reply.status, {k.lower(): v for k, v in reply.headers.items()}, content
+        return reply.status, reply.headers, reply.body
 
-    def _connections(self) -> dict[str, http.client.HTTPConnection]:
-        connections: dict[str, http.client.HTTPConnection] | None = getattr(
-            self._local, "connections", None
-        )
+    def _connections(self) -> dict[str, Http1Connection]:
+        connections: dict[str, Http1Connection] | None = getattr(self._local, "connections", None)
         if connections is None:
             connections = self._local.connections = {}
         return connections
 
-    def _connection(self, host: str) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, host: str) -> tuple[Http1Connection, bool]:
         """This thread's connection to ``host`` and whether it was open already."""
         connections = self._connections()
         if (connection := connections.get(host)) is not None:
             return connection, True
         settings = self.settings
-        if settings.endpoint.scheme == "https":
-            connection = http.client.HTTPSConnection(
-                host, timeout=settings.connect_timeout, context=ssl.create_default_context()
-            )
-        else:
-            connection = http.client.HTTPConnection(host, timeout=settings.connect_timeout)
+        https = settings.endpoint.scheme == "https"
+        address = urlsplit(f"//{host}")  # host[:port], an IPv6 literal in brackets
         try:
-            connection.connect()
+            connection = Http1Connection(
+                address.hostname or host,
+                address.port or (443 if https else 80),
+                tls=https,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
         except OSError as exc:
-            connection.close()
             raise _ConnectFailed(str(exc)) from exc
-        assert connection.sock is not None
-        connection.sock.settimeout(settings.read_timeout)
         connections[host] = connection
         return connection, False
 
