@@ -40,6 +40,7 @@ from ingest_processor.pool import RenderPool, RenderTimedOut, render_pool
 from ingest_processor.render import RenderRejected, RenderResult
 from ingest_processor.renditions import StoreOrder, render_profile, store_order
 from ingest_processor.settings import ProcessorSettings
+from ingest_processor.statuses import ImageStatuses
 from ingest_processor.stored import stored_entries
 
 log = structlog.get_logger("ingest.processor")
@@ -60,6 +61,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         # Seconds of CPU a render gets in this lane; None: all it may have, here.
         self.budget = None if self.slow or not after else after
         self.uploads = Uploads()
+        self.statuses = ImageStatuses(self.db)
 
     @classmethod
     @asynccontextmanager
@@ -77,11 +79,7 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             product_id=str(message.product_id),
             image_id=str(message.image_id),
         )
-        async with self.db.acquire() as connection:
-            image = await connection.fetchrow(
-                "SELECT status::text, failure_retryable FROM images WHERE id = $1",
-                message.image_id,
-            )
+        image = await self.statuses.read(message.image_id)
         if image is None:
             raise PermanentError(f"image {message.image_id} does not exist")
         if image["status"] == "retired":
