@@ -126,7 +126,11 @@ async def test_publisher_killed_while_events_flow_then_restarted(
             uploads = await upload_sets(aws)
             # Killed once both sets are dispatched, the rest of their events come from the
             # other services: killed mid-set, what was left could wait for the batcher itself.
+            # Dispatched is dispatched_at, set once the render messages are sent: the set's
+            # upload.received can be published before that (CI saw a kill between the two,
+            # and then nothing wrote an event for the wait below).
             await until(lambda: _published_at_least(db, len(uploads), kind="upload.received"))
+            await until(lambda: _dispatched_at_least(db, len(uploads)))
             batcher = running.processes["batcher"]
             os.kill(batcher.pid, signal.SIGKILL)
             batcher.wait()
@@ -144,6 +148,11 @@ async def _published_at_least(db: asyncpg.Pool, count: int, *, kind: str) -> boo
         "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND type = $1", kind
     )
     return int(published) >= count
+
+
+async def _dispatched_at_least(db: asyncpg.Pool, count: int) -> bool:
+    dispatched = await db.fetchval("SELECT count(*) FROM uploads WHERE dispatched_at IS NOT NULL")
+    return int(dispatched) >= count
 
 
 async def _unpublished_at_least(db: asyncpg.Pool, count: int) -> bool:
