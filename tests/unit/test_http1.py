@@ -93,7 +93,7 @@ def answering(
 
 
 def connect(port: int, **options: object) -> Http1Connection:
-    settings: dict[str, object] = {"tls": False, "connect_timeout": 5.0, "read_timeout": 5.0}
+    settings: dict[str, object] = {"tls": None, "connect_timeout": 5.0, "read_timeout": 5.0}
     settings.update(options)
     return Http1Connection("127.0.0.1", port, **settings)  # type: ignore[arg-type]
 
@@ -239,7 +239,7 @@ def test_over_tls(tmp_path: Path) -> None:
     handle, received = answering(OK, OK)
     with server(handle, tls=serving) as port:
         connection = Http1Connection(
-            "localhost", port, tls=True, connect_timeout=5, read_timeout=5, context=trusting
+            "localhost", port, tls=trusting, connect_timeout=5, read_timeout=5
         )
         assert connection.request("PUT", "/k", {}, b"a" * 100_000).status == 200
         assert connection.request("PUT", "/k", {}, b"b").status == 200
@@ -255,9 +255,7 @@ def test_a_certificate_for_another_name_is_refused(tmp_path: Path) -> None:
     handle, received = answering(OK)
     with server(handle, tls=serving) as port, pytest.raises(ssl.SSLCertVerificationError):
         # The certificate names localhost, not 127.0.0.1.
-        Http1Connection(
-            "127.0.0.1", port, tls=True, connect_timeout=5, read_timeout=5, context=trusting
-        )
+        Http1Connection("127.0.0.1", port, tls=trusting, connect_timeout=5, read_timeout=5)
     assert received == []
 
 

@@ -38,34 +38,32 @@ class Reply:
 
 
 class Http1Connection:
-    """``Http1Connection(host, port, tls=..., connect_timeout=..., read_timeout=...)``; then
-    `request` as often as the server keeps the connection; `close`. One thread at a time."""
+    """``Http1Connection(host, port, tls=..., connect_timeout=..., read_timeout=...)``, then
+    `request` as often as the server keeps the connection, then `close`. One thread at a time."""
 
     def __init__(
         self,
         host: str,
         port: int,
         *,
-        tls: bool,
+        tls: ssl.SSLContext | None,
         connect_timeout: float,
         read_timeout: float,
-        context: ssl.SSLContext | None = None,
     ) -> None:
-        """Connect (OSError if that fails): the connect timeout for the handshake, then the
-        read timeout for every read of an answer (as botocore's two timeouts)."""
+        """Connect (OSError if that fails), over TLS with ``tls`` (None: plain TCP): the
+        connect timeout for the handshake, then the read timeout for every read of an answer
+        (as botocore's two timeouts)."""
         sock = socket.create_connection((host, port), timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls:
-                sock = (context or ssl.create_default_context()).wrap_socket(
-                    sock, server_hostname=host
-                )
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
             sock.settimeout(read_timeout)
         except BaseException:
             sock.close()
             raise
         self._sock = sock
-        self._tls = tls
+        self._tls = tls is not None
         self._buffer = b""  # bytes read past the last answer (none, from a well-behaved server)
 
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:

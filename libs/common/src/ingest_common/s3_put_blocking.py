@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -80,6 +81,10 @@ class BlockingPutter:
     def __init__(self, settings: PutSettings) -> None:
         self.settings = settings
         self._local = threading.local()
+        # One for every connection of every thread (thread-safe): making one loads the CA
+        # bundle, which a connection per thread and host would otherwise repeat.
+        https = settings.endpoint.scheme == "https"
+        self._tls = ssl.create_default_context() if https else None
 
     def put_object(
         self,
@@ -169,13 +174,12 @@ class BlockingPutter:
         if (connection := connections.get(host)) is not None:
             return connection, True
         settings = self.settings
-        https = settings.endpoint.scheme == "https"
         address = urlsplit(f"//{host}")  # host[:port], an IPv6 literal in brackets
         try:
             connection = Http1Connection(
                 address.hostname or host,
-                address.port or (443 if https else 80),
-                tls=https,
+                address.port or (80 if self._tls is None else 443),
+                tls=self._tls,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
             )

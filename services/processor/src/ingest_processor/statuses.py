@@ -16,6 +16,8 @@ import uuid
 
 import asyncpg
 
+_Answer = asyncio.Future[asyncpg.Record | None]
+
 _READ = """
 SELECT id, status::text AS status, failure_retryable FROM images WHERE id = ANY($1::uuid[])
 """
@@ -27,42 +29,37 @@ class ImageStatuses:
 
     def __init__(self, db: asyncpg.Pool) -> None:
         self._db = db
-        self._asked: dict[uuid.UUID, list[asyncio.Future[asyncpg.Record | None]]] = {}
+        self._asked: list[tuple[uuid.UUID, _Answer]] = []
         self._reads: set[asyncio.Task[None]] = set()
 
     async def read(self, image_id: uuid.UUID) -> asyncpg.Record | None:
         loop = asyncio.get_running_loop()
         if not self._asked:
             loop.call_soon(self._start_read)  # after every handler ready to ask has asked
-        answer: asyncio.Future[asyncpg.Record | None] = loop.create_future()
-        self._asked.setdefault(image_id, []).append(answer)
+        answer: _Answer = loop.create_future()
+        self._asked.append((image_id, answer))
         return await answer
 
     def _start_read(self) -> None:
-        asked, self._asked = self._asked, {}
+        asked, self._asked = self._asked, []
         task = asyncio.create_task(self._read(asked), name="read image statuses")
         self._reads.add(task)  # a reference until it ends: the loop keeps only weak ones
         task.add_done_callback(self._reads.discard)
 
-    async def _read(
-        self, asked: dict[uuid.UUID, list[asyncio.Future[asyncpg.Record | None]]]
-    ) -> None:
+    async def _read(self, asked: list[tuple[uuid.UUID, _Answer]]) -> None:
         try:
             async with self._db.acquire() as connection:
-                rows = await connection.fetch(_READ, list(asked))
+                rows = await connection.fetch(_READ, list({image for image, _ in asked}))
         except asyncio.CancelledError:
-            for answers in asked.values():
-                for answer in answers:
-                    answer.cancel()
+            for _, answer in asked:
+                answer.cancel()
             raise
         except Exception as exc:  # each asker gets it, as if it had read alone
-            for answers in asked.values():
-                for answer in answers:
-                    if not answer.done():
-                        answer.set_exception(exc)
+            for _, answer in asked:
+                if not answer.done():
+                    answer.set_exception(exc)
             return
         found = {row["id"]: row for row in rows}
-        for image_id, answers in asked.items():
-            for answer in answers:
-                if not answer.done():  # an asker cancelled meanwhile (its handler's timeout)
-                    answer.set_result(found.get(image_id))
+        for image_id, answer in asked:
+            if not answer.done():  # an asker cancelled meanwhile (its handler's timeout)
+                answer.set_result(found.get(image_id))
