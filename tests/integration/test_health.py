@@ -297,6 +297,10 @@ async def test_readiness_follows_a_dependency_and_the_outage_costs_no_try(
                 also=lambda b: b["paused"] is True and b["dependencies"]["sqs"]["up"] is False,
             )
             assert body["dependencies"]["sqs"]["error"]
+            # SQS (moto too) keeps a long poll whose client was cut open until its wait is over
+            # and hands it what arrives meanwhile: send once the last one before the outage has
+            # surely ended (CI saw such an orphaned poll take the message).
+            await asyncio.sleep(settings.receive_wait_seconds + 1)
             # Producers keep sending while this consumer cannot reach SQS.
             await aws.send(QUEUE, [Ping(n=1)])
             await asyncio.sleep(2)
