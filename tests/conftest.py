@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -64,6 +65,16 @@ _RELIABILITY: list[tuple[str, str, bool, int]] = []
 _FIGURES: list[tuple[str, str, float]] = []  # (case, what, value)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-results",
+        metavar="FILE",
+        help="add this run's reliability cases to FILE (JSON) and print the table of all of"
+        " them: `make test` runs the `quiet` tests in a second pytest run, and one table"
+        " shows both",
+    )
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "tests/reliability/" not in report.nodeid.replace("\\", "/"):
         return
@@ -88,7 +99,21 @@ def _data_lost(report: pytest.TestReport) -> int:
     return lost
 
 
+def _with_earlier_runs(config: pytest.Config) -> None:
+    """Prepend the cases the earlier runs saved in --reliability-results, then save all."""
+    option = config.getoption("reliability_results")
+    if option is None or hasattr(config, "workerinput"):  # xdist's controller saves, once
+        return
+    path = Path(option)
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        _RELIABILITY[:0] = [(g, c, bool(p), int(n)) for g, c, p, n in earlier["cases"]]
+        _FIGURES[:0] = [(c, w, float(v)) for c, w, v in earlier["figures"]]
+    path.write_text(json.dumps({"cases": _RELIABILITY, "figures": _FIGURES}))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    _with_earlier_runs(terminalreporter.config)
     if not _RELIABILITY:
         return
     write = terminalreporter.write_line
