@@ -25,10 +25,10 @@ demo: install
 RELIABILITY_RESULTS := .pytest_cache/reliability.json
 test: install
 	bash tools/ensure_browser.sh  # Chromium and ChromeDriver for tests/browser (apt, once)
-	@mkdir -p $(dir $(RELIABILITY_RESULTS)) && rm -f $(RELIABILITY_RESULTS)
+	@rm -f $(RELIABILITY_RESULTS)
 	status=0; \
-	$(UV) run --frozen pytest -n 4 --dist loadgroup -m "not quiet" --reliability-results $(RELIABILITY_RESULTS) || status=$$?; \
-	$(UV) run --frozen pytest -m quiet --reliability-results $(RELIABILITY_RESULTS) || status=$$?; \
+	$(UV) run --frozen pytest -n 4 --dist loadgroup -m "not quiet" --reliability-results=$(RELIABILITY_RESULTS) || status=$$?; \
+	$(UV) run --frozen pytest -m quiet --reliability-results=$(RELIABILITY_RESULTS) || status=$$?; \
 	exit $$status
 
 lint: install

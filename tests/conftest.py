@@ -71,7 +71,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FILE",
         help="add this run's reliability cases to FILE (JSON) and print the table of all of"
         " them: `make test` runs the `quiet` tests in a second pytest run, and one table"
-        " shows both",
+        " shows both. Write it --reliability-results=FILE: pytest reads an existing FILE"
+        " after a space as a test path before it knows this option",
     )
 
 
@@ -109,6 +110,7 @@ def _with_earlier_runs(config: pytest.Config) -> None:
         earlier = json.loads(path.read_text())
         _RELIABILITY[:0] = [(g, c, bool(p), int(n)) for g, c, p, n in earlier["cases"]]
         _FIGURES[:0] = [(c, w, float(v)) for c, w, v in earlier["figures"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cases": _RELIABILITY, "figures": _FIGURES}))
 
 
