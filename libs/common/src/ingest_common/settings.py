@@ -123,6 +123,13 @@ class IngestSettings(BaseSettings):
     # --- health ---------------------------------------------------------------------------
     health_host: str = Field("0.0.0.0", description="address of /healthz and /readyz")
     health_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    health_fd: int | None = Field(
+        None,
+        ge=0,
+        description="a listening socket inherited from the process that started this one,"
+        " served instead of health_host:health_port (the local stack passes one: a port it"
+        " picked and closed could be taken before the service binds it)",
+    )
 
     # --- telemetry ------------------------------------------------------------------------
     log_format: str = Field(

@@ -77,7 +77,9 @@ async def serve(settings: ApiSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    health_runner = await start_health_server(health, settings.health_host, settings.health_port)
+    health_runner = await start_health_server(
+        health, settings.health_host, settings.health_port, settings.health_fd
+    )
     ticker = asyncio.create_task(_tick(health))
     log.info("api.starting", health_port=bound_port(health_runner))
     try:

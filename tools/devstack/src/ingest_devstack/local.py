@@ -38,6 +38,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on a free loopback port, for a child process to inherit.
+
+    A port picked with free_port() and bound later by another process can be taken in
+    between; a socket handed over already bound cannot.
+    """
+    return socket.create_server(("127.0.0.1", 0), backlog=128)
+
+
 def wait_http(
     url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
 ) -> None:
@@ -60,14 +69,15 @@ def moto_server(log_file: Path | None = None) -> Iterator[str]:
     One gunicorn worker (moto keeps its state in memory: one process holds it), with threads
     for every long poll and S3 call the services, tests and benchmarks make at once.
     """
-    port = free_port()
+    listener = listening_socket()  # gunicorn serves it (fd://): no port to race for
+    port = int(listener.getsockname()[1])
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     # moto names itself in some URLs it returns (MOTO_PORT), as `moto.server` would set it.
     env = {**os.environ, "MOTO_PORT": str(port)}
     process = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn",
-            "--bind", f"127.0.0.1:{port}",
+            "--bind", f"fd://{listener.fileno()}",
             "--worker-class", "gthread", "--workers", "1", "--threads", "128",
             # Longer than any client keeps an idle connection (aiohttp: 15 s), so a client
             # never reuses a connection the server is closing.
@@ -82,7 +92,9 @@ def moto_server(log_file: Path | None = None) -> Iterator[str]:
         stdout=out,
         stderr=subprocess.STDOUT,
         env=env,
+        pass_fds=(listener.fileno(),),
     )  # fmt: skip
+    listener.close()  # gunicorn holds it now
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{endpoint}/moto-api/", process=process)
@@ -118,15 +130,22 @@ class ServiceProcesses:
     health_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        port = free_port()
-        env = {**self.env, "INGEST_HEALTH_PORT": str(port), "INGEST_HEALTH_HOST": "127.0.0.1"}
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"ingest_{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()  # the child holds its own descriptor
+        # The service serves health on a socket bound and listening here, which it inherits:
+        # a free port picked and closed here could be taken (by any client's ephemeral port)
+        # before the service bound it, and CI saw that happen.
+        with listening_socket() as listener:
+            env = {**self.env, "INGEST_HEALTH_FD": str(listener.fileno())}
+            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"ingest_{name}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(),),
+            )
+            log.close()  # the child holds its own descriptors
+            self.health_ports[name] = int(listener.getsockname()[1])
         self.processes[name] = process
-        self.health_ports[name] = port
         return process
 
     def wait_ready(self, timeout: float = 60.0) -> None:

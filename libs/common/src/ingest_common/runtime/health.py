@@ -17,6 +17,7 @@ within one check interval of PostgreSQL or AWS going away, and back to 200 by it
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,11 +149,15 @@ def health_app(health: Health | ServiceHealth) -> web.Application:
 
 
 async def start_health_server(
-    health: Health | ServiceHealth, host: str, port: int
+    health: Health | ServiceHealth, host: str, port: int, fd: int | None = None
 ) -> web.AppRunner:
+    """Serve health on host:port, or on the listening socket ``fd`` when one is inherited."""
     runner = web.AppRunner(health_app(health), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    if fd is None:
+        site: web.BaseSite = web.TCPSite(runner, host, port)
+    else:
+        site = web.SockSite(runner, socket.socket(fileno=fd))
     await site.start()
     return runner
 

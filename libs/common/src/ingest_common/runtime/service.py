@@ -185,7 +185,9 @@ async def serve(settings: IngestSettings, *consumes: Consumes) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    runner = await start_health_server(health, settings.health_host, settings.health_port)
+    runner = await start_health_server(
+        health, settings.health_host, settings.health_port, settings.health_fd
+    )
     log.info("service.starting", queues=[c.queue for c in consumes], health_port=bound_port(runner))
     ticker = asyncio.create_task(_tick(health))
     try:
