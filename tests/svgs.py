@@ -9,6 +9,10 @@ heavy ones made by code.
 from __future__ import annotations
 
 import random
+import time
+
+from ingest_processor.render import render_svg
+from ingest_processor.settings import ProcessorSettings
 
 MDI_ALPHA_M = (
     b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-alpha-m" viewBox="0 0 24 24"><path '
@@ -47,6 +51,14 @@ def blurred(circles: int) -> bytes:
         '<filter id="b"><feGaussianBlur stdDeviation="50"/></filter></defs>'
         f"{shapes}</svg>"
     ).encode()
+
+
+def cpu_seconds_to_render(svg: bytes) -> float:
+    """CPU seconds this process takes to render ``svg`` with the default render spec."""
+    spec = ProcessorSettings().render_spec()
+    started = time.process_time()
+    render_svg(svg, spec)
+    return time.process_time() - started
 
 
 def paths(size: int, seed: int) -> bytes:

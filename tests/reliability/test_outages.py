@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +32,7 @@ from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
 from ingest_devstack.local import ServiceProcesses, local_env
 
-from tests.integration.pipeline import mdi_set
+from tests.integration.pipeline import make_zip, manifest, mdi_set
 from tests.reliability.faults import (
     IMAGES,
     count_ready,
@@ -41,6 +42,7 @@ from tests.reliability.faults import (
     upload_sets,
 )
 from tests.reliability.proxy import FaultProxy
+from tests.svgs import blurred, cpu_seconds_to_render
 
 pytestmark = [pytest.mark.e2e, pytest.mark.outage]
 
@@ -260,21 +262,28 @@ async def test_backlog_three_times_the_stall_timeout(
     """One image at a time through a queue that holds 3× the stall timeout of work: the
     safety net waits for every image, however long the queue, and fails none."""
     stall = 3
+    # The queue's work in CPU seconds, measured here, not in icons: on a faster stack four
+    # sets of icons no longer outlasted 3× the stall timeout. Each SVG renders in about
+    # 0.4 s, well inside the main lane (render_slow_after, 2 s), 4× the stall timeout in all.
+    per_circle = cpu_seconds_to_render(blurred(20)) / 20
+    slow = blurred(max(1, round(0.4 / per_circle)))
+    count = math.ceil(4 * stall / (cpu_seconds_to_render(slow) or 0.4))
+    heavy = {f"heavy-{n}.svg": slow + b" " * n for n in range(count)}  # distinct contents
+    archive = tmp_path / "heavy.zip"
+    archive.write_bytes(make_zip({"manifest.json": manifest(list(heavy)), **heavy}))
     with Stack(aws, database_url) as links:
         env = links.env(
             stall_timeout=str(stall), safety_net_delay="1", concurrency="1", render_workers="1"
         )
         async with stack(env, tmp_path / "logs"):
             started = time.monotonic()
-            uploads = await upload_sets(aws)
-            uploads += [
-                await upload_set(
-                    aws, mdi_set(tmp_path / f"copy-{n}", 24, title=f"Copy {n}"), "acme"
-                )
-                for n in range(4)
-            ]
-            expected = IMAGES + 4 * 24
-            await finish_and_check(aws, database_url, uploads, data_lost, expected_ready=expected)
+            # The heavy set first: the others wait behind it long past the stall timeout.
+            uploads = [await upload_set(aws, archive, "acme")]
+            uploads += await upload_sets(aws)
+            expected = IMAGES + count
+            await finish_and_check(
+                aws, database_url, uploads, data_lost, expected_ready=expected, timeout=240
+            )
             took = time.monotonic() - started
     figure("backlog (s)", took)
     assert took > 3 * stall, f"the backlog lasted {took:.0f} s, not 3× the stall timeout"

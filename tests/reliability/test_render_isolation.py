@@ -23,13 +23,12 @@ from ingest_cli.status import format_status, load_status
 from ingest_cli.upload import Uploaded, upload_set
 from ingest_common.aws import Aws
 from ingest_devstack.local import local_env
-from ingest_processor.render import render_svg
 from ingest_processor.settings import ProcessorSettings
 
 from tests.integration.pipeline import make_zip, manifest, svgs
 from tests.reliability.faults import FAST, finish_and_check, stack, wait_finished
 from tests.svgcorpus import odd
-from tests.svgs import blurred, paths
+from tests.svgs import blurred, cpu_seconds_to_render, paths
 
 pytestmark = pytest.mark.e2e
 
@@ -112,13 +111,6 @@ async def test_large_valid_svgs_keep_every_render_process_bounded(
     assert 0 < sampler.peak < settings.render_memory_hard_limit
     assert after, "the render processes are up"
     assert all(v < settings.render_memory_soft_limit for v in after.values()), after
-
-
-def cpu_seconds_to_render(svg: bytes) -> float:
-    spec = ProcessorSettings().render_spec()
-    started = time.process_time()
-    render_svg(svg, spec)
-    return time.process_time() - started
 
 
 @pytest.mark.quiet  # three wall times compared: make test runs it alone
