@@ -19,7 +19,7 @@ from ingest_common.aws_http import CallSettings
 from ingest_common.aws_json import SQS, JsonApi, received_messages
 from ingest_common.events import SOURCE
 from ingest_common.telemetry.tracing import tracer
-from ingest_devstack.local import free_port
+from ingest_devstack.local import listening_socket, refused_port
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -115,13 +115,16 @@ async def test_events_go_to_the_bus_and_a_missing_bus_is_botocores_error(aws: Aw
 
 
 async def test_an_unreachable_endpoint_is_botocores_connection_error(aws: Aws) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    settings = aws.settings.model_copy(update={"aws_endpoint_url": closed, "aws_max_attempts": 2})
-    async with Aws(settings) as unreachable:
-        with pytest.raises(EndpointConnectionError):
-            await unreachable.sqs_messages.call(
-                "ReceiveMessage", {"QueueUrl": f"{closed}/123456789012/q"}
-            )
+    with refused_port() as port:  # refuses connections
+        closed = f"http://127.0.0.1:{port}"
+        settings = aws.settings.model_copy(
+            update={"aws_endpoint_url": closed, "aws_max_attempts": 2}
+        )
+        async with Aws(settings) as unreachable:
+            with pytest.raises(EndpointConnectionError):
+                await unreachable.sqs_messages.call(
+                    "ReceiveMessage", {"QueueUrl": f"{closed}/123456789012/q"}
+                )
 
 
 # --- retries, against an endpoint that fails on purpose --------------------------------
@@ -154,9 +157,9 @@ async def serve() -> AsyncIterator[Callable[[Flaky], Any]]:
         runner = web.AppRunner(app)
         await runner.setup()
         runners.append(runner)
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}"
+        listener = listening_socket()
+        await web.SockSite(runner, listener).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
 
     yield start
     for runner in runners:

@@ -12,7 +12,7 @@ from botocore.serialize import create_serializer
 from botocore.session import get_session
 from ingest_common.aws import Aws
 from ingest_common.aws_query import publish_batch_form, publish_batch_result
-from ingest_devstack.local import free_port
+from ingest_devstack.local import refused_port
 
 from tests.integration.pipeline import subscribe_to_events
 
@@ -89,8 +89,11 @@ async def test_a_missing_topic_is_botocores_client_error(aws: Aws) -> None:
 
 
 async def test_an_unreachable_endpoint_is_botocores_connection_error(aws: Aws) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
-    settings = aws.settings.model_copy(update={"aws_endpoint_url": closed, "aws_max_attempts": 2})
-    async with Aws(settings) as unreachable:
-        with pytest.raises(EndpointConnectionError):
-            await unreachable.sns_publisher.publish_batch(TOPIC, entries("x"))
+    with refused_port() as port:
+        closed = f"http://127.0.0.1:{port}"
+        settings = aws.settings.model_copy(
+            update={"aws_endpoint_url": closed, "aws_max_attempts": 2}
+        )
+        async with Aws(settings) as unreachable:
+            with pytest.raises(EndpointConnectionError):
+                await unreachable.sns_publisher.publish_batch(TOPIC, entries("x"))

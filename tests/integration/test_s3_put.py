@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from ingest_common.aws import Aws, ObjectTooLarge
-from ingest_devstack.local import free_port
+from ingest_devstack.local import refused_port
 
 
 async def test_an_object_put_is_stored_with_its_headers_and_metadata(aws: Aws) -> None:
@@ -40,11 +40,12 @@ async def test_s3s_refusal_is_a_client_error_with_its_code(aws: Aws) -> None:
 
 
 async def test_an_unreachable_endpoint_is_botocores_connection_error(aws: Aws) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    settings = aws.settings.model_copy(update={"aws_endpoint_url": closed})
-    async with Aws(settings) as unreachable:
-        with pytest.raises(EndpointConnectionError):
-            await unreachable.put_bytes(settings.previews_bucket, "k", b"x", content_type="a/b")
+    with refused_port() as port:  # refuses connections
+        closed = f"http://127.0.0.1:{port}"
+        settings = aws.settings.model_copy(update={"aws_endpoint_url": closed})
+        async with Aws(settings) as unreachable:
+            with pytest.raises(EndpointConnectionError):
+                await unreachable.put_bytes(settings.previews_bucket, "k", b"x", content_type="a/b")
 
 
 async def test_a_missing_object_is_the_same_client_error_as_botocores(aws: Aws) -> None:
@@ -69,8 +70,9 @@ async def test_an_object_over_the_limit_is_refused_before_its_body_is_read(aws: 
 
 
 async def test_a_get_from_an_unreachable_endpoint_is_botocores_connection_error(aws: Aws) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
-    settings = aws.settings.model_copy(update={"aws_endpoint_url": closed})
-    async with Aws(settings) as unreachable:
-        with pytest.raises(EndpointConnectionError):
-            await unreachable.get_bytes(settings.uploads_bucket, "k")
+    with refused_port() as port:
+        closed = f"http://127.0.0.1:{port}"
+        settings = aws.settings.model_copy(update={"aws_endpoint_url": closed})
+        async with Aws(settings) as unreachable:
+            with pytest.raises(EndpointConnectionError):
+                await unreachable.get_bytes(settings.uploads_bucket, "k")

@@ -32,18 +32,19 @@ LOCAL_CREDENTIALS = {
 }
 
 
-def free_port() -> int:
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the context lasts: bound, never
+    listening, so no other socket can take it meanwhile (a port found free and closed can
+    be taken before it is used)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 def listening_socket() -> socket.socket:
-    """A TCP socket listening on a free loopback port, for a child process to inherit.
-
-    A port picked with free_port() and bound later by another process can be taken in
-    between; a socket handed over already bound cannot.
-    """
+    """A TCP socket listening on a free loopback port, for a child process to inherit (or
+    for a server of this process): bound before anyone is told its port, so never taken."""
     return socket.create_server(("127.0.0.1", 0), backlog=128)
 
 
