@@ -439,6 +439,12 @@ def report(result: Scenario, core: Core, workers: int) -> None:
         f"  the machine's {cores} CPUs were {used / (result.wall * cores):.0%} busy with the "
         "stack (render workers, main processes, emulator)"
     )
+    # The shortest this scenario could take here, every CPU-second of it spread perfectly
+    # over these CPUs; and without the emulator's, which in AWS is not on ours.
+    print(
+        f"  CPU floor on {cores} CPUs: {used / cores:.2f} s; without the emulator's CPU "
+        f"{(used - result.cpu.emulator) / cores:.2f} s"
+    )
     print("  CPU per image (ms):")
     for name, ms in result.per_image_ms().items():
         print(f"    {name:<24} {ms:7.1f}")
