@@ -8,6 +8,7 @@ heavy ones made by code.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 
@@ -59,6 +60,17 @@ def cpu_seconds_to_render(svg: bytes) -> float:
     started = time.process_time()
     render_svg(svg, spec)
     return time.process_time() - started
+
+
+def blurred_taking(seconds: float) -> bytes:
+    """Blurred circles enough to take about ``seconds`` of this machine's CPU to render."""
+    return blurred(max(1, int(seconds / _seconds_per_blurred_circle())))
+
+
+@functools.cache
+def _seconds_per_blurred_circle() -> float:
+    """Measured once per process: every heavy test SVG is sized from it."""
+    return cpu_seconds_to_render(blurred(20)) / 20
 
 
 def paths(size: int, seed: int) -> bytes:

@@ -42,7 +42,7 @@ from tests.reliability.faults import (
     upload_sets,
 )
 from tests.reliability.proxy import FaultProxy
-from tests.svgs import blurred, cpu_seconds_to_render
+from tests.svgs import blurred_taking, cpu_seconds_to_render
 
 pytestmark = [pytest.mark.e2e, pytest.mark.outage]
 
@@ -265,8 +265,7 @@ async def test_backlog_three_times_the_stall_timeout(
     # The queue's work in CPU seconds, measured here, not in icons: on a faster stack four
     # sets of icons no longer outlasted 3× the stall timeout. Each SVG renders in about
     # 0.4 s, well inside the main lane (render_slow_after, 2 s), 4× the stall timeout in all.
-    per_circle = cpu_seconds_to_render(blurred(20)) / 20
-    slow = blurred(max(1, round(0.4 / per_circle)))
+    slow = blurred_taking(0.4)
     count = math.ceil(4 * stall / (cpu_seconds_to_render(slow) or 0.4))
     heavy = {f"heavy-{n}.svg": slow + b" " * n for n in range(count)}  # distinct contents
     archive = tmp_path / "heavy.zip"

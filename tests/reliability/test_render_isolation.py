@@ -28,7 +28,7 @@ from ingest_processor.settings import ProcessorSettings
 from tests.integration.pipeline import make_zip, manifest, svgs
 from tests.reliability.faults import FAST, finish_and_check, stack, wait_finished
 from tests.svgcorpus import odd
-from tests.svgs import blurred, cpu_seconds_to_render, paths
+from tests.svgs import blurred_taking, paths
 
 pytestmark = pytest.mark.e2e
 
@@ -123,10 +123,9 @@ async def test_slow_svgs_cost_only_themselves(
     figure: Callable[[str, float], None],
 ) -> None:
     timeout = 4.0
-    # CPU seconds per blurred circle here, so the slow SVGs land where they must.
-    per_circle = cpu_seconds_to_render(blurred(20)) / 20
-    under = blurred(max(1, int(0.6 * timeout / per_circle)))
-    over = blurred(int(1.8 * timeout / per_circle))
+    # Sized from this machine's CPU, so the slow SVGs land where they must.
+    under = blurred_taking(0.6 * timeout)
+    over = blurred_taking(1.8 * timeout)
     slow = {"under-1.svg": under, "under-2.svg": under + b" ", "over-1.svg": over}
     slow["over-2.svg"] = over + b" "
     env = local_env(
