@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from ingest_common.aws import Aws
-from ingest_common.s3_put_blocking import BlockingPutter, PutOutcome, PutSettings
+from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutOutcome, PutSettings
 from ingest_common.settings import IngestSettings
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderSpec, render_svg
@@ -188,3 +188,67 @@ async def test_a_connection_the_server_closed_is_reopened_without_spending_an_at
 
     assert await asyncio.to_thread(put_twice) == [200, 200]
     assert proxy.counters.accepted == 2
+
+
+async def test_a_batch_is_sent_at_once_and_each_object_keeps_its_own_outcome(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    """put_objects: every request on the wire before any answer (a black hole holds them all),
+    the failed attempt sent again together, and each object's outcome its own, in order: one
+    refused by S3 for good while the others are stored."""
+    putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=2))
+    credentials = await aws.s3_objects.credentials()
+    bucket = settings.previews_bucket
+    prefix = uuid.uuid4().hex
+    objects = [
+        *(ObjectPut(bucket, f"{prefix}/{i}", os.urandom(100 * i + 1), {"content-type": "a/b"})
+          for i in range(3)),
+        ObjectPut("no-such-bucket", f"{prefix}/x", b"x", {"content-type": "a/b"}),
+    ]  # fmt: skip
+    proxy.blackhole()
+    putting = asyncio.ensure_future(asyncio.to_thread(putter.put_objects, objects, credentials))
+    for _ in range(500):  # all four held at once: none of them waits for another's answer
+        if proxy.counters.accepted == len(objects):
+            break
+        await asyncio.sleep(0.01)
+    assert proxy.counters.accepted == len(objects)
+    assert not putting.done()
+    proxy.up()  # resets the held connections: a failed attempt for each, then a second
+    outcomes = await asyncio.wait_for(putting, _AMPLE)
+    assert proxy.counters.accepted == 2 * len(objects)
+    assert [outcome.key for outcome in outcomes] == [put.key for put in objects]
+    for put, outcome in zip(objects[:3], outcomes, strict=False):
+        assert outcome.error is None, outcome.error
+        assert (outcome.status, outcome.retries, outcome.size) == (200, 1, len(put.body))
+        assert outcome.etag == hashlib.md5(put.body).hexdigest()
+        stored = await aws.s3.get_object(Bucket=bucket, Key=put.key)
+        assert await stored["Body"].read() == put.body
+    refused = outcomes[3]
+    assert isinstance(refused.error, ClientError)
+    assert refused.error.response["Error"]["Code"] == "NoSuchBucket"
+    assert (refused.status, refused.retries, refused.etag) == (404, 1, "")
+
+
+async def test_a_batchs_connections_the_server_closed_are_reopened_without_an_attempt(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=1))
+    credentials = await aws.s3_objects.credentials()
+    objects = [
+        ObjectPut(settings.previews_bucket, f"k{i}", b"x", {"content-type": "a/b"})
+        for i in range(3)
+    ]
+
+    def put_twice() -> list[list[int]]:
+        statuses = []
+        for round_ in range(2):
+            outcomes = putter.put_objects(objects, credentials)
+            assert [outcome.error for outcome in outcomes] == [None] * 3
+            statuses.append([outcome.status for outcome in outcomes])
+            if round_ == 0:  # every kept-alive connection is reset, as by an idle timeout
+                proxy.refuse()
+                proxy.up()
+        return statuses
+
+    assert await asyncio.to_thread(put_twice) == [[200] * 3] * 2
+    assert proxy.counters.accepted == 6

@@ -1291,6 +1291,8 @@ IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     # The session's credentials, which the processor hands to its render workers to sign
     # their PUTs (`put_object` there, counted as such): reading them calls no AWS API.
     ("s3_objects", "credentials"): frozenset(),
+    # A render's renditions at once (s3_put_blocking.BlockingPutter.put_objects): PutObjects.
+    ("s3_objects", "put_objects"): frozenset({"s3:PutObject"}),
 }
 MISSING_OBJECT_CODES = ("NoSuchKey",)  # naming it: the code relies on 404 for a missing key
 # Granted although no code path of the deployable calls it, and why.

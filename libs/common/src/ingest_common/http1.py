@@ -68,6 +68,12 @@ class Http1Connection:
 
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """Send one request with ``body`` (Content-Length is added) and read its answer."""
+        self.send(method, target, headers, body)
+        return self.answer(method)
+
+    def send(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> None:
+        """Send one request with ``body`` (Content-Length is added); `answer` reads its answer,
+        so a caller can have requests on several connections in flight at once."""
         lines = [f"{method} {target} HTTP/1.1"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
@@ -79,7 +85,6 @@ class Http1Connection:
             self._sock.sendall(head + body)
         else:
             self._send_both(head, body)
-        return self._answer(method)
 
     def close(self) -> None:
         self._sock.close()
@@ -95,7 +100,8 @@ class Http1Connection:
             if parts and sent:
                 parts[0] = parts[0][sent:]
 
-    def _answer(self, method: str) -> Reply:
+    def answer(self, method: str) -> Reply:
+        """The answer to the request `send` sent (``method``: a HEAD's answer has no body)."""
         while True:
             status, version, headers = self._head()
             if not 100 <= status < 200:

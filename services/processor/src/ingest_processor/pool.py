@@ -35,11 +35,11 @@ holds, in order.
   every PUT has ended, each rendition with its ``PutOutcome`` and without its bytes. So S3's
   latency or an outage never counts as render time, the bytes never cross the socket, and the
   PUTs' CPU scales with the workers instead of queueing on the processor's one event loop. A
-  worker holds at most ``_STORING`` rendered images (bounded memory when S3 is slow: no more
+  worker holds at most ``STORING`` rendered images (bounded memory when S3 is slow: no more
   renders go to it), retires only after reporting them, and if it dies or is killed for a
   timeout they are rendered again on another worker (not their fault: no attempt counted).
   The store client costs a worker about 6 MB at rest (28 → 34 MB at ready: http.client and
-  botocore's exceptions), and its eight threads 512 KiB of stack each.
+  botocore's exceptions), and its store threads (one per image held) 512 KiB of stack each.
 * **Eager start.** Workers start in ``__aenter__`` and successors the moment a worker is
   retired or lost; renders go only to workers that have reported ready (pyvips imported,
   libvips configured), so start-up never counts against a render. A pool whose workers cannot
@@ -134,6 +134,7 @@ from ingest_processor.spec import (
 from ingest_processor.worker import (
     ALLOCATION_FAILED,
     HEADER,
+    STORING,
     WorkerLimits,
     cpu_seconds,
     vm_data,
@@ -151,9 +152,6 @@ _START_TIMEOUT = 60.0
 _SPAWN = multiprocessing.get_context("spawn")
 # Renders held per worker: one running, one queued behind it.
 _DEPTH = 2
-# Rendered images a worker may hold while its store threads put their renditions; no render
-# is sent to a worker at this many (its memory stays bounded through an S3 outage).
-_STORING = 4
 # How much of a worker's stderr is kept to tell why it died.
 _STDERR_TAIL = 4096
 # How long a dead worker's last stderr may take to arrive after its socket closed.
@@ -538,7 +536,7 @@ class RenderPool:
             free = [
                 w
                 for w in self._workers
-                if w.state is _State.READY and len(w.jobs) < _DEPTH and len(w.storing) < _STORING
+                if w.state is _State.READY and len(w.jobs) < _DEPTH and len(w.storing) < STORING
             ]
             if not free:
                 return

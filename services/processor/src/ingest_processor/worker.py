@@ -28,13 +28,13 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 import pyvips
-from ingest_common.s3_put_blocking import BlockingPutter, PutOutcome, PutSettings
+from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutOutcome, PutSettings
 from ingest_common.s3_request import object_headers
 
 from ingest_processor.render import (
@@ -43,7 +43,6 @@ from ingest_processor.render import (
     RenderRejected,
     RenderResult,
     RenderSpec,
-    Rendition,
     configure_vips,
     render_svg,
 )
@@ -63,9 +62,11 @@ ALLOCATION_FAILED = re.compile(
     r"|cannot allocate memory|bad_alloc|MemoryError",
     re.IGNORECASE,
 )
-# Threads that store a worker's renditions: with 20 ms per request (a region) eight PUTs of an
-# image take about 20 ms on eight threads, less than the render of the next one.
-STORE_THREADS = 8
+# Rendered images a worker may hold while their renditions are put, each by a store thread of
+# its own that sends all of them at once (`put_objects`): with 20 ms per request (a region) an
+# image's PUTs take about one round trip, and four such cover renders of 5 ms and up. The pool
+# sends no render to a worker holding this many, so its memory stays bounded in an S3 outage.
+STORING = 4
 # Their stacks count against RLIMIT_DATA (glibc's default is 8 MiB each); a PUT needs little.
 _STORE_THREAD_STACK = 512 * 1024
 
@@ -157,47 +158,40 @@ class _Sender:
 
 
 class _Stores:
-    """The worker's store threads: each render's renditions, put concurrently; its result
-    (renditions without bytes, each with its PutOutcome) sent when the last put ends."""
+    """The worker's store threads: each takes a render's renditions, puts them all at once, and
+    sends its result (renditions without bytes, each with its PutOutcome)."""
 
     def __init__(self, sender: _Sender, puts: PutSettings) -> None:
         self._sender = sender
         self.s3_objects = BlockingPutter(puts)  # named as Aws's: the IAM scan reads the calls
         threading.stack_size(_STORE_THREAD_STACK)
-        self._threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+        self._threads = ThreadPoolExecutor(STORING, thread_name_prefix="store")
 
     def store(self, ticket: int, result: RenderResult, order: StoreOrder) -> None:
-        renditions = result.renditions
-        outcomes: list[PutOutcome | None] = [None] * len(renditions)
-        left = [len(renditions)]
-        lock = threading.Lock()
-
-        def done(index: int, put: Future[PutOutcome]) -> None:
-            outcomes[index] = _outcome(put, order, renditions[index])
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self._report(ticket, result, outcomes)
-
-        if not renditions:
-            self._report(ticket, result, outcomes)
-        for index, rendition in enumerate(renditions):
-            put = self._threads.submit(
-                self.s3_objects.put_object,
-                order.bucket,
-                rendition_key(order.image, rendition, order.profile),
-                rendition.data,
-                object_headers(rendition.content_type, order.cache_control),
-                order.credentials,
-            )
-            put.add_done_callback(functools.partial(done, index))
+        self._threads.submit(self._put, ticket, result, order)
 
     def drain(self) -> None:
         """Wait for every put under way and its report."""
         self._threads.shutdown(wait=True)
 
-    def _report(self, ticket: int, result: RenderResult, outcomes: list[PutOutcome | None]) -> None:
+    def _put(self, ticket: int, result: RenderResult, order: StoreOrder) -> None:
+        objects = [
+            ObjectPut(
+                order.bucket,
+                rendition_key(order.image, rendition, order.profile),
+                rendition.data,
+                object_headers(rendition.content_type, order.cache_control),
+            )
+            for rendition in result.renditions
+        ]
+        try:
+            outcomes = self.s3_objects.put_objects(objects, order.credentials)
+        except Exception as exc:  # our own code's failure (S3's are outcomes): each one's error
+            error = _portable(exc)
+            outcomes = [
+                PutOutcome(put.bucket, put.key, "", len(put.body), 0, 0, error=error)
+                for put in objects
+            ]
         stored = tuple(
             replace(rendition, data=b"", stored=outcome)
             for rendition, outcome in zip(result.renditions, outcomes, strict=True)
@@ -205,16 +199,6 @@ class _Stores:
         # OSError: the parent closed the socket or died, and nobody waits for this result.
         with contextlib.suppress(OSError):
             self._sender.send((ticket, "ok", replace(result, renditions=stored), _rss(), False))
-
-
-def _outcome(put: Future[PutOutcome], order: StoreOrder, rendition: Rendition) -> PutOutcome:
-    """The put's outcome; a failure of our own code (not S3's: those are outcomes) as one."""
-    error = put.exception()
-    if error is None:
-        return put.result()
-    key = rendition_key(order.image, rendition, order.profile)
-    failure = error if isinstance(error, Exception) else RuntimeError(repr(error))
-    return PutOutcome(order.bucket, key, "", rendition.size, 0, 0, error=_portable(failure))
 
 
 def _render(svg: bytes, spec: RenderSpec, only: Only) -> tuple[str, object]:
