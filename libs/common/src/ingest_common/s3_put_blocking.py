@@ -146,7 +146,7 @@ class BlockingPutter:
                 if (
                     error is None
                     or retries + 1 >= self.settings.max_attempts
-                    or not (worth_retrying(error))
+                    or not worth_retrying(error)
                 ):
                     outcomes[index] = self._outcome(
                         objects[index], answered[index], error, started, retries
