@@ -9,7 +9,9 @@ What it does, all on real components:
    (DATABASE_URL's server; dropped at the end), migrates it and bootstraps the topology;
 2. uploads N originals (the sample sets' SVGs, repeated under distinct keys) and inserts
    contributor, family, product and ``ready`` image rows with no renditions;
-3. core: the processor's RenderPool renders the same N SVGs from memory (no S3, no DB);
+3. core: the processor's RenderPool renders the same N SVGs from memory (no S3, no DB), all
+   renditions and WebP alone in alternated rounds, and each once more right after its
+   backfill below: the figure compared is the mean of those rounds, around the backfill;
 4. backfill: ``ShardedBackfill(--all)`` over the N rows, the same render workers spread over
    ``--shards`` processes (default one per worker); prints SVGs/s, renditions/s, the ratio
    backfill / core (wall clock, and SVGs per CPU-second of ingest's own processes), and the
@@ -257,14 +259,10 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             print(f"setup: originals and rows in {time.monotonic() - started:.1f} s")
 
             webp = webp_settings(settings)
-            core, webp_core = await cores(settings, webp, corpus, args.images, args.core_rounds)
-            for name, measured in (("core", core), ("webp core", webp_core)):
-                print(
-                    f"{name + ':':10} {measured.rate:7.1f} SVGs/s, "
-                    f"{1000 * measured.cpu_per_image:.1f} ms CPU per SVG  (RenderPool from "
-                    f"memory, no S3 or DB; mean of {args.core_rounds} rounds, alternated)"
-                )
+            rounds = await core_rounds(settings, webp, corpus, args.images, args.core_rounds)
             run = await sharded_run(settings, Selection(everything=True), shards, moto_pids)
+            rounds["core"].append(await core_throughput(settings, corpus, args.images))
+            core = bracketed("core", rounds["core"])
             stats = run.stats
             rate = stats.done / stats.elapsed
             print(
@@ -303,6 +301,8 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
 
             await added_width(settings, aws, db, rate, shards)
             webp_run = await sharded_run(webp, Selection(everything=True), shards, moto_pids)
+            rounds["webp core"].append(await core_throughput(webp, corpus, args.images))
+            webp_core = bracketed("webp core", rounds["webp core"])
             print(
                 f"webp only: backfill {webp_run.stats.done / webp_run.stats.elapsed:.1f} SVGs/s, "
                 f"per image {1000 * webp_run.render:.1f} ms render + "
@@ -344,22 +344,31 @@ def webp_settings(settings: BackfillSettings) -> BackfillSettings:
     return settings.model_copy(update={"render_formats": ("webp",), "png_compression": png})
 
 
-async def cores(
+async def core_rounds(
     settings: BackfillSettings, webp: BackfillSettings, corpus: list[bytes], count: int, rounds: int
-) -> tuple[Core, Core]:
-    """Both render cores, in alternated rounds: a machine that gets busier slows both alike."""
-    measured: dict[str, list[Core]] = {"all": [], "webp": []}
+) -> dict[str, list[Core]]:
+    """Both render cores, in alternated rounds: a machine that gets busier slows both alike.
+    Each gets one more round right after its backfill (`bracketed`)."""
+    measured: dict[str, list[Core]] = {"core": [], "webp core": []}
     for _ in range(rounds):
-        measured["all"].append(await core_throughput(settings, corpus, count))
-        measured["webp"].append(await core_throughput(webp, corpus, count))
-    all_formats, webp_only = (
-        Core(
-            statistics.mean(c.rate for c in runs),
-            statistics.mean(c.cpu_per_image for c in runs),
-        )
-        for runs in measured.values()
+        measured["core"].append(await core_throughput(settings, corpus, count))
+        measured["webp core"].append(await core_throughput(webp, corpus, count))
+    return measured
+
+
+def bracketed(name: str, rounds: list[Core]) -> Core:
+    """The mean of a core's rounds, before its backfill and the one right after it: on a shared
+    machine the core's CPU per SVG drifts by a fifth within minutes, and the backfill is
+    compared with the core around it, not only with the core minutes before."""
+    core = Core(
+        statistics.mean(c.rate for c in rounds), statistics.mean(c.cpu_per_image for c in rounds)
     )
-    return all_formats, webp_only
+    print(
+        f"{name + ':':10} {core.rate:7.1f} SVGs/s, {1000 * core.cpu_per_image:.1f} ms CPU per SVG"
+        f"  (RenderPool from memory, no S3 or DB; mean of {len(rounds)} rounds, the last right "
+        f"after its backfill: {', '.join(f'{1000 * c.cpu_per_image:.1f}' for c in rounds)} ms)"
+    )
+    return core
 
 
 async def added_width(
