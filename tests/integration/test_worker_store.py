@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from ingest_common.aws import Aws
 from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutOutcome, PutSettings
 from ingest_common.settings import IngestSettings
+from ingest_common.sigv4 import Credentials
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderSpec, render_svg
 from ingest_processor.renditions import StoreOrder
@@ -252,3 +253,23 @@ async def test_a_batchs_connections_the_server_closed_are_reopened_without_an_at
 
     assert await asyncio.to_thread(put_twice) == [[200] * 3] * 2
     assert proxy.counters.accepted == 6
+
+
+async def test_a_failure_of_the_store_code_itself_is_each_renditions_outcome(
+    aws: Aws, settings: IngestSettings
+) -> None:
+    """Not S3's error but ours (here: a session token no header can hold): the result comes,
+    each rendition's outcome holding the error, instead of a render waiting for it forever."""
+    store = dataclasses.replace(
+        await order(aws, settings),
+        credentials=Credentials("key", "secret", 42),  # type: ignore[arg-type]
+    )
+    async with RenderPool(1, SPEC, _AMPLE, puts=aws.put_settings()) as pool:
+        result = await asyncio.wait_for(pool.render(MDI_FORWARD, store=store), _AMPLE)
+    assert len(result.renditions) == 4
+    for rendition in result.renditions:
+        assert rendition.stored is not None
+        assert isinstance(rendition.stored.error, TypeError)
+        assert rendition.stored.key.startswith(f"renditions/{store.image}/p1/")
+    with pytest.raises(TypeError):
+        stored_entries(result, aws.s3_objects.endpoint, "p1")

@@ -36,6 +36,7 @@ from typing import Any
 import pyvips
 from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutOutcome, PutSettings
 from ingest_common.s3_request import object_headers
+from ingest_common.sigv4 import Credentials
 
 from ingest_processor.render import (
     MIB,
@@ -168,13 +169,6 @@ class _Stores:
         self._threads = ThreadPoolExecutor(STORING, thread_name_prefix="store")
 
     def store(self, ticket: int, result: RenderResult, order: StoreOrder) -> None:
-        self._threads.submit(self._put, ticket, result, order)
-
-    def drain(self) -> None:
-        """Wait for every put under way and its report."""
-        self._threads.shutdown(wait=True)
-
-    def _put(self, ticket: int, result: RenderResult, order: StoreOrder) -> None:
         objects = [
             ObjectPut(
                 order.bucket,
@@ -184,8 +178,23 @@ class _Stores:
             )
             for rendition in result.renditions
         ]
+        self._threads.submit(self._put, ticket, result, objects, order.credentials)
+
+    def drain(self) -> None:
+        """Wait for every put under way and its report."""
+        self._threads.shutdown(wait=True)
+
+    def _put(
+        self,
+        ticket: int,
+        result: RenderResult,
+        objects: list[ObjectPut],
+        credentials: Credentials,
+    ) -> None:
+        """On a store thread: whatever happens, the result is sent (a future's exception here
+        would reach nobody, and the render would wait for its result until the worker ends)."""
         try:
-            outcomes = self.s3_objects.put_objects(objects, order.credentials)
+            outcomes = self.s3_objects.put_objects(objects, credentials)
         except Exception as exc:  # our own code's failure (S3's are outcomes): each one's error
             error = _portable(exc)
             outcomes = [
