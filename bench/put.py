@@ -47,6 +47,7 @@ from ingest_devstack.local import LOCAL_CREDENTIALS, moto_server
 from ingest_processor.worker import STORING
 
 BODY_SIZES = (1_500, 2_500, 5_000, 12_000) * 2  # a render's eight renditions
+BODIES = [os.urandom(size) for size in BODY_SIZES]
 PUT_THREADS = 8  # a thread per rendition: how workers stored them before put_objects
 HEADERS = object_headers("image/webp", "public, max-age=31536000")
 StoreRender = Callable[[str], list[int]]  # (key prefix) → each rendition's HTTP status
@@ -60,10 +61,9 @@ class Client:
 
 def ingest_at_once(puts: PutSettings, bucket: str, credentials: Credentials) -> Client:
     putter = BlockingPutter(puts)
-    bodies = [os.urandom(size) for size in BODY_SIZES]
 
     def store(prefix: str) -> list[int]:
-        objects = [ObjectPut(bucket, f"{prefix}/{i}", b, HEADERS) for i, b in enumerate(bodies)]
+        objects = [ObjectPut(bucket, f"{prefix}/{i}", b, HEADERS) for i, b in enumerate(BODIES)]
         outcomes = putter.put_objects(objects, credentials)
         for outcome in outcomes:
             if outcome.error is not None:
@@ -76,10 +76,9 @@ def ingest_at_once(puts: PutSettings, bucket: str, credentials: Credentials) -> 
 def a_put_per_thread(put: Callable[[str, bytes], int]) -> Client:
     """Each of a render's PUTs on a thread of its own, the render done when all are."""
     threads = ThreadPoolExecutor(PUT_THREADS)
-    bodies = [os.urandom(size) for size in BODY_SIZES]
 
     def store(prefix: str) -> list[int]:
-        futures = [threads.submit(put, f"{prefix}/{i}", body) for i, body in enumerate(bodies)]
+        futures = [threads.submit(put, f"{prefix}/{i}", body) for i, body in enumerate(BODIES)]
         return [future.result() for future in futures]
 
     return Client(store, PUT_THREADS)

@@ -168,29 +168,6 @@ async def test_a_refused_endpoint_is_botocores_error_after_every_attempt(
     assert put.status == 0
 
 
-async def test_a_connection_the_server_closed_is_reopened_without_spending_an_attempt(
-    aws: Aws, settings: IngestSettings, proxy: FaultProxy
-) -> None:
-    putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=1))
-    credentials = await aws.s3_objects.credentials()
-
-    def put_twice() -> list[int]:
-        statuses = []
-        for round_ in range(2):
-            put = putter.put_object(
-                settings.previews_bucket, "k", b"x", {"content-type": "a/b"}, credentials
-            )
-            assert put.error is None, put.error
-            statuses.append(put.status)
-            if round_ == 0:  # the kept-alive connection is reset, as by a server's idle timeout
-                proxy.refuse()
-                proxy.up()
-        return statuses
-
-    assert await asyncio.to_thread(put_twice) == [200, 200]
-    assert proxy.counters.accepted == 2
-
-
 async def test_a_batch_is_sent_at_once_and_each_object_keeps_its_own_outcome(
     aws: Aws, settings: IngestSettings, proxy: FaultProxy
 ) -> None:
@@ -230,29 +207,30 @@ async def test_a_batch_is_sent_at_once_and_each_object_keeps_its_own_outcome(
     assert (refused.status, refused.retries, refused.etag) == (404, 1, "")
 
 
-async def test_a_batchs_connections_the_server_closed_are_reopened_without_an_attempt(
-    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+@pytest.mark.parametrize("count", [1, 3], ids=["one PUT", "a batch"])
+async def test_connections_the_server_closed_are_reopened_without_spending_an_attempt(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy, count: int
 ) -> None:
     putter = BlockingPutter(through(aws.put_settings(), proxy, max_attempts=1))
     credentials = await aws.s3_objects.credentials()
     objects = [
         ObjectPut(settings.previews_bucket, f"k{i}", b"x", {"content-type": "a/b"})
-        for i in range(3)
+        for i in range(count)
     ]
 
     def put_twice() -> list[list[int]]:
         statuses = []
         for round_ in range(2):
             outcomes = putter.put_objects(objects, credentials)
-            assert [outcome.error for outcome in outcomes] == [None] * 3
+            assert [outcome.error for outcome in outcomes] == [None] * count
             statuses.append([outcome.status for outcome in outcomes])
             if round_ == 0:  # every kept-alive connection is reset, as by an idle timeout
                 proxy.refuse()
                 proxy.up()
         return statuses
 
-    assert await asyncio.to_thread(put_twice) == [[200] * 3] * 2
-    assert proxy.counters.accepted == 6
+    assert await asyncio.to_thread(put_twice) == [[200] * count] * 2
+    assert proxy.counters.accepted == 2 * count
 
 
 async def test_a_failure_of_the_store_code_itself_is_each_renditions_outcome(

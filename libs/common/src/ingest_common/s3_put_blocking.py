@@ -77,6 +77,10 @@ class _ConnectFailed(Exception):
     """The connection could not be made (wraps the OSError): no request was sent."""
 
 
+# What an attempt at a request can fail with, short of S3's answer: the attempt's error.
+_FAILED = (OSError, http.client.HTTPException, _ConnectFailed)
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectPut:
     """One object to put: where, its bytes, and its headers (`object_headers`)."""
@@ -87,13 +91,17 @@ class ObjectPut:
     headers: Mapping[str, str]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Attempt:
-    """What one attempt at a PUT got: an answer (``status`` and its headers) or an error."""
+    """What one attempt at a PUT got: an answer (``status`` and its headers), an error, or
+    both (S3's refusal)."""
 
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     error: Exception | None = None
+
+
+_NO_ANSWER = _Attempt()
 
 
 class BlockingPutter:
@@ -133,8 +141,8 @@ class BlockingPutter:
         failed with an error that may pass are sent again together after one backoff.
         """
         started = time.time_ns()
-        outcomes: list[PutOutcome | None] = [None] * len(objects)
-        answered = [_Attempt() for _ in objects]  # each one's last answer: status, request id
+        outcomes: dict[int, PutOutcome] = {}
+        answered: dict[int, _Attempt] = {}  # each one's last answer: status, request id
         pending = list(range(len(objects)))
         retries = 0
         while True:
@@ -149,11 +157,11 @@ class BlockingPutter:
                     or not worth_retrying(error)
                 ):
                     outcomes[index] = self._outcome(
-                        objects[index], answered[index], error, started, retries
+                        objects[index], answered.get(index, _NO_ANSWER), error, started, retries
                     )
-            pending = [index for index, outcome in enumerate(outcomes) if outcome is None]
+            pending = [index for index in pending if index not in outcomes]
             if not pending:
-                return [outcome for outcome in outcomes if outcome is not None]
+                return [outcomes[index] for index in range(len(objects))]
             time.sleep(backoff(retries))
             retries += 1
 
@@ -190,36 +198,33 @@ class BlockingPutter:
         """One attempt at each object: every request sent, the n-th on this thread's n-th
         connection to its host, then every answer read."""
         requests = [self._signed(put, credentials) for put in objects]
-        attempts = [_Attempt() for _ in objects]
+        attempts: dict[int, _Attempt] = {}
         reused: dict[int, bool] = {}  # slot → its request went on a connection open before
-        for slot, (host, path, headers, body) in enumerate(requests):
+        for slot, ((host, path, headers), put) in enumerate(zip(requests, objects, strict=True)):
             try:
-                reused[slot] = self._send((host, slot), path, headers, body)
-            except (OSError, http.client.HTTPException, _ConnectFailed) as exc:
+                reused[slot] = self._send((host, slot), path, headers, put.body)
+            except _FAILED as exc:
                 self._drop((host, slot))
-                attempts[slot].error = exc
+                attempts[slot] = _Attempt(error=exc)
         for slot, was_open in reused.items():
-            host, path, headers, body = requests[slot]
+            host, path, headers = requests[slot]
             place = (host, slot)
             try:
-                reply = self._answer(place, was_open, path, headers, body)
-            except (OSError, http.client.HTTPException, _ConnectFailed) as exc:
+                reply = self._answer(place, was_open, path, headers, objects[slot].body)
+            except _FAILED as exc:
                 self._drop(place)
-                attempts[slot].error = exc
+                attempts[slot] = _Attempt(error=exc)
                 continue
             if reply.will_close:
                 self._drop(place)
-            attempts[slot].status, attempts[slot].headers = reply.status, reply.headers
+            error = None
             if reply.status >= 300:
-                attempts[slot].error = client_error(
-                    "PutObject", reply.status, reply.body, reply.headers
-                )
-        return attempts
+                error = client_error("PutObject", reply.status, reply.body, reply.headers)
+            attempts[slot] = _Attempt(reply.status, reply.headers, error)
+        return [attempts[slot] for slot in range(len(objects))]
 
-    def _signed(
-        self, put: ObjectPut, credentials: Credentials
-    ) -> tuple[str, str, dict[str, str], bytes]:
-        """(host, path, headers, body) of the object's request, signed now."""
+    def _signed(self, put: ObjectPut, credentials: Credentials) -> tuple[str, str, dict[str, str]]:
+        """(host, path, headers) of the object's request, signed now."""
         host, path = self.settings.endpoint.address(put.bucket, put.key)
         signed = sign(
             "PUT",
@@ -232,7 +237,7 @@ class BlockingPutter:
             now=datetime.now(UTC),
         )
         signed["host"] = host
-        return host, path, signed, put.body
+        return host, path, signed
 
     def _send(self, place: _Place, path: str, headers: dict[str, str], body: bytes) -> bool:
         """Send the request on connection ``place``; whether that connection was open before."""
