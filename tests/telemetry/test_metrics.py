@@ -106,3 +106,30 @@ def test_oldest_age_stays_bounded_when_nothing_reads_it() -> None:
     ages.received(time.time() - 1)
     assert len(ages._received) == 1
     assert 0.9 < ages.value([]) < 1.5
+
+
+async def test_render_lanes_report_the_seconds_their_workers_were_busy_and_their_count() -> None:
+    metrics.configure_metrics("tests")
+    runner = await start_health_server(Health("ingest-render", 60), "127.0.0.1", 0)
+    port = bound_port(runner)
+    render = frozenset({("lane", "render")})
+    slow = frozenset({("lane", "slow")})
+    busy = [2.5]
+    try:
+        metrics.watch_render_pool("render", lambda: busy[0], 4)
+        metrics.watch_render_pool("slow", lambda: 0.0, 1)
+        first = samples(await scrape(port))
+        busy[0] = 4.0  # read on every scrape, not once
+        second = samples(await scrape(port))
+        metrics.unwatch_render_pool("slow")
+        third = samples(await scrape(port))
+    finally:
+        metrics.unwatch_render_pool("render")
+        metrics.unwatch_render_pool("slow")
+        await runner.cleanup()
+
+    assert first[("ingest_render_busy_seconds_total", render)] == 2.5
+    assert first[("ingest_render_workers", render)] == 4
+    assert first[("ingest_render_workers", slow)] == 1
+    assert second[("ingest_render_busy_seconds_total", render)] == 4.0
+    assert ("ingest_render_workers", slow) not in third

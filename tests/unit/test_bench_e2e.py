@@ -14,9 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry, generate_latest
+from ingest_common.telemetry import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,19 +78,15 @@ def test_sets_name_every_file_once_and_list_them_in_the_manifest(tmp_path: Path)
     assert [f["path"] for f in manifest["files"]] == sorted(p.name for p in folder.glob("*.svg"))
 
 
-def test_rendering_seconds_sum_every_series_of_the_render_histogram() -> None:
-    # The exposition the processor's /metrics serves: the SDK's Prometheus reader over the
-    # same instrument name and unit as ingest_common.telemetry.metrics.render_duration.
-    registry = CollectorRegistry(auto_describe=True)
-    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
-    meter = provider.get_meter("test")
-    renders = meter.create_histogram("ingest.render.duration", unit="s")
-    others = meter.create_histogram("ingest.message.duration", unit="s")
-    renders.record(0.25, {"width": 64, "format": "png"})
-    renders.record(0.5, {"width": 64, "format": "png"})
-    renders.record(1.0, {"width": 512, "format": "webp"})
-    others.record(7.0, {"queue": "render"})
-    text = generate_latest(registry).decode()
-    assert e2e.RENDER_DURATION in text  # the name the bench looks for is the one served
-    assert e2e.rendering_seconds_in(text) == pytest.approx(1.75)
-    provider.shutdown()
+def test_held_seconds_read_the_render_lanes_busy_seconds_as_the_processor_serves_them() -> None:
+    metrics.configure_metrics("tests")  # once per process; later calls keep the first
+    metrics.watch_render_pool("render", lambda: 12.5, 2)
+    metrics.watch_render_pool("slow", lambda: 99.0, 1)  # another lane: not counted
+    try:
+        text = metrics.prometheus_text()
+    finally:
+        metrics.unwatch_render_pool("render")
+        metrics.unwatch_render_pool("slow")
+    assert text is not None
+    assert e2e.held_seconds_in(text.decode()) == 12.5
+    assert e2e.held_seconds_in("") == 0.0  # before the first render: no series yet

@@ -116,6 +116,29 @@ async def test_renders_in_workers_like_in_process() -> None:
     assert all(10 * MIB < v < pool.memory_soft_limit for v in rss.values()), rss
 
 
+async def test_busy_seconds_count_the_time_workers_hold_a_render_and_no_more() -> None:
+    async with RenderPool(workers=2, spec=SPEC, timeout=_AMPLE) as pool:
+        assert pool.busy_seconds() == 0.0
+        started = time.monotonic()
+        results = await asyncio.gather(*(pool.render(MEDIUM) for _ in range(6)))
+        wall = time.monotonic() - started
+        busy = pool.busy_seconds()
+        await asyncio.sleep(0.3)  # idle: nothing more is counted
+        idle = pool.busy_seconds() - busy
+        # A render under way counts before its result: the reading grows while it renders.
+        running = asyncio.create_task(pool.render(MEDIUM))
+        await asyncio.sleep(0.2)
+        under_way = pool.busy_seconds() - busy
+        await running
+
+    rendering = sum(r.ended_ns - r.started_ns for res in results for r in res.renditions) / 1e9
+    # Each render is held from its start to its result, which covers the worker's own timing of
+    # its renditions; two workers cannot hold renders for more than twice the wall time.
+    assert rendering <= busy <= 2 * wall
+    assert idle == 0.0
+    assert 0.1 < under_way < 1.0
+
+
 async def test_rejection_crosses_the_process_boundary() -> None:
     async with RenderPool(workers=1, spec=SPEC, timeout=30) as pool:
         with pytest.raises(RenderRejected) as caught:

@@ -70,8 +70,13 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         settings = resources.settings
         assert isinstance(settings, ProcessorSettings)
         puts = resources.aws.put_settings()
+        lane = "slow" if cls.slow else "render"
         async with render_pool(settings, slow=cls.slow, puts=puts) as pool:
-            yield cls(resources, pool)
+            metrics.watch_render_pool(lane, pool.busy_seconds, pool.workers)
+            try:
+                yield cls(resources, pool)
+            finally:
+                metrics.unwatch_render_pool(lane)
 
     async def handle(self, message: RenderImage, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(

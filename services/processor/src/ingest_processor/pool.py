@@ -107,6 +107,7 @@ import multiprocessing
 import os
 import pickle
 import socket
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -212,6 +213,9 @@ class PoolStats:
     over_memory_limit: int = 0  # renders that hit the hard limit
     recycled_for_memory: int = 0
     recycled_for_count: int = 0
+    # Seconds workers held a render, from the moment it started rendering to its result (or
+    # its end otherwise), renders that ended only: RenderPool.busy_seconds adds those under way.
+    busy_seconds: float = 0.0
     rss: dict[int, int] = field(default_factory=dict)  # pid -> bytes, last known, live workers
 
 
@@ -235,11 +239,18 @@ class _Job:
     attempts: int = 0  # how many workers died while running it
     timer: asyncio.TimerHandle | None = None
     cpu_start: float = 0.0  # its worker's CPU seconds when it started (cpu_timeout)
+    stats: PoolStats | None = None  # where the time it held its worker is added
+    started: float = 0.0  # time.monotonic() when it started rendering; 0.0 while it is not
 
     def stop_timer(self) -> None:
+        """It no longer renders (done, failed, or going back to the queue)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.started:
+            if self.stats is not None:
+                self.stats.busy_seconds += time.monotonic() - self.started
+            self.started = 0.0
 
     def fail(self, error: BaseException) -> None:
         self.stop_timer()
@@ -489,6 +500,18 @@ class RenderPool:
     ) -> None:
         await self._close()
 
+    def busy_seconds(self) -> float:
+        """Seconds this pool's workers have held a render, those under way included: its rate
+        over the worker count is how busy they are (the ``ingest.render.busy`` metric). Safe
+        to call from another thread (a metrics exporter's): it reads copies."""
+        now = time.monotonic()
+        under_way = 0.0
+        for worker in list(self._workers):
+            jobs = list(worker.jobs)
+            if jobs and (started := jobs[0].started):
+                under_way += now - started
+        return self.stats.busy_seconds + under_way
+
     def worker_pids(self) -> list[int]:
         """Pids of the workers that are up (health checks, tests); not those still starting."""
         return [w.pid for w in self._workers if w.state in (_State.READY, _State.RETIRING)]
@@ -518,7 +541,8 @@ class RenderPool:
             raise ValueError(f"timeout must be positive, got {seconds}")
         if store is not None and self._puts is None:
             raise ValueError("a render with a StoreOrder needs a pool made with PutSettings")
-        job = _Job(svg, only, seconds, asyncio.get_running_loop().create_future(), store)
+        future = asyncio.get_running_loop().create_future()
+        job = _Job(svg, only, seconds, future, store, stats=self.stats)
         self._pending.append(job)
         self._dispatch()
         # Cancelled here, the future is cancelled too: a worker's result for it is dropped.
@@ -555,6 +579,7 @@ class RenderPool:
     def _start_timer(self, worker: _Worker, job: _Job) -> None:
         """``job`` starts rendering on ``worker`` now."""
         worker.peak_data = 0
+        job.started = time.monotonic()
         clock = job.timeout
         if self.cpu_timeout:
             job.cpu_start = cpu_seconds(worker.pid)

@@ -6,6 +6,8 @@
 | `ingest.message.duration` (`…_seconds`)         | histogram | queue, outcome        |
 | `ingest.queue.oldest_message_age` (`…_seconds`) | gauge     | queue                 |
 | `ingest.render.duration` (`…_seconds`)          | histogram | width, format         |
+| `ingest.render.busy` (`…_seconds_total`)        | counter   | lane                  |
+| `ingest.render.workers` (`ingest_render_workers`) | gauge   | lane                  |
 | `ingest.upload.images` (`ingest_upload_images`) | histogram | (none)                |
 | `ingest.events.published` (`…_total`)           | counter   | type                  |
 | `ingest.outbox.oldest_unpublished_age` (`…_seconds`) | gauge | (none)         |
@@ -14,6 +16,12 @@ outcome is ok, retry, failed (a permanent failure, sent to the DLQ), invalid (a 
 message, sent to the DLQ) or outage (handed back unprocessed while a dependency is down).
 The outbox's age is reported by the batcher process that publishes; it grows while events
 wait (an SNS outage, a publisher that cannot keep up).
+
+A processor's render lanes (render, slow) report the seconds their workers have held a
+render (from its start to its result, by the pool's clock) and how many workers they have:
+rate(busy) / workers is how busy the lane's workers are, the figure to scale processors on
+(low while the queue's oldest age grows: something around the renders starves them; high:
+add processors).
 
 The age of the oldest message is what this consumer sees, not the queue's (SQS's API has
 no such attribute; CloudWatch's ApproximateAgeOfOldestMessage is the queue-wide one): the
@@ -127,6 +135,50 @@ class OldestAge:
         ages = [age for t, age in list(self._received) if t >= horizon]
         ages.extend(max(0.0, now - sent) for sent in in_flight_sent_at if sent > 0)
         return round(max(ages, default=0.0), 3)
+
+
+# Render pools by lane (the processor's render and slow lanes): seconds their workers have held
+# a render, and how many workers they have. rate(busy) / workers is the lane's utilisation.
+_render_pools: dict[str, tuple[Callable[[], float], int]] = {}
+_pools_lock = threading.Lock()
+
+
+def _observe_render_busy(_: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(busy(), {"lane": lane}) for lane, (busy, _) in _pools()]
+
+
+def _observe_render_workers(_: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(workers, {"lane": lane}) for lane, (_, workers) in _pools()]
+
+
+def _pools() -> list[tuple[str, tuple[Callable[[], float], int]]]:
+    with _pools_lock:
+        return list(_render_pools.items())
+
+
+render_busy = _meter.create_observable_counter(
+    "ingest.render.busy",
+    callbacks=[_observe_render_busy],
+    unit="s",
+    description="seconds render workers held a render, by lane; its rate over "
+    "ingest.render.workers is how busy they are",
+)
+render_workers = _meter.create_observable_gauge(
+    "ingest.render.workers",
+    callbacks=[_observe_render_workers],
+    unit="{worker}",
+    description="render worker processes, by lane",
+)
+
+
+def watch_render_pool(lane: str, busy_seconds: Callable[[], float], workers: int) -> None:
+    with _pools_lock:
+        _render_pools[lane] = (busy_seconds, workers)
+
+
+def unwatch_render_pool(lane: str) -> None:
+    with _pools_lock:
+        _render_pools.pop(lane, None)
 
 
 events_published = _meter.create_counter(
