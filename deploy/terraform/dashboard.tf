@@ -77,6 +77,15 @@ locals {
       ]
     },
     {
+      title = "Render lane: workers holding a render (average, all processors), workers per processor"
+      stat  = "Sum"
+      metrics = [
+        [{ id = "held", label = "holding a render", expression = "busy / PERIOD(busy)" }],
+        [var.metrics_namespace, "ingest.render.busy", "service.name", "processor", "lane", "render", { id = "busy", visible = false }],
+        [var.metrics_namespace, "ingest.render.workers", "service.name", "processor", "lane", "render", { label = "workers (per task)", stat = "Maximum" }],
+      ]
+    },
+    {
       title = "Domain events: published per minute (by the batcher) and the outbox's lag (s)"
       stat  = "Sum"
       metrics = [
