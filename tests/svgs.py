@@ -9,11 +9,14 @@ heavy ones made by code.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from ingest_processor.render import render_svg
 from ingest_processor.settings import ProcessorSettings
+from ingest_processor.worker import prepare_render_process
 
 MDI_ALPHA_M = (
     b'<svg xmlns="http://www.w3.org/2000/svg" id="mdi-alpha-m" viewBox="0 0 24 24"><path '
@@ -63,14 +66,34 @@ def cpu_seconds_to_render(svg: bytes) -> float:
 
 
 def blurred_taking(seconds: float) -> bytes:
-    """Blurred circles enough to take about ``seconds`` of this machine's CPU to render."""
-    return blurred(max(1, int(seconds / _seconds_per_blurred_circle())))
+    """Blurred circles enough to take a render worker of this machine about ``seconds`` of CPU
+    (as the render timeouts count) on one render."""
+    fixed, per_circle = _blurred_render_seconds()
+    return blurred(max(1, round((seconds - fixed) / per_circle)))
 
 
 @functools.cache
-def _seconds_per_blurred_circle() -> float:
-    """Measured once per process: every heavy test SVG is sized from it."""
-    return cpu_seconds_to_render(blurred(20)) / 20
+def _blurred_render_seconds() -> tuple[float, float]:
+    """A render's fixed CPU seconds and its CPU seconds per circle, measured once per test
+    process in a process set up as a render worker is, warm, at two sizes.
+
+    Not in this process, nor from one size: a cold heap with glibc's defaults renders a sixth
+    slower, and a render has a fixed cost beside its circles. Sized from one cold render of 20
+    circles here, an SVG meant to take 1.8× the render timeout took about 1.3× in a worker, and
+    one meant for 0.6× about 0.45×.
+    """
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=prepare_render_process
+    ) as worker:
+        worker.submit(cpu_seconds_to_render, blurred(1)).result()  # warm its heap
+
+        def seconds(circles: int) -> float:
+            svg = blurred(circles)
+            return min(worker.submit(cpu_seconds_to_render, svg).result() for _ in range(2))
+
+        small, large = seconds(10), seconds(60)
+    per_circle = max(large - small, 1e-3) / 50
+    return max(small - 10 * per_circle, 0.0), per_circle
 
 
 def paths(size: int, seed: int) -> bytes:
