@@ -19,7 +19,7 @@ from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutOutcome,
 from ingest_common.settings import IngestSettings
 from ingest_common.sigv4 import Credentials
 from ingest_processor.pool import RenderPool
-from ingest_processor.render import RenderSpec, render_svg
+from ingest_processor.render import RenderRejected, RenderSpec, render_svg
 from ingest_processor.renditions import StoreOrder
 from ingest_processor.stored import stored_entries
 
@@ -115,6 +115,49 @@ async def test_a_worker_killed_while_storing_renders_that_image_again(
         assert pool.stats.crashes == 1
         assert pool.stats.retries == 0
     assert len(stored_entries(result, aws.s3_objects.endpoint, "p1")) == 4
+
+
+async def test_on_rendered_is_called_once_when_the_render_is_done_before_its_puts(
+    aws: Aws, settings: IngestSettings, proxy: FaultProxy
+) -> None:
+    """The processor ends an upload's trial on it: the PUTs a black hole holds do not delay
+    it, a worker killed while storing does not call it twice, and a refused SVG never does."""
+    async with RenderPool(1, SPEC, _AMPLE, puts=through(aws.put_settings(), proxy)) as pool:
+        proxy.blackhole()
+        rendered = asyncio.Event()
+        calls = 0
+
+        def on_rendered() -> None:
+            nonlocal calls
+            calls += 1
+            rendered.set()
+
+        store = await order(aws, settings)
+        render = asyncio.ensure_future(
+            pool.render(MDI_FORWARD, store=store, on_rendered=on_rendered)
+        )
+        await asyncio.wait_for(rendered.wait(), _AMPLE)
+        while proxy.counters.accepted < 1:  # its PUTs are under way, held
+            await asyncio.sleep(0.02)
+        assert not render.done(), "the renditions are not stored yet"
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)  # it renders again whole on the successor
+        while pid in pool.worker_pids() or not pool.worker_pids():
+            await asyncio.sleep(0.02)
+        proxy.up()
+        result = await asyncio.wait_for(render, _AMPLE)
+        assert calls == 1
+        assert len(stored_entries(result, aws.s3_objects.endpoint, "p1")) == 4
+
+        refused = False
+
+        def never() -> None:
+            nonlocal refused
+            refused = True
+
+        with pytest.raises(RenderRejected):
+            await pool.render(b"<svg", store=store, on_rendered=never)
+        assert not refused
 
 
 async def test_a_retiring_worker_reports_what_it_was_storing(

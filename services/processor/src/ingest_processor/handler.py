@@ -16,7 +16,7 @@ upload is heavy and its next renders go straight to the slow lane (lanes.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import ClassVar, Self
 
@@ -146,7 +146,11 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                         await self._to_slow_lane(delivery, "its upload is heavy")
                         return None
                     try:
-                        result = await self._render_in_pool(svg, store)
+                        # Proven once rendered: the upload's other renders need not wait for
+                        # this one's PUTs.
+                        result = await self._render_in_pool(
+                            svg, store, on_rendered=lambda: self.uploads.judge(upload, "proven")
+                        )
                     except RenderTimedOut:
                         self.uploads.judge(upload, "heavy")
                         await self._to_slow_lane(delivery, f"over {self.budget:g} s of CPU")
@@ -201,7 +205,9 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         )
         log.info("processor.moved_to_slow_lane", why=why)
 
-    async def _render_in_pool(self, svg: bytes, store: StoreOrder) -> RenderResult:
+    async def _render_in_pool(
+        self, svg: bytes, store: StoreOrder, on_rendered: Callable[[], None] | None = None
+    ) -> RenderResult:
         """`render svg` (in a worker, which then stores the renditions) with a child span per
         rendition, timed by the worker. The span ends with the last rendition: the worker's
         PUTs come after, and their spans go beside it (stored.py)."""
@@ -210,7 +216,9 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
         )
         try:
             with trace.use_span(span, end_on_exit=False):
-                result = await self.pool.render(svg, timeout=self.budget, store=store)
+                result = await self.pool.render(
+                    svg, timeout=self.budget, store=store, on_rendered=on_rendered
+                )
         except BaseException:
             span.end()
             raise

@@ -109,7 +109,7 @@ import pickle
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from types import TracebackType
@@ -241,6 +241,7 @@ class _Job:
     cpu_start: float = 0.0  # its worker's CPU seconds when it started (cpu_timeout)
     stats: PoolStats | None = None  # where the time it held its worker is added
     started: float = 0.0  # time.monotonic() when it started rendering; 0.0 while it is not
+    on_rendered: Callable[[], None] | None = None  # called once its render is done, if it is
 
     def stop_timer(self) -> None:
         """It no longer renders (done, failed, or going back to the queue)."""
@@ -525,12 +526,16 @@ class RenderPool:
         # not stop the worker): it bounds the rendering, which the pool times and ends itself.
         timeout: float | None = None,  # noqa: ASYNC109
         store: StoreOrder | None = None,
+        on_rendered: Callable[[], None] | None = None,
     ) -> RenderResult:
         """Render in a worker process: every rendition of the spec, or ``only`` those.
 
         ``timeout`` (seconds of rendering, not of waiting for a worker) overrides the pool's.
         ``store``: the worker also puts the renditions in S3; each comes back with its
         ``stored`` outcome and without its bytes (the timeout ends when the render does).
+        ``on_rendered``: called (on the loop, from the pool; it must not raise) as soon as the
+        render is done and succeeded, before the renditions are stored; never for a render
+        that fails.
         Raises RenderRejected (bad input; RenderTimedOut, RenderOverMemory: not retryable) or
         RenderCrashed (the worker died twice under this render: retryable).
         """
@@ -542,7 +547,7 @@ class RenderPool:
         if store is not None and self._puts is None:
             raise ValueError("a render with a StoreOrder needs a pool made with PutSettings")
         future = asyncio.get_running_loop().create_future()
-        job = _Job(svg, only, seconds, future, store, stats=self.stats)
+        job = _Job(svg, only, seconds, future, store, stats=self.stats, on_rendered=on_rendered)
         self._pending.append(job)
         self._dispatch()
         # Cancelled here, the future is cancelled too: a worker's result for it is dropped.
@@ -710,6 +715,9 @@ class RenderPool:
         suspect = kind in ("rejected", "error") and self._near_limit(worker)
         if suspect:
             kind = "memory"
+        if kind in ("rendered", "ok") and job.on_rendered is not None:
+            rendered, job.on_rendered = job.on_rendered, None  # once, even if it renders again
+            rendered()
         if kind == "rendered":
             pass
         elif kind == "ok":
