@@ -396,7 +396,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     distinct = len({data for _, data in svgs})
     client_spans = float(
         dict(args.set).get(
-            "trace_client_spans", settings.model_fields["trace_client_spans"].default
+            "trace_client_spans", ProcessorSettings.model_fields["trace_client_spans"].default
         )
     )
     print(

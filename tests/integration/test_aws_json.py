@@ -19,13 +19,23 @@ from ingest_common.aws_http import CallSettings
 from ingest_common.aws_json import SQS, JsonApi, received_messages
 from ingest_common.events import SOURCE
 from ingest_common.telemetry.tracing import tracer
-from ingest_devstack.local import listening_socket, refused_port
+from ingest_devstack.local import LOCAL_CREDENTIALS, listening_socket, refused_port
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.integration.test_aws_spans import aws_calls
 
 QUEUE = "ingest-index"
+
+
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client signs every request. The tests against a stand-in server start no moto
+    (whose fixture sets these for the session), and failed without them when run alone."""
+    for name, value in LOCAL_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
 ATTRIBUTES: dict[str, Any] = {
     "traceparent": {"DataType": "String", "StringValue": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
     "count": {"DataType": "Number", "StringValue": "3"},
