@@ -3,6 +3,7 @@
     uv run --frozen python bench/e2e.py                       # 500-image set, then 20 × 25 at once
     uv run --frozen python bench/e2e.py --latency-ms 20       # every AWS request 20 ms later
     uv run --frozen python bench/e2e.py --processors 2 --scenario one
+    uv run --frozen python bench/e2e.py --processors 1 2 --scenario one   # scale-out, side by side
     uv run --frozen python bench/e2e.py --scenario one --profile prof/   # py-spy, every main
 
 What it does, all on real components, in one run:
@@ -126,6 +127,11 @@ class Scenario:
     render_held: float
     cpu: Cpu
     traced_calls: int  # sets whose trace kept a span per call (INGEST_TRACE_CLIENT_SPANS)
+
+    def cpu_busy(self, cores: int) -> float:
+        """The share of the machine's CPUs the stack used, over the scenario's wall time."""
+        used = self.cpu.render_workers + self.cpu.ingest_own + self.cpu.emulator
+        return used / (self.wall * cores)
 
     def per_image_ms(self) -> dict[str, float]:
         per = {f"{n} main": 1000 * s / self.images for n, s in self.cpu.services.items()}
@@ -377,20 +383,20 @@ def _stages(upload: dict[str, Any], product: dict[str, Any]) -> dict[str, float 
 
 @contextmanager
 def stack(
-    args: argparse.Namespace, endpoint: str, dsn: str, logs: Path
+    args: argparse.Namespace, processors: int, endpoint: str, dsn: str, logs: Path
 ) -> Iterator[list[ServiceProcesses]]:
     env = local_env(endpoint, dsn, log_format="json", stall_timeout="900", **dict(args.set))
     with ExitStack() as exits:
         first = exits.enter_context(services(env, logs / "stack-0"))
         stacks = [first]
-        for k in range(1, args.processors):
+        for k in range(1, processors):
             stacks.append(exits.enter_context(services(env, logs / f"stack-{k}", ("processor",))))
         yield stacks
 
 
 async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     settings = ProcessorSettings()
-    workers = settings.render_workers
+    workers = int(dict(args.set).get("render_workers", settings.render_workers))
     count = args.images if "one" in args.scenario else args.sets * args.per_set
     svgs = load_svgs(args.svgs, max(count, args.sets * args.per_set))
     distinct = len({data for _, data in svgs})
@@ -401,7 +407,8 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     )
     print(
         f"e2e: {args.images}-image set and {args.sets} × {args.per_set} sets, {distinct} distinct "
-        f"SVGs from {', '.join(map(str, args.svgs))}; {args.processors} processor(s) × {workers} "
+        f"SVGs from {', '.join(map(str, args.svgs))}; "
+        f"{' then '.join(map(str, args.processors))} processor(s) × {workers} "
         f"render workers on {len(os.sched_getaffinity(0))} CPUs; "
         f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
         f"AWS latency {args.latency_ms:g} ms per request; {client_spans:.0%} of uploads traced with"
@@ -414,8 +421,40 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         f"{1000 * core.cpu_per_image:.1f} ms CPU per SVG"
     )
     os.environ.update(LOCAL_CREDENTIALS)
+    runs: dict[int, list[Scenario]] = {}
+    for processors in args.processors:
+        if len(args.processors) > 1:
+            print(f"\n=== {processors} processor(s)")
+        runs[processors] = await run_stack(
+            args, processors, workers, svgs, scratch / f"processors-{processors}", client_spans
+        )
+        for result in runs[processors]:
+            report(result, core, workers * processors)
+    results = runs[args.processors[0]]
+    failures = targets(args, results, core)
+    failures += scale_out(args, runs)
+    return {
+        "core": asdict(core),
+        "scenarios": [asdict(r) for r in results],
+        "scale_out": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
+        "latency_ms": args.latency_ms,
+        "processors": args.processors,
+        "failures": failures,
+    }
+
+
+async def run_stack(
+    args: argparse.Namespace,
+    processors: int,
+    workers: int,
+    svgs: list[tuple[str, bytes]],
+    scratch: Path,
+    client_spans: float,
+) -> list[Scenario]:
+    """The scenarios on a stack of their own: a fresh emulator, database and services."""
     results: list[Scenario] = []
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    scratch.mkdir(parents=True, exist_ok=True)
     async with scratch_database(server, "ingest_bench_e2e") as dsn:
         with ExitStack() as exits:
             direct = exits.enter_context(moto_server(scratch / "moto.log"))
@@ -428,26 +467,16 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             client = IngestSettings(aws_endpoint_url=direct, database_url=dsn)
             async with Aws(client) as aws:
                 await apply_topology(aws, load_topology(client))
-                stacks = exits.enter_context(stack(args, endpoint, dsn, scratch / "logs"))
-                all_workers = workers * args.processors
+                stacks = exits.enter_context(
+                    stack(args, processors, endpoint, dsn, scratch / "logs")
+                )
+                all_workers = workers * processors
+                scenarios: list[tuple[str, list[Path]]] = []
                 if "one" in args.scenario:
-                    folder = write_set(scratch / "one", svgs[: args.images], "One big set", "one")
-                    results.append(
-                        await run_scenario(
-                            "one set",
-                            aws,
-                            dsn,
-                            [folder],
-                            stacks,
-                            moto,
-                            all_workers,
-                            args.profile,
-                            client_spans,
-                        )
-                    )
-                    report(results[-1], core, all_workers)
+                    one = write_set(scratch / "one", svgs[: args.images], "One big set", "one")
+                    scenarios.append(("one set", [one]))
                 if "many" in args.scenario:
-                    folders = [
+                    many = [
                         write_set(
                             scratch / f"many-{k}",
                             svgs[k * args.per_set : (k + 1) * args.per_set],
@@ -456,9 +485,11 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                         )
                         for k in range(args.sets)
                     ]
+                    scenarios.append(("many sets", many))
+                for name, folders in scenarios:
                     results.append(
                         await run_scenario(
-                            "many sets",
+                            name,
                             aws,
                             dsn,
                             folders,
@@ -469,15 +500,37 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                             client_spans,
                         )
                     )
-                    report(results[-1], core, all_workers)
-    failures = targets(args, results, core)
-    return {
-        "core": asdict(core),
-        "scenarios": [asdict(r) for r in results],
-        "latency_ms": args.latency_ms,
-        "processors": args.processors,
-        "failures": failures,
-    }
+    return results
+
+
+def scale_out(args: argparse.Namespace, runs: dict[int, list[Scenario]]) -> list[str]:
+    """Target 4's second half: a second processor's gain, judged only where the first left
+    CPUs free (at least half of them idle), since a processor cannot add CPUs the machine
+    does not have."""
+    if len(runs) < 2:
+        return []
+    (few, before), (more, after) = sorted(runs.items())[:2]
+    cores = len(os.sched_getaffinity(0))
+    failures: list[str] = []
+    print(f"\nscale-out, {few} → {more} processors (same SVGs, each on a stack of its own):")
+    for first, second in zip(before, after, strict=True):
+        gain = first.render_window / max(second.render_window, 1e-9)
+        busy = first.cpu_busy(cores)
+        print(
+            f"  {first.name}: render window {first.render_window:.2f} → "
+            f"{second.render_window:.2f} s, {gain:.2f}×; CPUs busy {busy:.0%} → "
+            f"{second.cpu_busy(cores):.0%}"
+        )
+        name = f"{first.name}: {few} → {more} processors, render window gain"
+        wanted = 0.85 * more / few  # 1 → 2: the issue's 1.7×
+        if busy > 0.5:
+            print(f"NOTE  {name}: not judged, {busy:.0%} of the CPUs were busy with {few}")
+        elif gain >= wanted:
+            print(f"PASS  {name}: {gain:.2f} (target ≥ {wanted:.2f})")
+        else:
+            print(f"FAIL  {name}: {gain:.2f} (target ≥ {wanted:.2f})")
+            failures.append(name)
+    return failures
 
 
 def report(result: Scenario, core: Core, workers: int) -> None:
@@ -504,7 +557,7 @@ def report(result: Scenario, core: Core, workers: int) -> None:
     cores = len(os.sched_getaffinity(0))
     used = result.cpu.render_workers + result.cpu.ingest_own + result.cpu.emulator
     print(
-        f"  the machine's {cores} CPUs were {used / (result.wall * cores):.0%} busy with the "
+        f"  the machine's {cores} CPUs were {result.cpu_busy(cores):.0%} busy with the "
         "stack (render workers, main processes, emulator)"
     )
     # The shortest this scenario could take here, every CPU-second of it spread perfectly
@@ -573,7 +626,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sets", type=int, default=20, help="sets uploaded at once")
     parser.add_argument("--per-set", type=int, default=25, help="images in each of those sets")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to each AWS request")
-    parser.add_argument("--processors", type=int, default=1)
+    parser.add_argument(
+        "--processors",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="processors; several (e.g. 1 2): each on a fresh stack, and the gain between them",
+    )
     parser.add_argument("--scenario", nargs="+", choices=("one", "many"), default=["one", "many"])
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--keep", type=Path, help="keep the logs and sets in this folder")

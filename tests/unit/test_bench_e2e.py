@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from ingest_common.telemetry import metrics
@@ -90,3 +91,37 @@ def test_held_seconds_read_the_render_lanes_busy_seconds_as_the_processor_serves
     assert text is not None
     assert e2e.held_seconds_in(text.decode()) == 12.5
     assert e2e.held_seconds_in("") == 0.0  # before the first render: no series yet
+
+
+def _scenario(window: float, cpu_seconds: float, wall: float) -> Any:
+    return e2e.Scenario(
+        name="one set",
+        images=100,
+        sets=1,
+        wall=wall,
+        searchable=[wall],
+        stages={},
+        render_window=window,
+        render_busy=0.5,
+        render_held=0.5,
+        cpu=e2e.Cpu(render_workers=cpu_seconds),
+        traced_calls=0,
+    )
+
+
+def test_scale_out_is_judged_only_where_one_processor_left_the_cpus_free(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(e2e.os, "sched_getaffinity", lambda pid: {0, 1})
+    args = e2e.parse_args(["--processors", "1", "2"])
+    assert args.processors == [1, 2]
+    free = _scenario(window=20.0, cpu_seconds=8.0, wall=20.0)  # 20 % of two CPUs
+    assert e2e.scale_out(args, {1: [free], 2: [_scenario(10.5, 8.0, 10.5)]}) == []
+    assert "1.90×" in capsys.readouterr().out
+    assert e2e.scale_out(args, {1: [free], 2: [_scenario(15.0, 8.0, 15.0)]}) == [
+        "one set: 1 → 2 processors, render window gain"
+    ]
+    busy = _scenario(window=20.0, cpu_seconds=30.0, wall=20.0)  # 75 % of two CPUs
+    assert e2e.scale_out(args, {1: [busy], 2: [_scenario(15.0, 30.0, 15.0)]}) == []
+    assert "not judged, 75% of the CPUs were busy with 1" in capsys.readouterr().out
+    assert e2e.scale_out(e2e.parse_args([]), {1: [free]}) == []
