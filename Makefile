@@ -37,7 +37,7 @@ lint: install
 	$(UV) run --frozen lint-imports --no-logo  # the import contracts: [tool.importlinter] in pyproject.toml
 
 typecheck: install
-	$(UV) run --frozen mypy libs/common/src services/*/src tools/cli/src tools/devstack/src tests
+	$(UV) run --frozen mypy libs/common/src services/*/src tools/cli/src tools/devstack/src tests bench
 
 check: lint typecheck test
 

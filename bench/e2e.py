@@ -288,6 +288,8 @@ async def run_scenario(
         )
     finally:
         await connection.close()
+    if window is None or window["first"] is None:
+        raise SystemExit(f"{name}: no image finished")
     wall = time.monotonic() - started
     cpu = read_cpu(stacks, moto).minus(cpu_before)
     held = held_seconds(stacks) - held_before
