@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -239,7 +240,9 @@ def make_zip(
     """A ZIP of `files`: name → data, or (name or ZipInfo, data) pairs, duplicates kept, in order."""
     entries = files.items() if isinstance(files, Mapping) else files
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
+        # Duplicates are asked for (hostile archives): zipfile's warning says nothing here.
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)
         for name, data in entries:
             archive.writestr(name, data)
     return buffer.getvalue()
