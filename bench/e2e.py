@@ -20,7 +20,8 @@ What it does, all on real components, in one run:
 
 With --profile DIR, py-spy samples each service's main process during each scenario
 (collapsed stacks in DIR, one file per process and scenario; open them in speedscope or read
-the top frames in each file: `python bench/e2e.py --top DIR/FILE`).
+the top frames in each file: `python bench/e2e.py --top DIR/FILE`). py-spy samples the wall
+clock; --profile-gil keeps only the samples that hold the GIL, Python's CPU.
 
 For each process it reports CPU seconds per image from /proc: the render workers (every
 descendant of a processor, reaped ones included), each service's main process, and the
@@ -256,7 +257,7 @@ async def run_scenario(
     stacks: Sequence[ServiceProcesses],
     moto: int,
     workers: int,
-    profile: Path | None,
+    profile: Profile | None,
     client_spans: float,
 ) -> Scenario:
     images = sum(len(list(f.glob("*.svg"))) for f in folders)
@@ -326,21 +327,31 @@ async def run_scenario(
     )
 
 
+@dataclass(frozen=True)
+class Profile:
+    folder: Path
+    # Only samples that hold the GIL: Python's CPU. Without it py-spy samples the wall clock,
+    # where a main thread waiting for the GIL (behind the batcher's extraction threads, say)
+    # reads as the call it waits in.
+    gil: bool = False
+
+
 def profilers(
-    stacks: Sequence[ServiceProcesses], folder: Path | None, scenario: str
+    stacks: Sequence[ServiceProcesses], profile: Profile | None, scenario: str
 ) -> list[subprocess.Popen[bytes]]:
     """py-spy recording each service's main process (not the render workers) until SIGINT."""
-    if folder is None:
+    if profile is None:
         return []
-    folder.mkdir(parents=True, exist_ok=True)
+    profile.folder.mkdir(parents=True, exist_ok=True)
     recordings = []
     for k, stack in enumerate(stacks):
         for name, process in stack.processes.items():
-            out = folder / f"{scenario.replace(' ', '-')}-{name}-{k}.txt"
+            out = profile.folder / f"{scenario.replace(' ', '-')}-{name}-{k}.txt"
             recordings.append(
                 subprocess.Popen(
                     [PY_SPY, "record", "--pid", str(process.pid), "--format", "raw",
-                     "--rate", "200", "--nonblocking", "--output", str(out)],
+                     "--rate", "200", "--nonblocking", "--output", str(out),
+                     *(["--gil"] if profile.gil else [])],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -455,6 +466,7 @@ async def run_stack(
 ) -> list[Scenario]:
     """The scenarios on a stack of their own: a fresh emulator, database and services."""
     results: list[Scenario] = []
+    profile = None if args.profile is None else Profile(args.profile, args.profile_gil)
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     scratch.mkdir(parents=True, exist_ok=True)
     async with scratch_database(server, "ingest_bench_e2e") as dsn:
@@ -498,7 +510,7 @@ async def run_stack(
                             stacks,
                             moto,
                             all_workers,
-                            args.profile,
+                            profile,
                             client_spans,
                         )
                     )
@@ -639,6 +651,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--keep", type=Path, help="keep the logs and sets in this folder")
     parser.add_argument("--profile", type=Path, help="py-spy every main process into this folder")
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: only samples holding the GIL (Python's CPU), not the wall clock",
+    )
     parser.add_argument(
         "--set",
         type=setting,
