@@ -80,7 +80,7 @@ def _blurred_render_seconds() -> tuple[float, float]:
     Not in this process, nor from one size: a cold heap with glibc's defaults renders a sixth
     slower, and a render has a fixed cost beside its circles. Sized from one cold render of 20
     circles here, an SVG meant to take 1.8× the render timeout took about 1.3× in a worker, and
-    one meant for 0.6× about 0.45×.
+    one meant for 0.6× about 0.4×.
     """
     with ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn"), initializer=prepare_render_process
