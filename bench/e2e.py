@@ -104,6 +104,11 @@ class Cpu:
     def ingest_own(self) -> float:
         return sum(self.services.values())
 
+    @property
+    def total(self) -> float:
+        """Every process of the stack: render workers, main processes, emulator."""
+        return self.render_workers + self.ingest_own + self.emulator
+
     def minus(self, before: Cpu) -> Cpu:
         return Cpu(
             self.render_workers - before.render_workers,
@@ -131,8 +136,7 @@ class Scenario:
 
     def cpu_busy(self, cores: int) -> float:
         """The share of the machine's CPUs the stack used, over the scenario's wall time."""
-        used = self.cpu.render_workers + self.cpu.ingest_own + self.cpu.emulator
-        return used / (self.wall * cores)
+        return self.cpu.total / (self.wall * cores)
 
     def per_image_ms(self) -> dict[str, float]:
         per = {f"{n} main": 1000 * s / self.images for n, s in self.cpu.services.items()}
@@ -448,8 +452,8 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     failures += scale_out(args, runs)
     return {
         "core": asdict(core),
-        "scenarios": [asdict(r) for r in results],
-        "scale_out": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
+        "scenarios": [asdict(r) for r in results],  # the first processor count's
+        "more_processors": {n: [asdict(r) for r in rs] for n, rs in list(runs.items())[1:]},
         "latency_ms": args.latency_ms,
         "processors": args.processors,
         "failures": failures,
@@ -569,7 +573,7 @@ def report(result: Scenario, core: Core, workers: int) -> None:
         " set(s) (the rest keep their messaging and render spans)"
     )
     cores = len(os.sched_getaffinity(0))
-    used = result.cpu.render_workers + result.cpu.ingest_own + result.cpu.emulator
+    used = result.cpu.total
     print(
         f"  the machine's {cores} CPUs were {result.cpu_busy(cores):.0%} busy with the "
         "stack (render workers, main processes, emulator)"

@@ -59,23 +59,6 @@ async def test_a_verdict_lets_the_waiting_renders_go_before_the_trial_render_end
     assert went == ["a", "b", "trial stored"]
 
 
-async def test_a_trial_that_ends_unjudged_hands_the_turn_to_one_waiting_render() -> None:
-    """A render that failed (a refused SVG) proves nothing: the next render is on trial."""
-    uploads, upload = Uploads(), uuid.uuid4()
-    running, most = 0, 0
-
-    async def unjudged() -> None:
-        nonlocal running, most
-        async with uploads.trial(upload):
-            running += 1
-            most = max(most, running)
-            await asyncio.sleep(0.01)
-            running -= 1
-
-    await asyncio.gather(*(unjudged() for _ in range(4)))
-    assert most == 1
-
-
 def test_the_first_verdict_stays_and_only_the_most_recent_uploads_are_remembered() -> None:
     uploads = Uploads(remembered=2)
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

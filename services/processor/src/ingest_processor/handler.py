@@ -146,8 +146,8 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                         await self._to_slow_lane(delivery, "its upload is heavy")
                         return None
                     try:
-                        # Proven once rendered: the upload's other renders need not wait for
-                        # this one's PUTs.
+                        # Proven once rendered (the pool calls back before the result): the
+                        # upload's other renders need not wait for this one's PUTs.
                         result = await self._render_in_pool(
                             svg, store, on_rendered=lambda: self.uploads.judge(upload, "proven")
                         )
@@ -155,7 +155,6 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
                         self.uploads.judge(upload, "heavy")
                         await self._to_slow_lane(delivery, f"over {self.budget:g} s of CPU")
                         return None
-                    self.uploads.judge(upload, "proven")
         except ObjectTooLarge as exc:
             return await self._fail(
                 message, f"is {exc.size:,} bytes, over the limit of {exc.limit:,}"
