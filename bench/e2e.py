@@ -26,7 +26,11 @@ clock; --profile-gil keeps only the samples that hold the GIL, Python's CPU.
 For each process it reports CPU seconds per image from /proc: the render workers (every
 descendant of a processor, reaped ones included), each service's main process, and the
 emulator (which shares these cores with everything; in AWS it is not on ours). "ingest's own"
-is the services' main processes together, render workers excluded.
+is the services' main processes together, render workers excluded. With --emulator-cpus N the
+emulator and the latency proxy run on the last N CPUs, and everything else (the core, the
+services, their render workers, which size themselves from their CPUs) on the rest: AWS's
+stand-ins off ingest's CPUs, as in a region, with the core measured on the same CPUs as the
+stack.
 
 Targets (issue 13; exit status 1 if one fails): ingest's own CPU per image ≤ 25 % of the
 render workers'; upload → searchable of the one set ≤ 1.25 × the core's time + 3 s; the
@@ -81,7 +85,7 @@ from ingest_processor.pool import RenderPool
 from ingest_processor.settings import ProcessorSettings
 from latency import delay_proxy
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from procstat import cpu_seconds, own_child, process_tree
+from procstat import cpu_seconds, on_cpus, own_child, process_tree, split_cpus
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,9 +138,11 @@ class Scenario:
     cpu: Cpu
     traced_calls: int  # sets whose trace kept a span per call (INGEST_TRACE_CLIENT_SPANS)
 
-    def cpu_busy(self, cores: int) -> float:
-        """The share of the machine's CPUs the stack used, over the scenario's wall time."""
-        return self.cpu.total / (self.wall * cores)
+    def cpu_busy(self, cores: int, *, emulator: bool = True) -> float:
+        """The share of ``cores`` CPUs the stack used (without the emulator's CPU: ingest's
+        processes), over the scenario's wall time."""
+        used = self.cpu.total if emulator else self.cpu.total - self.cpu.emulator
+        return used / (self.wall * cores)
 
     def per_image_ms(self) -> dict[str, float]:
         per = {f"{n} main": 1000 * s / self.images for n, s in self.cpu.services.items()}
@@ -412,6 +418,13 @@ def stack(
 
 
 async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    # Before anything reads the CPU count: the core, the services and their render workers
+    # (sized from their CPUs by default) get the rest; the emulator gets its own.
+    try:
+        stack_cpus, emulator_cpus = split_cpus(args.emulator_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"--emulator-cpus: {exc}") from None
+    os.sched_setaffinity(0, stack_cpus)
     settings = ProcessorSettings()
     workers = int(dict(args.set).get("render_workers", settings.render_workers))
     count = args.images if "one" in args.scenario else args.sets * args.per_set
@@ -426,7 +439,9 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         f"e2e: {args.images}-image set and {args.sets} × {args.per_set} sets, {distinct} distinct "
         f"SVGs from {', '.join(map(str, args.svgs))}; "
         f"{' then '.join(map(str, args.processors))} processor(s) × {workers} "
-        f"render workers on {len(os.sched_getaffinity(0))} CPUs; "
+        f"render workers on {len(stack_cpus)} CPUs"
+        + (f" (the emulator on {len(emulator_cpus)} of its own)" if emulator_cpus else "")
+        + "; "
         f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
         f"AWS latency {args.latency_ms:g} ms per request; {client_spans:.0%} of uploads traced with"
         " a span per call (INGEST_TRACE_CLIENT_SPANS)"
@@ -443,10 +458,16 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         if len(args.processors) > 1:
             print(f"\n=== {processors} processor(s)")
         runs[processors] = await run_stack(
-            args, processors, workers, svgs, scratch / f"processors-{processors}", client_spans
+            args,
+            processors,
+            workers,
+            svgs,
+            scratch / f"processors-{processors}",
+            client_spans,
+            emulator_cpus,
         )
         for result in runs[processors]:
-            report(result, core, workers * processors)
+            report(result, core, workers * processors, args.emulator_cpus)
     results = runs[args.processors[0]]
     failures = targets(args, results, core)
     failures += scale_out(args, runs)
@@ -467,6 +488,7 @@ async def run_stack(
     svgs: list[tuple[str, bytes]],
     scratch: Path,
     client_spans: float,
+    emulator_cpus: set[int],
 ) -> list[Scenario]:
     """The scenarios on a stack of their own: a fresh emulator, database and services."""
     results: list[Scenario] = []
@@ -475,13 +497,15 @@ async def run_stack(
     scratch.mkdir(parents=True, exist_ok=True)
     async with scratch_database(server, "ingest_bench_e2e") as dsn:
         with ExitStack() as exits:
-            direct = exits.enter_context(moto_server(scratch / "moto.log"))
+            # The emulator and the proxy, AWS's stand-ins, on their CPUs (if apart).
+            with on_cpus(emulator_cpus):
+                direct = exits.enter_context(moto_server(scratch / "moto.log"))
+                endpoint = direct
+                if args.latency_ms > 0:
+                    endpoint = exits.enter_context(delay_proxy(direct, args.latency_ms / 1000))
             moto = own_child("ingest_devstack.moto_app")
             if moto is None:
                 raise SystemExit("no moto server among this process's children")
-            endpoint = direct
-            if args.latency_ms > 0:
-                endpoint = exits.enter_context(delay_proxy(direct, args.latency_ms / 1000))
             client = IngestSettings(aws_endpoint_url=direct, database_url=dsn)
             async with Aws(client) as aws:
                 await apply_topology(aws, load_topology(client))
@@ -528,16 +552,17 @@ def scale_out(args: argparse.Namespace, runs: dict[int, list[Scenario]]) -> list
     if len(runs) < 2:
         return []
     (few, before), (more, after) = sorted(runs.items())[:2]
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))  # the stack's: the bench runs on them
+    shared = args.emulator_cpus == 0  # the emulator on the same CPUs
     failures: list[str] = []
     print(f"\nscale-out, {few} → {more} processors (same SVGs, each on a stack of its own):")
     for first, second in zip(before, after, strict=True):
         gain = first.render_window / max(second.render_window, 1e-9)
-        busy = first.cpu_busy(cores)
+        busy = first.cpu_busy(cores, emulator=shared)
         print(
             f"  {first.name}: render window {first.render_window:.2f} → "
             f"{second.render_window:.2f} s, {gain:.2f}×; CPUs busy {busy:.0%} → "
-            f"{second.cpu_busy(cores):.0%}"
+            f"{second.cpu_busy(cores, emulator=shared):.0%}"
         )
         name = f"{first.name}: {few} → {more} processors, render window gain"
         wanted = 0.85 * more / few  # 1 → 2: the issue's 1.7×
@@ -551,7 +576,7 @@ def scale_out(args: argparse.Namespace, runs: dict[int, list[Scenario]]) -> list
     return failures
 
 
-def report(result: Scenario, core: Core, workers: int) -> None:
+def report(result: Scenario, core: Core, workers: int, emulator_cpus: int) -> None:
     print(f"\n{result.name}: {result.sets} set(s), {result.images} images")
     if result.sets == 1:
         for stage, seconds in result.stages.items():
@@ -572,18 +597,27 @@ def report(result: Scenario, core: Core, workers: int) -> None:
         f"  traces with a span per S3, SQS and SQL call: {result.traced_calls} of {result.sets}"
         " set(s) (the rest keep their messaging and render spans)"
     )
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))  # the stack's: the bench runs on them
     used = result.cpu.total
-    print(
-        f"  the machine's {cores} CPUs were {result.cpu_busy(cores):.0%} busy with the "
-        "stack (render workers, main processes, emulator)"
-    )
-    # The shortest this scenario could take here, every CPU-second of it spread perfectly
-    # over these CPUs; and without the emulator's, which in AWS is not on ours.
-    print(
-        f"  CPU floor on {cores} CPUs: {used / cores:.2f} s; without the emulator's CPU "
-        f"{(used - result.cpu.emulator) / cores:.2f} s"
-    )
+    ours = used - result.cpu.emulator
+    if emulator_cpus:
+        print(
+            f"  the stack's {cores} CPU(s) were {result.cpu_busy(cores, emulator=False):.0%} "
+            f"busy with ingest (render workers, main processes); the emulator's own "
+            f"{emulator_cpus}: {result.cpu.emulator / (result.wall * emulator_cpus):.0%}"
+        )
+        print(f"  CPU floor on the stack's {cores} CPU(s): {ours / cores:.2f} s")
+    else:
+        print(
+            f"  the machine's {cores} CPUs were {result.cpu_busy(cores):.0%} busy with the "
+            "stack (render workers, main processes, emulator)"
+        )
+        # The shortest this scenario could take here, every CPU-second of it spread perfectly
+        # over these CPUs; and without the emulator's, which in AWS is not on ours.
+        print(
+            f"  CPU floor on {cores} CPUs: {used / cores:.2f} s; without the emulator's CPU "
+            f"{ours / cores:.2f} s"
+        )
     print("  CPU per image (ms):")
     for name, ms in result.per_image_ms().items():
         print(f"    {name:<24} {ms:7.1f}")
@@ -650,6 +684,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[1],
         help="processors; several (e.g. 1 2): each on a fresh stack, and the gain between them",
+    )
+    parser.add_argument(
+        "--emulator-cpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the emulator (and the latency proxy) on the last N CPUs, everything else on "
+        "the rest, as in AWS, where S3 and SQS do not run on ingest's CPUs",
     )
     parser.add_argument("--scenario", nargs="+", choices=("one", "many"), default=["one", "many"])
     parser.add_argument("--json", type=Path, help="write the figures here too")

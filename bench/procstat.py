@@ -1,4 +1,5 @@
-"""CPU time, peak memory and parentage of processes, from /proc (Linux), for the benchmarks.
+"""CPU time, peak memory and parentage of processes, from /proc (Linux), and the CPUs they
+run on, for the benchmarks.
 
 A process that is gone reads as absent: it adds nothing to a sum and has no children.
 """
@@ -6,7 +7,8 @@ A process that is gone reads as absent: it adds nothing to a sum and has no chil
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -71,3 +73,27 @@ def own_child(fragment: str) -> int | None:
         if cmdline is not None and fragment in cmdline.replace("\0", " "):
             return pid
     return None
+
+
+def split_cpus(apart: int) -> tuple[set[int], set[int]]:
+    """This process's CPUs as (the rest, the last ``apart`` of them)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 0 <= apart < len(cpus):
+        raise ValueError(f"{apart} CPU(s) apart leaves none of this process's {len(cpus)}")
+    cut = len(cpus) - apart
+    return set(cpus[:cut]), set(cpus[cut:])
+
+
+@contextmanager
+def on_cpus(cpus: set[int]) -> Iterator[None]:
+    """Within: the calling thread, and the processes and threads it starts, run on ``cpus``
+    (none: unchanged). Linux gives a new thread or process its creator's affinity."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ def _load(name: str) -> ModuleType:
 
 
 latency = _load("latency")
+procstat = _load("procstat")
 e2e = _load("e2e")
 
 
@@ -125,3 +128,36 @@ def test_scale_out_is_judged_only_where_one_processor_left_the_cpus_free(
     assert e2e.scale_out(args, {1: [busy], 2: [_scenario(15.0, 30.0, 15.0)]}) == []
     assert "not judged, 75% of the CPUs were busy with 1" in capsys.readouterr().out
     assert e2e.scale_out(e2e.parse_args([]), {1: [free]}) == []
+
+
+def test_an_emulator_apart_is_not_counted_as_busy_on_the_stacks_cpus(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(e2e.os, "sched_getaffinity", lambda pid: {0, 1})
+    busy_emulator = _scenario(window=20.0, cpu_seconds=8.0, wall=20.0)
+    busy_emulator.cpu.emulator = 22.0  # with the render workers' 8: 75 % of two CPUs
+    after = _scenario(10.5, 8.0, 10.5)
+    shared = e2e.parse_args(["--processors", "1", "2"])
+    assert e2e.scale_out(shared, {1: [busy_emulator], 2: [after]}) == []
+    assert "not judged, 75% of the CPUs were busy" in capsys.readouterr().out
+    apart = e2e.parse_args(["--processors", "1", "2", "--emulator-cpus", "1"])
+    assert e2e.scale_out(apart, {1: [busy_emulator], 2: [after]}) == []
+    assert "PASS" in capsys.readouterr().out  # judged on ingest's 20 %
+
+
+def test_the_emulators_cpus_are_the_last_and_what_it_starts_runs_on_them() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    assert procstat.split_cpus(0) == (set(cpus), set())
+    with pytest.raises(ValueError, match="leaves none"):
+        procstat.split_cpus(len(cpus))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing to set apart")
+    stack, emulator = procstat.split_cpus(1)
+    assert (stack, emulator) == (set(cpus[:-1]), {cpus[-1]})
+    show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    with procstat.on_cpus(emulator):
+        inside = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    assert inside.strip() == str(sorted(emulator))
+    assert os.sched_getaffinity(0) == set(cpus)  # restored
+    with procstat.on_cpus(set()):
+        assert os.sched_getaffinity(0) == set(cpus)
