@@ -26,6 +26,9 @@ What it does, all on real components:
    written, reruns it, and counts images rendered twice (renditions already in S3 at the kill
    for rows not written yet) against the bound (images in flight, over all shards).
 
+With --emulator-cpus N, moto runs on the last N CPUs and everything else (the core, the shards
+and their render workers) on the rest: S3's stand-in off ingest's CPUs, as in AWS.
+
 Exit status 1 if a target of issue 13 fails: SVGs per CPU-second at least 0.85 of the core's
 (``--target-ratio``), a projected WebP-only run under 20 minutes (``--target-minutes``).
 """
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +68,7 @@ from ingest_processor.backfill.shards import shard_settings
 from ingest_processor.backfill.stats import own_cpu, reaped_children_cpu
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
-from procstat import cpu_seconds, own_child, process_tree
+from procstat import cpu_seconds, on_cpus, own_child, process_tree, split_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
@@ -245,7 +249,9 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
     moto_pids = process_tree(moto)  # gunicorn's master and its worker
     print(
         f"bench: {args.images} images ({len(corpus)} distinct sample SVGs), {workers} render "
-        f"workers in {shards} shard processes on {len(os.sched_getaffinity(0))} CPUs, "
+        f"workers in {shards} shard processes on {len(os.sched_getaffinity(0))} CPUs"
+        + (f" (the emulator on {args.emulator_cpus} of its own)" if args.emulator_cpus else "")
+        + ", "
         f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats, "
         f"S3 {settings.s3_concurrency} at once per shard, pages of {settings.backfill_batch_size}"
     )
@@ -285,11 +291,15 @@ async def bench(args: argparse.Namespace, endpoint: str, dsn: str) -> None:
             # backfill, because moto runs on the same cores; in AWS the S3 servers are not on
             # the processor's CPUs. Per CPU-second of ingest's own processes counts only what
             # a backfill container would spend.
-            free_client = min(core.rate, cpus / (core.cpu_per_image + run.moto))
-            print(
-                f"ratio backfill / core, wall clock: {rate / core.rate:.2f}  (with moto's CPU on "
-                f"the same cores, even a free client caps it at {free_client / core.rate:.2f})"
-            )
+            if args.emulator_cpus:
+                print(f"ratio backfill / core, wall clock: {rate / core.rate:.2f}  (moto apart)")
+            else:
+                free_client = min(core.rate, cpus / (core.cpu_per_image + run.moto))
+                print(
+                    f"ratio backfill / core, wall clock: {rate / core.rate:.2f}  (with moto's "
+                    f"CPU on the same cores, even a free client caps it at "
+                    f"{free_client / core.rate:.2f})"
+                )
             per_cpu = core.cpu_per_image / run.own
             print(
                 f"ratio backfill / core, SVGs per CPU-second of ingest's own processes: "
@@ -473,6 +483,14 @@ def main() -> None:
         "--core-rounds", type=int, default=2, help="rounds of each render core (default 2)"
     )
     parser.add_argument(
+        "--emulator-cpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the emulator on the last N CPUs and everything else (the core included) on "
+        "the rest, as in AWS, where S3 does not run on ingest's CPUs",
+    )
+    parser.add_argument(
         "--target-ratio", type=float, default=0.85, help="SVGs per CPU-second, backfill / core"
     )
     parser.add_argument(
@@ -480,7 +498,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.update(LOCAL_CREDENTIALS)
-    with tempfile.TemporaryDirectory() as tmp, moto_server(Path(tmp) / "moto.log") as endpoint:
+    try:
+        stack_cpus, emulator_cpus = split_cpus(args.emulator_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"--emulator-cpus: {exc}") from None
+    # Before anything reads the CPU count: the render workers size themselves from it.
+    os.sched_setaffinity(0, stack_cpus)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as exits:
+        with on_cpus(emulator_cpus):
+            endpoint = exits.enter_context(moto_server(Path(tmp) / "moto.log"))
         asyncio.run(with_database(args, endpoint))
 
 
