@@ -116,6 +116,21 @@ def test_a_share_picks_whole_traces_the_same_in_every_service() -> None:
     assert 0.35 * traces < len(kept) < 0.65 * traces  # random trace ids: about half
 
 
+def test_a_call_outside_any_span_makes_no_trace_of_its_own() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = provider_with(1.0, exporter).get_tracer("t")
+    tracer.start_span("SELECT", kind=SpanKind.CLIENT).end()  # a poll, say: no trace around it
+    with tracer.start_as_current_span("publish events"):
+        tracer.start_span("SNS.PublishBatch", kind=SpanKind.CLIENT).end()
+    # Under a context carried in from elsewhere (a message's), a call belongs to that trace.
+    with tracer.start_as_current_span("batch upload"):
+        carrier = current_carrier()
+    tracer.start_span(
+        "S3.GetObject", context=context_from_carrier(carrier), kind=SpanKind.CLIENT
+    ).end()
+    assert names(exporter) == ["S3.GetObject", "SNS.PublishBatch", "batch upload", "publish events"]
+
+
 def test_the_configured_sampler_still_decides_the_rest() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ClientSpanSampler(1.0, ALWAYS_OFF))

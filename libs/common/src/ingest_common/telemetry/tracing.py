@@ -80,7 +80,12 @@ class ClientSpanSampler(Sampler):
     about half of an upload's spans). The share is picked by
     trace ID, as TraceIdRatioBased picks traces, so every service keeps or leaves out the
     same uploads' calls: a trace has all of them or none. Messaging (`send`, `process`,
-    `settle`), render and handler spans are the delegate's to decide, as before."""
+    `settle`), render and handler spans are the delegate's to decide, as before.
+
+    A call made outside any span gets none: it would be a trace of its own, one span long
+    (the outbox publisher's polls, a pool's housekeeping: thousands a day per process, the
+    instrumented libraries' doing), where our own clients already make no span
+    (`call_spans_under`)."""
 
     def __init__(self, share: float, delegate: Sampler) -> None:
         if not 0.0 <= share <= 1.0:
@@ -101,8 +106,11 @@ class ClientSpanSampler(Sampler):
     ) -> SamplingResult:
         if (
             kind is SpanKind.CLIENT
-            and not self.keeps_calls(trace_id)
             and not (attributes and MESSAGING_OPERATION in attributes)
+            and (
+                not self.keeps_calls(trace_id)
+                or not trace.get_current_span(parent_context).get_span_context().is_valid
+            )
         ):
             return SamplingResult(Decision.DROP, None, _get_parent_trace_state(parent_context))
         return self._delegate.should_sample(
