@@ -68,7 +68,7 @@ from ingest_processor.backfill.shards import shard_settings
 from ingest_processor.backfill.stats import own_cpu, reaped_children_cpu
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
-from procstat import cpu_seconds, on_cpus, own_child, process_tree, split_cpus
+from procstat import cpu_seconds, on_cpus, own_child, process_tree, set_emulator_apart
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
@@ -498,12 +498,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.update(LOCAL_CREDENTIALS)
-    try:
-        stack_cpus, emulator_cpus = split_cpus(args.emulator_cpus)
-    except ValueError as exc:
-        raise SystemExit(f"--emulator-cpus: {exc}") from None
     # Before anything reads the CPU count: the render workers size themselves from it.
-    os.sched_setaffinity(0, stack_cpus)
+    emulator_cpus = set_emulator_apart(args.emulator_cpus)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as exits:
         with on_cpus(emulator_cpus):
             endpoint = exits.enter_context(moto_server(Path(tmp) / "moto.log"))

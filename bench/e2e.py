@@ -85,7 +85,7 @@ from ingest_processor.pool import RenderPool
 from ingest_processor.settings import ProcessorSettings
 from latency import delay_proxy
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from procstat import cpu_seconds, on_cpus, own_child, process_tree, split_cpus
+from procstat import cpu_seconds, on_cpus, own_child, process_tree, set_emulator_apart
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -421,11 +421,8 @@ def stack(
 async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     # Before anything reads the CPU count: the core, the services and their render workers
     # (sized from their CPUs by default) get the rest; the emulator gets its own.
-    try:
-        stack_cpus, emulator_cpus = split_cpus(args.emulator_cpus)
-    except ValueError as exc:
-        raise SystemExit(f"--emulator-cpus: {exc}") from None
-    os.sched_setaffinity(0, stack_cpus)
+    emulator_cpus = set_emulator_apart(args.emulator_cpus)
+    stack_cpus = os.sched_getaffinity(0)
     settings = ProcessorSettings()
     workers = int(dict(args.set).get("render_workers", settings.render_workers))
     count = args.images if "one" in args.scenario else args.sets * args.per_set
@@ -468,7 +465,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             emulator_cpus,
         )
         for result in runs[processors]:
-            report(result, core, workers * processors, args.emulator_cpus)
+            report(result, core, workers * processors, len(emulator_cpus))
     results = runs[args.processors[0]]
     failures = targets(args, results, core)
     failures += scale_out(args, runs)
@@ -604,7 +601,7 @@ def scale_out(args: argparse.Namespace, runs: dict[int, list[Scenario]]) -> list
     return failures
 
 
-def report(result: Scenario, core: Core, workers: int, emulator_cpus: int) -> None:
+def report(result: Scenario, core: Core, workers: int, emulator_cpu_count: int) -> None:
     print(f"\n{result.name}: {result.sets} set(s), {result.images} images")
     if result.sets == 1:
         for stage, seconds in result.stages.items():
@@ -628,11 +625,11 @@ def report(result: Scenario, core: Core, workers: int, emulator_cpus: int) -> No
     cores = len(os.sched_getaffinity(0))  # the stack's: the bench runs on them
     used = result.cpu.total
     ours = used - result.cpu.emulator
-    if emulator_cpus:
+    if emulator_cpu_count:
         print(
             f"  the stack's {cores} CPU(s) were {result.cpu_busy(cores, emulator=False):.0%} "
             f"busy with ingest (render workers, main processes); the emulator's own "
-            f"{emulator_cpus}: {result.cpu.emulator / (result.wall * emulator_cpus):.0%}"
+            f"{emulator_cpu_count}: {result.cpu.emulator / (result.wall * emulator_cpu_count):.0%}"
         )
         print(f"  CPU floor on the stack's {cores} CPU(s): {ours / cores:.2f} s")
     else:

@@ -84,6 +84,18 @@ def split_cpus(apart: int) -> tuple[set[int], set[int]]:
     return set(cpus[:cut]), set(cpus[cut:])
 
 
+def set_emulator_apart(count: int) -> set[int]:
+    """Pin the calling thread, and what it starts from now on, to all but the last ``count``
+    of its CPUs; return those, for the emulator (none if ``count`` is 0). Exits if no CPU
+    would be left."""
+    try:
+        stack, emulator = split_cpus(count)
+    except ValueError as exc:
+        raise SystemExit(f"--emulator-cpus: {exc}") from None
+    os.sched_setaffinity(0, stack)
+    return emulator
+
+
 @contextmanager
 def on_cpus(cpus: set[int]) -> Iterator[None]:
     """Within: the calling thread, and the processes and threads it starts, run on ``cpus``

@@ -161,3 +161,7 @@ def test_the_emulators_cpus_are_the_last_and_what_it_starts_runs_on_them() -> No
     assert os.sched_getaffinity(0) == set(cpus)  # restored
     with procstat.on_cpus(set()):
         assert os.sched_getaffinity(0) == set(cpus)
+    assert procstat.set_emulator_apart(0) == set()  # nothing apart: nothing pinned
+    assert os.sched_getaffinity(0) == set(cpus)
+    with pytest.raises(SystemExit, match=r"--emulator-cpus: .* leaves none"):
+        procstat.set_emulator_apart(len(cpus))
