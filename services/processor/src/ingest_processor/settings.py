@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from ingest_common.cpus import available_cpus
 from ingest_common.settings import IngestSettings
 from pydantic import Field, model_validator
 
@@ -45,7 +45,10 @@ class ProcessorSettings(IngestSettings):
     render_widths: tuple[int, ...] = Field(RenderSpec.widths, description="JSON list, pixels")
     render_formats: tuple[str, ...] = Field(RenderSpec.formats, description="JSON list")
     render_workers: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, description="render processes"
+        default_factory=available_cpus,
+        ge=1,
+        description="render processes",
+        json_schema_extra={"shown_default": "CPUs available (within the cgroup's CPU quota)"},
     )
     render_timeout: float = Field(
         30.0,
@@ -171,7 +174,7 @@ class ProcessorSettings(IngestSettings):
             return values
         values = dict(values)
         if values.get("concurrency") is None:
-            workers = values.get("render_workers") or len(os.sched_getaffinity(0))
+            workers = values.get("render_workers") or available_cpus()
             values["concurrency"] = IN_FLIGHT_PER_WORKER * int(workers)
         if values.get("s3_concurrency") is None:
             values["s3_concurrency"] = S3_REQUESTS_PER_IMAGE * int(values["concurrency"])
