@@ -66,6 +66,7 @@ def test_a_fraction_of_a_cpu_still_gets_one(tmp_path: Path) -> None:
         ("0::/\n", {}),  # no cpu controller files (hybrid: cpu lives in v1)
         ("3:cpuset:/\n2:cpuacct:/\n", {"cpuacct/cpu.cfs_quota_us": "100000\n"}),  # not cpu's
         ("0::/\n", {"cpu.max": "garbage\n"}),
+        ("\nnot a cgroup line\n", {"cpu.max": "100000 100000\n"}),
     ],
 )
 def test_no_quota_leaves_the_affinity(tmp_path: Path, proc: str, files: dict[str, str]) -> None:

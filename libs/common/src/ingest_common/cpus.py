@@ -41,7 +41,10 @@ def cpu_quota(*, proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROUP_ROO
         return None
     quotas: list[float] = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue  # not a hierarchy line: nothing to read there
+        _, controllers, path = fields
         if controllers == "":  # cgroup v2: one hierarchy
             quotas += _along(cgroup_root, path, _v2_quota)
         elif "cpu" in controllers.split(","):  # cgroup v1: the cpu controller's hierarchy
