@@ -110,9 +110,19 @@ class Cpu:
         return sum(self.services.values())
 
     @property
+    def ingest(self) -> float:
+        """All of ingest's processes: render workers and main processes (not the emulator)."""
+        return self.render_workers + self.ingest_own
+
+    @property
     def total(self) -> float:
-        """Every process of the stack: render workers, main processes, emulator."""
-        return self.render_workers + self.ingest_own + self.emulator
+        """Every process of the stack: ingest's and the emulator."""
+        return self.ingest + self.emulator
+
+    @property
+    def own_share(self) -> float:
+        """ingest's own CPU (the main processes) per CPU-second of the render workers."""
+        return self.ingest_own / max(self.render_workers, 1e-9)
 
     def minus(self, before: Cpu) -> Cpu:
         return Cpu(
@@ -142,8 +152,7 @@ class Scenario:
     def cpu_busy(self, cores: int, *, emulator: bool = True) -> float:
         """The share of ``cores`` CPUs the stack used (without the emulator's CPU: ingest's
         processes), over the scenario's wall time."""
-        used = self.cpu.total if emulator else self.cpu.total - self.cpu.emulator
-        return used / (self.wall * cores)
+        return (self.cpu.total if emulator else self.cpu.ingest) / (self.wall * cores)
 
     def per_image_ms(self) -> dict[str, float]:
         per = {f"{n} main": 1000 * s / self.images for n, s in self.cpu.services.items()}
@@ -623,8 +632,7 @@ def report(result: Scenario, core: Core, workers: int, emulator_cpu_count: int) 
         " set(s) (the rest keep their messaging and render spans)"
     )
     cores = len(os.sched_getaffinity(0))  # the stack's: the bench runs on them
-    used = result.cpu.total
-    ours = used - result.cpu.emulator
+    used, ours = result.cpu.total, result.cpu.ingest
     if emulator_cpu_count:
         print(
             f"  the stack's {cores} CPU(s) were {result.cpu_busy(cores, emulator=False):.0%} "
@@ -646,14 +654,13 @@ def report(result: Scenario, core: Core, workers: int, emulator_cpu_count: int) 
     print("  CPU per image (ms):")
     for name, ms in result.per_image_ms().items():
         print(f"    {name:<24} {ms:7.1f}")
-    own = result.cpu.ingest_own / max(result.cpu.render_workers, 1e-9)
     print(
-        f"  ingest's own / render workers: {own:.0%}; render core alone "
+        f"  ingest's own / render workers: {result.cpu.own_share:.0%}; render core alone "
         f"{1000 * core.cpu_per_image:.1f} ms per SVG"
     )
     # Whichever process does it (the render workers store their renditions too), all of
     # ingest's CPU per image against the core's: what moving work between processes cannot hide.
-    ingest_ms = 1000 * (result.cpu.ingest_own + result.cpu.render_workers) / result.images
+    ingest_ms = 1000 * result.cpu.ingest / result.images
     print(
         f"  all of ingest (mains + render workers): {ingest_ms:.1f} ms per image, "
         f"{ingest_ms / max(1000 * core.cpu_per_image, 1e-9):.2f}× the render core's"
@@ -672,7 +679,7 @@ def targets(args: argparse.Namespace, results: Sequence[Scenario], core: Core) -
             failures.append(name)
 
     for result in results:
-        own = result.cpu.ingest_own / max(result.cpu.render_workers, 1e-9)
+        own = result.cpu.own_share
         check(f"{result.name}: ingest's own CPU / render workers'", own, 0.25, at_most=True)
         if args.latency_ms > 0 and result.sets == 1:
             # Busy as in "holding a render": not starved by the round trips around it. Their
