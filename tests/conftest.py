@@ -49,8 +49,12 @@ TABLES = (
 OUTAGE_LANES = 2
 
 
+# First: xdist's own hook turns each item's group marks into its node ID, and would not see
+# marks added after it. tests/unit/test_xdist_groups.py checks that the lanes hold.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("dist", "no") != "loadgroup":
+    # In an xdist worker, "dist" reads "no": xdist leaves "loadgroup" there instead.
+    if config.getoption("dist", "no") != "loadgroup" and not config.getoption("loadgroup", False):
         return
     outages = [item for item in items if item.get_closest_marker("outage") is not None]
     for n, item in enumerate(outages):
@@ -82,6 +86,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and report.failed):
         lost = _data_lost(report)
         module, _, case = report.nodeid.partition("::")
+        if case.rfind("@") > case.rfind("]"):  # xdist's "@group" suffix (loadgroup)
+            case = case[: case.rfind("@")]
         _RELIABILITY.append((Path(module).stem.removeprefix("test_"), case, report.passed, lost))
         _FIGURES.extend(
             (case, str(value[0]), float(value[1]))

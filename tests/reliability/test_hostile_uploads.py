@@ -28,6 +28,10 @@ from tests.conftest import TABLES
 from tests.integration.pipeline import Pipeline, put_upload
 from tests.reliability.hostile import CASES, GOOD, Case, MiB
 
+# Every case comes from one module fixture that runs them all through the pipeline, once in
+# each xdist worker that gets a case: one group, one worker, one run (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("hostile-uploads")
+
 MEMORY_BOUND = 64 * MiB  # peak Python allocations while the batcher opens every case
 SETTINGS = {"max_total_bytes": 8 * MiB}  # small enough to make the size bomb cheap to build
 
