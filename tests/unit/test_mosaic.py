@@ -115,6 +115,27 @@ def test_default_spec_with_real_renditions_sized_tiles() -> None:
     assert (mosaic.width, mosaic.height) == (16 * 2 + 2 * 128 + 8, 16 * 2 + 2 * 128 + 8)
 
 
+@pytest.mark.parametrize("effort", [0, 6])
+def test_the_webp_is_encoded_at_the_specs_effort(effort: int) -> None:
+    # Noise, so that every effort codes it differently: the WebP equals libvips' own encoding
+    # of the mosaic's pixels (its lossless PNG) at that effort, and not at the other one.
+    noise = pyvips.Image.gaussnoise(64, 64, mean=128, sigma=60).cast("uchar")
+    tile = noise.bandjoin([noise.rot90(), noise.flip("horizontal"), 255]).copy(
+        interpretation="srgb"
+    )
+    spec = MosaicSpec(tile=64, webp_effort=effort)
+
+    mosaic = compose_mosaic([bytes(tile.pngsave_buffer())] * 2, spec)
+
+    pixels = _decode(mosaic.png)
+
+    def webp(at: int) -> bytes:
+        return bytes(pixels.webpsave_buffer(Q=spec.webp_quality, effort=at, keep="none"))
+
+    assert mosaic.webp == webp(effort)
+    assert mosaic.webp != webp(6 - effort)
+
+
 def test_empty_list_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one tile"):
         compose_mosaic([], MosaicSpec())
@@ -125,3 +146,5 @@ def test_invalid_spec_is_refused() -> None:
         MosaicSpec(tile=0)
     with pytest.raises(ValueError, match="columns"):
         MosaicSpec(columns=0)
+    with pytest.raises(ValueError, match="webp_effort"):
+        MosaicSpec(webp_effort=7)

@@ -14,6 +14,7 @@ from ingest_batcher.settings import BatcherSettings
 from ingest_common.settings import IngestSettings, settings_problems
 from ingest_indexer.settings import IndexerSettings
 from ingest_previewer.settings import PreviewerSettings
+from ingest_previewer.spec import MosaicSpec
 from ingest_processor.settings import ProcessorSettings
 from pydantic import ValidationError
 
@@ -204,3 +205,19 @@ def test_a_service_with_settings_that_cannot_work_exits_with_code_2_and_the_reas
     assert "INGEST_VISIBILITY_TIMEOUT (120 s)" in problems[0]
     assert len(lines) == 2, f"nothing but the reason: {result.stderr!r}"
     assert result.stdout == ""
+
+
+def test_the_mosaics_look_and_cost_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert PreviewerSettings().mosaic_spec() == MosaicSpec()  # the defaults live in one place
+    monkeypatch.setenv("INGEST_MOSAIC_WEBP_QUALITY", "70")
+    monkeypatch.setenv("INGEST_MOSAIC_WEBP_EFFORT", "2")
+    spec = PreviewerSettings().mosaic_spec()
+    assert (spec.webp_quality, spec.webp_effort) == (70, 2)
+    monkeypatch.setenv("INGEST_MOSAIC_WEBP_EFFORT", "7")
+    with pytest.raises(ValidationError) as caught:
+        PreviewerSettings()
+    assert settings_problems(PreviewerSettings, caught.value) == [
+        "INGEST_MOSAIC_WEBP_EFFORT='7': Input should be less than or equal to 6"
+    ]

@@ -72,7 +72,7 @@ def compose_mosaic(tiles: Sequence[bytes], spec: MosaicSpec) -> Mosaic:
     # Two encoders would each pull the whole pipeline (decode, composite) again: materialise.
     image = image.copy_memory()
     png = image.write_to_buffer(".png", keep="none")
-    webp = image.write_to_buffer(".webp", Q=spec.webp_quality, keep="none")
+    webp = image.write_to_buffer(".webp", Q=spec.webp_quality, effort=spec.webp_effort, keep="none")
     return Mosaic(bytes(png), bytes(webp), int(image.width), int(image.height), len(tiles))
 
 

@@ -21,6 +21,12 @@ class PreviewerSettings(IngestSettings):
     mosaic_webp_quality: int = Field(
         MosaicSpec.webp_quality, ge=1, le=100, description="WebP quality of the mosaic"
     )
+    mosaic_webp_effort: int = Field(
+        MosaicSpec.webp_effort,
+        ge=0,
+        le=6,
+        description="WebP CPU effort of the mosaic: higher is smaller, slower",
+    )
     cache_control: str = Field(
         "public, max-age=31536000, immutable", description="Cache-Control of mosaics"
     )
@@ -40,4 +46,5 @@ class PreviewerSettings(IngestSettings):
             gap=self.mosaic_gap,
             padding=self.mosaic_padding,
             webp_quality=self.mosaic_webp_quality,
+            webp_effort=self.mosaic_webp_effort,
         )
