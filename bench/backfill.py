@@ -68,7 +68,14 @@ from ingest_processor.backfill.shards import shard_settings
 from ingest_processor.backfill.stats import own_cpu, reaped_children_cpu
 from ingest_processor.pool import RenderPool
 from ingest_processor.renditions import render_profile
-from procstat import cpu_seconds, on_cpus, own_child, process_tree, set_emulator_apart
+from procstat import (
+    add_emulator_cpus,
+    cpu_seconds,
+    on_cpus,
+    own_child,
+    process_tree,
+    set_emulator_apart,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample"
@@ -482,14 +489,7 @@ def main() -> None:
     parser.add_argument(
         "--core-rounds", type=int, default=2, help="rounds of each render core (default 2)"
     )
-    parser.add_argument(
-        "--emulator-cpus",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run the emulator on the last N CPUs and everything else (the core included) on "
-        "the rest, as in AWS, where S3 does not run on ingest's CPUs",
-    )
+    add_emulator_cpus(parser)
     parser.add_argument(
         "--target-ratio", type=float, default=0.85, help="SVGs per CPU-second, backfill / core"
     )

@@ -85,7 +85,14 @@ from ingest_processor.pool import RenderPool
 from ingest_processor.settings import ProcessorSettings
 from latency import delay_proxy
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from procstat import cpu_seconds, on_cpus, own_child, process_tree, set_emulator_apart
+from procstat import (
+    add_emulator_cpus,
+    cpu_seconds,
+    on_cpus,
+    own_child,
+    process_tree,
+    set_emulator_apart,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -722,14 +729,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[1],
         help="processors; several (e.g. 1 2): each on a fresh stack, and the gain between them",
     )
-    parser.add_argument(
-        "--emulator-cpus",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run the emulator (and the latency proxy) on the last N CPUs, everything else on "
-        "the rest, as in AWS, where S3 and SQS do not run on ingest's CPUs",
-    )
+    add_emulator_cpus(parser)
     parser.add_argument("--scenario", nargs="+", choices=("one", "many"), default=["one", "many"])
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--keep", type=Path, help="keep the logs and sets in this folder")

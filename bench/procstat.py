@@ -6,6 +6,7 @@ A process that is gone reads as absent: it adds nothing to a sum and has no chil
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +83,19 @@ def split_cpus(apart: int) -> tuple[set[int], set[int]]:
         raise ValueError(f"{apart} CPU(s) apart leaves none of this process's {len(cpus)}")
     cut = len(cpus) - apart
     return set(cpus[:cut]), set(cpus[cut:])
+
+
+def add_emulator_cpus(parser: argparse.ArgumentParser) -> None:
+    """The benches' --emulator-cpus N, for `set_emulator_apart`."""
+    parser.add_argument(
+        "--emulator-cpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the emulator (and the latency proxy, if any) on the last N CPUs and everything"
+        " else, the render core included, on the rest, as in AWS, where S3 and SQS do not run on"
+        " ingest's CPUs",
+    )
 
 
 def set_emulator_apart(count: int) -> set[int]:
