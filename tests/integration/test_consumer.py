@@ -19,6 +19,7 @@ from pydantic import ConfigDict
 from tests.integration.pipeline import sqs_only
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 QUEUE = "ingest-index"  # any queue of the real topology
@@ -211,6 +212,33 @@ async def test_stop_finishes_in_flight_work_then_returns(aws: Aws) -> None:
     await asyncio.wait_for(task, 10)
     assert sorted(finished) == [0, 1, 2]
     assert await queue_depth(aws, QUEUE) == (0, 0)
+
+
+async def test_deletes_of_messages_finishing_apart_share_one_request(
+    aws: Aws, new_spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    from ingest_common.telemetry.tracing import tracer
+
+    with tracer().start_as_current_span("test") as test:
+        await aws.send(QUEUE, [Ping(n=i) for i in range(5)])
+    done: list[int] = []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        # One finishes every 80 ms: each alone, had a delete waited only 50 ms for others.
+        await asyncio.sleep(0.08 * message.n)
+        done.append(message.n)
+
+    consumer = make_consumer(aws, handle, concurrency=5)
+    await run_until(consumer, lambda: len(done) == 5)
+    assert await queue_depth(aws, QUEUE) == (0, 0)
+    # Only this test's: a consumer an earlier test cancelled may still settle its last batch.
+    ours = test.get_span_context().trace_id
+    settles = [
+        s
+        for s in new_spans()
+        if s.name == f"settle {QUEUE}" and any(link.context.trace_id == ours for link in s.links)
+    ]
+    assert [(s.attributes or {}).get("messaging.batch.message_count") for s in settles] == [5]
 
 
 async def test_drain_timeout_releases_unfinished_messages_at_once(aws: Aws) -> None:

@@ -3,8 +3,9 @@
 - Long polls (20 s, up to 10 messages), never more messages than free handler slots.
 - Each message runs its handler under a timeout; a heartbeat keeps in-flight messages
   invisible while they work, so slow work is not delivered twice.
-- Success: the message is deleted, in batches of up to 10. Nothing else deletes a
-  message, except moving a poison pill or a permanent failure to the dead-letter queue.
+- Success: the message is deleted, in batches of up to 10 (a delete waits up to
+  DELETE_LINGER for others to share its request). Nothing else deletes a message,
+  except moving a poison pill or a permanent failure to the dead-letter queue.
 - RetryableError or any unexpected error: first, is it an outage? If a dependency check
   (`ingest_common.runtime.dependencies`) confirms that PostgreSQL, SQS or S3 is down, the
   message is handed back as a fresh copy, delayed a few seconds, so the outage costs it
@@ -58,6 +59,8 @@ log = structlog.get_logger("ingest.consumer")
 
 STOP_POLL_GRACE = 1.5  # seconds a long poll in progress may still take after SIGTERM
 SHUTDOWN_DELETE_WAIT = 10.0  # seconds to flush deletes on the way out
+DELETE_GAP = 0.05  # seconds without a delete that end a batch, once stopping
+DELETE_LINGER = 0.5  # seconds a delete waits at most for others to share its batch
 
 
 @dataclass
@@ -496,13 +499,18 @@ class Consumer(Generic[M]):
     async def _delete_loop(self) -> None:
         while True:
             batch = [await self._deletes.get()]
-            # Gather what finishes at about the same time into one DeleteMessageBatch.
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(0.05):
-                    while len(batch) < SQS_BATCH:
+            # One DeleteMessageBatch (one request, billed once) for up to ten messages: a
+            # delete waits up to DELETE_LINGER for others. A busy processor's come a few at
+            # a time, tens of milliseconds apart, so a shorter wait sent two or three per
+            # request. Once stopping, a pause of DELETE_GAP sends what there is.
+            send_by = time.monotonic() + DELETE_LINGER
+            while len(batch) < SQS_BATCH and (left := send_by - time.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(min(left, DELETE_GAP)):
                         batch.append(await self._deletes.get())
-            while len(batch) < SQS_BATCH and not self._deletes.empty():
-                batch.append(self._deletes.get_nowait())
+                except TimeoutError:
+                    if self._stopping.is_set():
+                        break
             try:
                 await asyncio.shield(self._delete(batch))
             finally:
