@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 import asyncpg
+import pytest
 from ingest_common.aws import Aws
-from ingest_common.outbox import oldest_unpublished, prune_outbox
+from ingest_common.outbox import OutboxPublisher, PublishFailed, oldest_unpublished, prune_outbox
+from ingest_common.runtime.dependencies import Dependencies
 
 from tests.integration.pipeline import (
     Pipeline,
@@ -136,3 +138,39 @@ async def test_the_outbox_tells_its_lag_and_keeps_published_events_for_the_reten
     )
     assert await prune_outbox(db, 7 * 86400) == 1, "only the event published 8 days ago"
     assert await db.fetchval("SELECT count(*) FROM outbox") == written - 1
+
+
+async def test_the_publisher_reads_the_lag_with_its_batch_and_says_when_more_wait(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    files = svgs(1)
+    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    await Pipeline(aws, db).drain("batch")
+    # A second event of the same subject: it must wait for the first one's batch.
+    await db.execute(
+        "INSERT INTO outbox (event_id, type, subject, envelope)"
+        " SELECT gen_random_uuid(), type, subject, envelope FROM outbox"
+    )
+    await db.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
+    unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+    assert await db.fetchval(unpublished) == 2
+
+    refused = OutboxPublisher(
+        aws.settings.model_copy(update={"events_topic": "no-such-topic"}),
+        aws,
+        Dependencies(aws.settings, {}),
+    )
+    async with db.acquire() as connection:
+        with pytest.raises(PublishFailed):
+            await refused.publish_some(connection)
+    assert 89 < refused.lag.value < 120, "read with the batch, before the topic refused it"
+
+    publisher = OutboxPublisher(aws.settings, aws, Dependencies(aws.settings, {}))
+    async with db.acquire() as connection:
+        assert await publisher.publish_some(connection), "the subject's next event waits"
+        assert await db.fetchval(unpublished) == 1
+        assert 89 < publisher.lag.value < 120
+        assert not await publisher.publish_some(connection), "nothing waits behind it"
+        assert await db.fetchval(unpublished) == 0
+        assert publisher.lag.value == 0
+        assert not await publisher.publish_some(connection)

@@ -61,7 +61,7 @@ class OutboxPublisher:
         self.dependencies = dependencies
         self.poll_interval = poll_interval
         self.published = 0  # events sent by this process (for tests and logs)
-        self._lag = metrics.Reading()
+        self.lag = metrics.Reading()  # the oldest unpublished event's age, for the gauge
 
     async def run(self) -> None:
         """Forever (cancel to stop): publish while this process holds the lock."""
@@ -88,12 +88,13 @@ class OutboxPublisher:
             log.info("outbox.publishing")
             wake = asyncio.Event()
             await connection.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
-            metrics.watch_outbox(self._lag)
+            metrics.watch_outbox(self.lag)
             while True:
-                self._lag.value = await oldest_unpublished(connection)
                 if not self.dependencies.up:
+                    self.lag.value = await oldest_unpublished(connection)
                     await asyncio.sleep(self.settings.outage_probe_interval)
                     continue
+                # Cleared before reading: an event committed from here on sets it again.
                 wake.clear()
                 if await self.publish_some(connection):
                     continue
@@ -101,25 +102,30 @@ class OutboxPublisher:
                     async with asyncio.timeout(self.poll_interval):
                         await wake.wait()
         finally:
-            metrics.unwatch_outbox(self._lag)
+            metrics.unwatch_outbox(self.lag)
             # terminate: a graceful close waits for a server that may not answer, and the
             # lock goes with the connection either way.
             connection.terminate()
 
-    async def publish_some(self, connection: Connection) -> int:
-        """Publish the next batch of unpublished events; how many."""
+    async def publish_some(self, connection: Connection) -> bool:
+        """Publish the next batch of unpublished events; whether others wait behind it.
+
+        One statement reads the batch and the outbox's lag: each query counts, as the
+        publisher runs once for every few events.
+        """
         rows = await connection.fetch(
-            "SELECT id, subject, envelope FROM outbox WHERE published_at IS NULL"
-            " ORDER BY id LIMIT $1",
+            "SELECT id, subject, envelope, extract(epoch FROM now() - created_at) AS age"
+            " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
             _ROWS,
         )
+        self.lag.value = max((float(row["age"]) for row in rows), default=0.0)
         batch: list[asyncpg.Record] = []
         for row in rows:
             if len(batch) == SQS_BATCH or any(r["subject"] == row["subject"] for r in batch):
                 break  # a subject's next event waits for the one before it
             batch.append(row)
         if not batch:
-            return 0
+            return False
         events = [{**row["envelope"], "sequence": row["id"]} for row in batch]
         try:
             await self._to_topic(events)
@@ -137,7 +143,10 @@ class OutboxPublisher:
         self.published += len(batch)
         for event in events:
             metrics.events_published.add(1, {"type": event["type"]})
-        return len(batch)
+        waiting = len(rows) > len(batch)  # fewer than _ROWS read: nothing beyond them
+        if not waiting:
+            self.lag.value = 0.0
+        return waiting
 
     async def _to_topic(self, events: list[dict[str, Any]]) -> None:
         try:
