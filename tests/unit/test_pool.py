@@ -139,6 +139,21 @@ async def test_busy_seconds_count_the_time_workers_hold_a_render_and_no_more() -
     assert 0.1 < under_way < 1.0
 
 
+async def test_the_pool_samples_its_workers_only_while_one_holds_a_render() -> None:
+    async with RenderPool(workers=1, spec=SPEC, timeout=_AMPLE) as pool:
+        assert not pool.watching, "idle from the start: no timer wakes the event loop"
+        running = asyncio.create_task(pool.render(MEDIUM))
+        await asyncio.sleep(0.1)
+        assert pool.watching
+        await running
+        await asyncio.sleep(3 * pool_module._WATCH_INTERVAL)
+        assert not pool.watching, "idle again"
+        await pool.render(MDI_FORWARD)  # and again when the next render comes
+        assert pool.watching
+        await asyncio.sleep(3 * pool_module._WATCH_INTERVAL)
+        assert not pool.watching
+
+
 async def test_rejection_crosses_the_process_boundary() -> None:
     async with RenderPool(workers=1, spec=SPEC, timeout=30) as pool:
         with pytest.raises(RenderRejected) as caught:

@@ -490,7 +490,6 @@ class RenderPool:
             error = self._start_error
             await self._close()
             raise RuntimeError(f"render workers failed to start: {error}")
-        self._watch()
         return self
 
     async def __aexit__(
@@ -512,6 +511,11 @@ class RenderPool:
             if jobs and (started := jobs[0].started):
                 under_way += now - started
         return self.stats.busy_seconds + under_way
+
+    @property
+    def watching(self) -> bool:
+        """Whether the pool samples its workers (only while one holds a render)."""
+        return self._watcher is not None
 
     def worker_pids(self) -> list[int]:
         """Pids of the workers that are up (health checks, tests); not those still starting."""
@@ -572,6 +576,7 @@ class RenderPool:
             worker = min(free, key=lambda w: len(w.jobs))
             self._pending.popleft()
             worker.jobs.append(job)
+            self._keep_watching()
             worker.sent += 1
             worker.send((id(job), job.svg, job.only, job.store))
             if len(worker.jobs) == 1:  # it was idle: the render starts now
@@ -591,9 +596,16 @@ class RenderPool:
             clock *= _CPU_CLOCK_BACKSTOP
         job.timer = asyncio.get_running_loop().call_later(clock, self._overrun, worker, job)
 
+    def _keep_watching(self) -> None:
+        """Run `_watch` every _WATCH_INTERVAL while a worker holds a render: an idle pool
+        takes no wakeups (twenty a second were most of an idle processor's CPU)."""
+        if self._watcher is None and not self._closing:
+            self._watcher = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch)
+
     def _watch(self) -> None:
         """Sample every busy worker's VmData (see _NEAR_LIMIT) and, with ``cpu_timeout``,
-        the CPU time of the render it runs; reschedules itself."""
+        the CPU time of the render it runs; again after _WATCH_INTERVAL while any is busy."""
+        self._watcher = None
         for worker in list(self._workers):
             if worker.jobs and worker.state is not _State.GONE:
                 worker.peak_data = max(worker.peak_data, vm_data(worker.pid))
@@ -604,7 +616,8 @@ class RenderPool:
                     and cpu_seconds(worker.pid) - job.cpu_start >= job.timeout
                 ):
                     self._overrun(worker, job)
-        self._watcher = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch)
+        if any(w.jobs and w.state is not _State.GONE for w in self._workers):
+            self._keep_watching()
 
     def _near_limit(self, worker: _Worker) -> bool:
         return worker.peak_data >= _NEAR_LIMIT * self.memory_hard_limit
@@ -848,6 +861,7 @@ class RenderPool:
         self._closing = True
         if self._watcher is not None:
             self._watcher.cancel()
+            self._watcher = None
         stranded, self._pending = list(self._pending), deque()
         self._requeue(stranded)  # fails them: closing
         running = [job.future for w in self._workers for job in [*w.jobs, *w.storing.values()]]
