@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from ingest_cli.trace import OtlpReceiver, Span, format_tree, load_spans
@@ -24,6 +24,7 @@ from ingest_common.telemetry.tracing import (
 )
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -126,6 +127,28 @@ def test_resource_names_the_service_and_the_process() -> None:
     assert attributes["service.name"] == "processor"
     assert attributes["service.namespace"] == "ingest"
     assert {"service.version", "host.name", "process.pid"} <= set(attributes)
+
+
+def test_the_resource_hashes_like_the_sdks_without_serialising_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk import resources
+
+    resource = build_resource("processor")
+    plain = Resource(resource.attributes, resource.schema_url)
+    assert resource == plain
+    assert hash(resource) == hash(plain)
+    serialised: list[object] = []
+    real_dumps = json.dumps
+
+    def counting_dumps(*args: Any, **kwargs: Any) -> str:
+        serialised.append(args)
+        return real_dumps(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "dumps", counting_dumps)  # what Resource.__hash__ calls
+    hashes = {hash(resource) for _ in range(100)}  # the OTLP encoder: once per span
+    assert hashes == {hash(plain)}
+    assert len(serialised) == 1, "only the plain resource's hash serialised its attributes"
 
 
 def test_the_standard_variables_override_the_resource(monkeypatch: pytest.MonkeyPatch) -> None:

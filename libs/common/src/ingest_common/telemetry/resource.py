@@ -18,7 +18,12 @@ from importlib import metadata
 
 import structlog
 from opentelemetry.resource.detector.containerid import ContainerResourceDetector
-from opentelemetry.sdk.resources import OTELResourceDetector, Resource, get_aggregated_resources
+from opentelemetry.sdk.resources import (
+    Attributes,
+    OTELResourceDetector,
+    Resource,
+    get_aggregated_resources,
+)
 from opentelemetry.util.types import AttributeValue
 
 log = structlog.get_logger("ingest.telemetry")
@@ -46,7 +51,24 @@ def build_resource(service: str) -> Resource:
         resource = resource.merge(_ecs_resource())
     # The SDK's rule: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over ours and the
     # detected ones (Resource.create lets the attributes passed in win, so merge them last).
-    return resource.merge(OTELResourceDetector().detect())
+    resource = resource.merge(OTELResourceDetector().detect())
+    return HashedOnceResource(resource.attributes, resource.schema_url)
+
+
+class HashedOnceResource(Resource):
+    """A Resource that computes its hash once.
+
+    The OTLP exporters group every span and metric point they export by resource, and
+    `Resource.__hash__` serialises every attribute to JSON each time: a seventh of a busy
+    processor's export CPU. A resource's attributes cannot change, so neither can its hash.
+    """
+
+    def __init__(self, attributes: Attributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def service_version(service: str) -> str:
