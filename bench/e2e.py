@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from ingest_cli.trace import OtlpReceiver
 from ingest_cli.upload import upload_set
 from ingest_common.aws import Aws
 from ingest_common.settings import IngestSettings
@@ -423,9 +424,15 @@ def _stages(upload: dict[str, Any], product: dict[str, Any]) -> dict[str, float 
 
 @contextmanager
 def stack(
-    args: argparse.Namespace, processors: int, endpoint: str, dsn: str, logs: Path
+    args: argparse.Namespace,
+    processors: int,
+    endpoint: str,
+    dsn: str,
+    logs: Path,
+    telemetry: dict[str, str],
 ) -> Iterator[list[ServiceProcesses]]:
     env = local_env(endpoint, dsn, log_format="json", stall_timeout="900", **dict(args.set))
+    env.update(telemetry)
     with ExitStack() as exits:
         first = exits.enter_context(services(env, logs / "stack-0"))
         stacks = [first]
@@ -458,7 +465,8 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         + "; "
         f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
         f"AWS latency {args.latency_ms:g} ms per request; {client_spans:.0%} of uploads traced with"
-        " a span per call (INGEST_TRACE_CLIENT_SPANS)"
+        " a span per call (INGEST_TRACE_CLIENT_SPANS); "
+        + ("spans and metrics exported over OTLP/HTTP" if args.otlp else "no OTLP export")
         + "".join(f"; INGEST_{name.upper()}={value}" for name, value in args.set)
     )
     core = await core_time(settings, [data for _, data in svgs[: args.images]])
@@ -517,6 +525,20 @@ async def run_stack(
                 endpoint = direct
                 if args.latency_ms > 0:
                     endpoint = exits.enter_context(delay_proxy(direct, args.latency_ms / 1000))
+                # Every service exports its spans and metrics over OTLP, as deployed (deploy/:
+                # a collector beside each task): the exporters' CPU is ingest's own. The
+                # receiver stands in for the collector, like moto for AWS, on these CPUs.
+                receiver = None
+                if args.otlp:
+                    receiver = exits.enter_context(OtlpReceiver(scratch / "spans.jsonl"))
+            telemetry = (
+                {}
+                if receiver is None
+                else {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                }
+            )
             moto = own_child("ingest_devstack.moto_app")
             if moto is None:
                 raise SystemExit("no moto server among this process's children")
@@ -524,7 +546,7 @@ async def run_stack(
             async with Aws(client) as aws:
                 await apply_topology(aws, load_topology(client))
                 stacks = exits.enter_context(
-                    stack(args, processors, endpoint, dsn, scratch / "logs")
+                    stack(args, processors, endpoint, dsn, scratch / "logs", telemetry)
                 )
                 all_workers = workers * processors
                 await warm_up(scratch, svgs, aws, dsn, stacks, moto, all_workers, client_spans)
@@ -731,6 +753,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_emulator_cpus(parser)
     parser.add_argument("--scenario", nargs="+", choices=("one", "many"), default=["one", "many"])
+    parser.add_argument(
+        "--otlp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export spans and metrics over OTLP/HTTP to a local receiver, as deployed "
+        "(default); --no-otlp: no exporter, its CPU left out",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--keep", type=Path, help="keep the logs and sets in this folder")
     parser.add_argument("--profile", type=Path, help="py-spy every main process into this folder")
