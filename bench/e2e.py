@@ -12,7 +12,9 @@ What it does, all on real components, in one run:
    memory: the time and CPU the pipeline is compared against;
 2. starts a moto server on loopback (optionally behind a proxy that delays every request by
    --latency-ms, as a real region's round trip would), a throwaway database on DATABASE_URL's
-   server, the topology, and the four services as OS processes (--processors of them);
+   server, the topology, and the four services as OS processes (--processors of them),
+   which export their spans and metrics over OTLP/HTTP to a local receiver, as deployed
+   (--no-otlp: no exporter; its CPU, about three points of ingest's own share, left out);
 3. one set: uploads an N-image set and waits until it is searchable; the stage times come
    from the timestamps the services write (uploaded → dispatched → completed → indexed);
 4. many sets: uploads S sets × P images at once and reports when the first, the median and
