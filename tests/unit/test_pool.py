@@ -143,7 +143,7 @@ async def test_the_pool_samples_its_workers_only_while_one_holds_a_render() -> N
     async with RenderPool(workers=1, spec=SPEC, timeout=_AMPLE) as pool:
         assert not pool.watching, "idle from the start: no timer wakes the event loop"
         running = asyncio.create_task(pool.render(MEDIUM))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # render() hands it to the worker before its first await
         assert pool.watching
         await running
         await asyncio.sleep(3 * pool_module._WATCH_INTERVAL)
