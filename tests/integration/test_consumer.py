@@ -224,8 +224,9 @@ async def test_deletes_of_messages_finishing_apart_share_one_request(
     done: list[int] = []
 
     async def handle(message: Ping, delivery: Delivery) -> None:
-        # One finishes every 80 ms: each alone, had a delete waited only 50 ms for others.
-        await asyncio.sleep(0.08 * message.n)
+        # One finishes every 60 ms: each alone, had a delete waited only 50 ms for others;
+        # all five within 0.24 s of the first, well inside DELETE_LINGER.
+        await asyncio.sleep(0.06 * message.n)
         done.append(message.n)
 
     consumer = make_consumer(aws, handle, concurrency=5)
