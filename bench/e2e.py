@@ -530,17 +530,10 @@ async def run_stack(
                 # Every service exports its spans and metrics over OTLP, as deployed (deploy/:
                 # a collector beside each task): the exporters' CPU is ingest's own. The
                 # receiver stands in for the collector, like moto for AWS, on these CPUs.
-                receiver = None
+                telemetry: dict[str, str] = {}
                 if args.otlp:
                     receiver = exits.enter_context(OtlpReceiver(scratch / "spans.jsonl"))
-            telemetry = (
-                {}
-                if receiver is None
-                else {
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                }
-            )
+                    telemetry = receiver.env(schedule_delay_ms=None)
             moto = own_child("ingest_devstack.moto_app")
             if moto is None:
                 raise SystemExit("no moto server among this process's children")

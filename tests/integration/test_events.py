@@ -29,6 +29,13 @@ HUGE = (
 )
 
 
+async def one_image_through_the_batcher(aws: Aws, db: asyncpg.Pool) -> None:
+    """A one-image set, batched: its upload.received waits in the outbox."""
+    files = svgs(1)
+    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
+    await Pipeline(aws, db).drain("batch")
+
+
 async def bus_queue(aws: Aws) -> str:
     """An SQS queue behind a rule on the bus that takes every ingest event."""
     url = (await aws.sqs.create_queue(QueueName="bus-seen"))["QueueUrl"]
@@ -122,9 +129,7 @@ async def test_a_rejected_upload_says_why_and_a_repeat_tells_nothing_new(
 async def test_the_outbox_tells_its_lag_and_keeps_published_events_for_the_retention(
     aws: Aws, db: asyncpg.Pool
 ) -> None:
-    files = svgs(1)
-    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
-    await Pipeline(aws, db).drain("batch")
+    await one_image_through_the_batcher(aws, db)
     async with db.acquire() as connection:
         await connection.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
         assert 89 < await oldest_unpublished(connection) < 120, "an event waits 90 s"
@@ -143,9 +148,7 @@ async def test_the_outbox_tells_its_lag_and_keeps_published_events_for_the_reten
 async def test_the_publisher_reads_the_lag_with_its_batch_and_says_when_more_wait(
     aws: Aws, db: asyncpg.Pool
 ) -> None:
-    files = svgs(1)
-    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(files)), **files}))
-    await Pipeline(aws, db).drain("batch")
+    await one_image_through_the_batcher(aws, db)
     # A second event of the same subject: it must wait for the first one's batch.
     await db.execute(
         "INSERT INTO outbox (event_id, type, subject, envelope)"

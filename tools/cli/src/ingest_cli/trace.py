@@ -132,13 +132,17 @@ class OtlpReceiver:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def env(self) -> dict[str, str]:
-        """The variables that point an OpenTelemetry SDK at this receiver."""
-        return {
+    def env(self, *, schedule_delay_ms: int | None = 500) -> dict[str, str]:
+        """The variables that point an OpenTelemetry SDK at this receiver. Spans are sent
+        every ``schedule_delay_ms`` (short: a demo shows them at once), or, with None, at the
+        SDK's default pace, as deployed."""
+        variables = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "500",
         }
+        if schedule_delay_ms is not None:
+            variables["OTEL_BSP_SCHEDULE_DELAY"] = str(schedule_delay_ms)
+        return variables
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
