@@ -18,7 +18,10 @@ What it does, all on real components, in one run:
 3. one set: uploads an N-image set and waits until it is searchable; the stage times come
    from the timestamps the services write (uploaded → dispatched → completed → indexed);
 4. many sets: uploads S sets × P images at once and reports when the first, the median and
-   the last became searchable, so starvation shows.
+   the last became searchable, so starvation shows;
+5. with both scenarios, each process's CPU split into a part per image and a part per set
+   (what a set costs whatever its size: its ZIP, rows, events, mosaic and index entry), solved
+   from the two runs: what the bill grows with, and which of the two a change would cut.
 
 With --profile DIR, py-spy samples each service's main process during each scenario
 (collapsed stacks in DIR, one file per process and scenario; open them in speedscope or read
@@ -172,6 +175,49 @@ class Scenario:
             "ingest's own (mains)": 1000 * self.cpu.ingest_own / self.images,
             "emulator (moto)": 1000 * self.cpu.emulator / self.images,
         }
+
+
+def per_image_and_set(one: Scenario, many: Scenario) -> dict[str, tuple[float, float]]:
+    """Each process group's CPU split into a part per image and a part per set (ms), solved
+    from the two scenarios as cpu = per image × images + per set × sets: the one big set is
+    almost all per-image work, the many small sets add the work each set costs whatever its
+    size (its ZIP, its rows, its events, its mosaic, its index entry)."""
+    if one.images * many.sets == many.images * one.sets:
+        raise ValueError("the two scenarios have as many images per set: nothing to tell apart")
+
+    def groups(result: Scenario) -> dict[str, float]:
+        return {k: v * result.images for k, v in result.per_image_ms().items()}
+
+    split: dict[str, tuple[float, float]] = {}
+    few, lots = groups(one), groups(many)
+    for name, total in few.items():
+        # Two equations, per image a and per set b: a·i1 + b·s1 = c1, a·i2 + b·s2 = c2.
+        a = (total * many.sets - lots[name] * one.sets) / (
+            one.images * many.sets - many.images * one.sets
+        )
+        split[name] = (a, (total - a * one.images) / one.sets)
+    return split
+
+
+def report_split(one: Scenario, many: Scenario) -> dict[str, tuple[float, float]]:
+    split = per_image_and_set(one, many)
+    per_set_images = many.images / many.sets
+    print(
+        "\nCPU per image and per set (ms), from the two scenarios (CPU = per image × images"
+        " + per set × sets):"
+    )
+    print(f"    {'':<24} {'per image':>9} {'per set':>9}")
+    for name, (image, one_set) in split.items():
+        print(f"    {name:<24} {image:9.1f} {one_set:9.1f}")
+    image, one_set = split["ingest's own (mains)"]
+    workers = split["render workers"][0]
+    print(
+        f"  at {per_set_images:.0f} images per set, the mains' per-set work is "
+        f"{one_set / per_set_images:.1f} ms per image ({one_set / per_set_images / workers:.0%} "
+        f"of the render workers' CPU), their per-image work {image:.1f} ms "
+        f"({image / workers:.0%})"
+    )
+    return split
 
 
 @dataclass
@@ -493,12 +539,17 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         for result in runs[processors]:
             report(result, core, workers * processors, len(emulator_cpus))
     results = runs[args.processors[0]]
+    split: dict[str, tuple[float, float]] = {}
+    if len(results) == 2:
+        one, many = results  # run_stack runs them in this order
+        split = report_split(one, many)
     failures = targets(args, results, core)
     failures += scale_out(args, runs)
     return {
         "core": asdict(core),
         "scenarios": [asdict(r) for r in results],  # the first processor count's
         "more_processors": {n: [asdict(r) for r in rs] for n, rs in list(runs.items())[1:]},
+        "per_image_and_set_ms": split,
         "latency_ms": args.latency_ms,
         "processors": args.processors,
         "failures": failures,

@@ -165,3 +165,22 @@ def test_the_emulators_cpus_are_the_last_and_what_it_starts_runs_on_them() -> No
     assert os.sched_getaffinity(0) == set(cpus)
     with pytest.raises(SystemExit, match=r"--emulator-cpus: .* leaves none"):
         procstat.set_emulator_apart(len(cpus))
+
+
+def test_the_cpu_splits_into_per_image_and_per_set_work() -> None:
+    def run(images: int, sets: int) -> Any:
+        # 2 ms per image and 40 ms per set in the batcher; the render workers only per image.
+        cpu = e2e.Cpu(
+            render_workers=0.030 * images, services={"batcher": 0.002 * images + 0.040 * sets}
+        )
+        result = _scenario(window=1.0, cpu_seconds=0.0, wall=1.0)
+        result.images, result.sets, result.cpu = images, sets, cpu
+        return result
+
+    split = e2e.per_image_and_set(run(500, 1), run(500, 20))
+
+    assert split["batcher main"] == pytest.approx((2.0, 40.0))
+    assert split["render workers"] == pytest.approx((30.0, 0.0), abs=1e-9)
+    assert split["ingest's own (mains)"] == pytest.approx((2.0, 40.0))
+    with pytest.raises(ValueError, match="as many images per set"):
+        e2e.per_image_and_set(run(500, 1), run(1000, 2))
