@@ -181,7 +181,9 @@ def per_image_and_set(one: Scenario, many: Scenario) -> dict[str, tuple[float, f
     """Each process group's CPU split into a part per image and a part per set (ms), solved
     from the two scenarios as cpu = per image × images + per set × sets: the one big set is
     almost all per-image work, the many small sets add the work each set costs whatever its
-    size (its ZIP, its rows, its events, its mosaic, its index entry)."""
+    size (its ZIP, its rows, its events, its mosaic, its index entry). What differs between
+    the runs for another reason (contention, a host that drifts) lands in the per-set part:
+    the render workers', which do no per-set work, show how much."""
     if one.images * many.sets == many.images * one.sets:
         raise ValueError("the two scenarios have as many images per set: nothing to tell apart")
 
@@ -200,6 +202,9 @@ def per_image_and_set(one: Scenario, many: Scenario) -> dict[str, tuple[float, f
 
 
 def report_split(one: Scenario, many: Scenario) -> dict[str, tuple[float, float]]:
+    if one.images * many.sets == many.images * one.sets:  # e.g. --images 25 --per-set 25
+        print("\nno split per image and per set: both scenarios had as many images per set")
+        return {}
     split = per_image_and_set(one, many)
     per_set_images = many.images / many.sets
     print(

@@ -167,7 +167,9 @@ def test_the_emulators_cpus_are_the_last_and_what_it_starts_runs_on_them() -> No
         procstat.set_emulator_apart(len(cpus))
 
 
-def test_the_cpu_splits_into_per_image_and_per_set_work() -> None:
+def test_the_cpu_splits_into_per_image_and_per_set_work(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     def run(images: int, sets: int) -> Any:
         # 2 ms per image and 40 ms per set in the batcher; the render workers only per image.
         cpu = e2e.Cpu(
@@ -184,3 +186,5 @@ def test_the_cpu_splits_into_per_image_and_per_set_work() -> None:
     assert split["ingest's own (mains)"] == pytest.approx((2.0, 40.0))
     with pytest.raises(ValueError, match="as many images per set"):
         e2e.per_image_and_set(run(500, 1), run(1000, 2))
+    assert e2e.report_split(run(500, 1), run(1000, 2)) == {}  # said, not raised
+    assert "no split per image and per set" in capsys.readouterr().out
