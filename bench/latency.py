@@ -64,6 +64,12 @@ def delay_proxy(target: str, delay: float) -> Iterator[str]:
         ready.set()
         with contextlib.suppress(asyncio.CancelledError):
             await server.serve_forever()  # until close() below
+        # Connections still open end with the proxy, here on their loop: left pending, their
+        # pipes would be collected after the loop had gone, an error nobody can catch.
+        pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
@@ -73,3 +79,5 @@ def delay_proxy(target: str, delay: float) -> Iterator[str]:
     finally:
         loop.call_soon_threadsafe(servers[0].close)
         thread.join(5)
+        if not thread.is_alive():
+            loop.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -188,3 +190,24 @@ def test_the_cpu_splits_into_per_image_and_per_set_work(
         e2e.per_image_and_set(run(500, 1), run(1000, 2))
     assert e2e.report_split(run(500, 1), run(1000, 2)) == {}  # said, not raised
     assert "no split per image and per set" in capsys.readouterr().out
+
+
+def test_the_proxy_ends_the_connections_still_open_when_it_closes() -> None:
+    """A connection still open when the proxy closes ends with it, on its loop: its pipes
+    are not left to be collected after the loop has gone (an error nobody can catch)."""
+    unraisable: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    # A server that never answers: the kernel accepts its connections, nobody reads them.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        target = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        try:
+            with latency.delay_proxy(target, 0.0) as endpoint:
+                host, _, port = endpoint.removeprefix("http://").partition(":")
+                client = socket.create_connection((host, int(port)))
+                client.sendall(b"PUT / HTTP/1.1\r\nHost: silent\r\n\r\n")
+                time.sleep(0.2)  # the proxy has connected both ways and piped the request
+            client.close()
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+    assert unraisable == []
