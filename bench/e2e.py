@@ -202,10 +202,11 @@ def per_image_and_set(one: Scenario, many: Scenario) -> dict[str, tuple[float, f
 
 
 def report_split(one: Scenario, many: Scenario) -> dict[str, tuple[float, float]]:
-    if one.images * many.sets == many.images * one.sets:  # e.g. --images 25 --per-set 25
-        print("\nno split per image and per set: both scenarios had as many images per set")
+    try:
+        split = per_image_and_set(one, many)
+    except ValueError as exc:  # e.g. --images 25 --per-set 25
+        print(f"\nno split per image and per set: {exc}")
         return {}
-    split = per_image_and_set(one, many)
     per_set_images = many.images / many.sets
     print(
         "\nCPU per image and per set (ms), from the two scenarios (CPU = per image × images"

@@ -606,18 +606,21 @@ class RenderPool:
         """Sample every busy worker's VmData (see _NEAR_LIMIT) and, with ``cpu_timeout``,
         the CPU time of the render it runs; again after _WATCH_INTERVAL while any is busy."""
         self._watcher = None
-        for worker in list(self._workers):
-            if worker.jobs and worker.state is not _State.GONE:
-                worker.peak_data = max(worker.peak_data, vm_data(worker.pid))
-                job = worker.jobs[0]
-                if (
-                    self.cpu_timeout
-                    and job.timer is not None
-                    and cpu_seconds(worker.pid) - job.cpu_start >= job.timeout
-                ):
-                    self._overrun(worker, job)
-        if any(w.jobs and w.state is not _State.GONE for w in self._workers):
+        for worker in self._rendering():
+            worker.peak_data = max(worker.peak_data, vm_data(worker.pid))
+            job = worker.jobs[0]
+            if (
+                self.cpu_timeout
+                and job.timer is not None
+                and cpu_seconds(worker.pid) - job.cpu_start >= job.timeout
+            ):
+                self._overrun(worker, job)
+        if self._rendering():  # asked again: an overrun above may have ended one
             self._keep_watching()
+
+    def _rendering(self) -> list[_Worker]:
+        """The workers that hold a render (not those already gone)."""
+        return [w for w in self._workers if w.jobs and w.state is not _State.GONE]
 
     def _near_limit(self, worker: _Worker) -> bool:
         return worker.peak_data >= _NEAR_LIMIT * self.memory_hard_limit
