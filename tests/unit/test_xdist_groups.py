@@ -26,7 +26,12 @@ pytestmark = pytest.mark.xdist_group("module")
 def test_grouped(n):
     pass
 """
+# The ungrouped tests take a second each. xdist hands the next work unit to whichever worker
+# runs low first, so six instant ones can all go to a worker that started before the others
+# (seen once in CI); at a second each, the other workers report long before the sixth.
 _MARKED_MODULE = """
+import time
+
 import pytest
 
 @pytest.mark.outage
@@ -36,7 +41,7 @@ def test_outage(n):
 
 @pytest.mark.parametrize("n", range(6))
 def test_free(n):
-    pass
+    time.sleep(1)
 """
 # "[gw1] [ 40%] PASSED test_marked.py::test_outage[3]@outage-1"
 _RESULT = re.compile(r"^\[(gw\d+)\].* PASSED (\S+?)\[\d+\](?:@(\S+))?\s*$")
