@@ -11,6 +11,7 @@ import pytest
 from ingest_cli.trace import OtlpReceiver, Span, format_tree, load_spans
 from ingest_common.aws import Aws
 from ingest_common.schemas.messages import IndexProduct
+from ingest_common.telemetry.otlp_spans import SpanExporter as OtlpSpanExporter
 from ingest_common.telemetry.resource import build_resource
 from ingest_common.telemetry.tracing import (
     SQS_MAX_ATTRIBUTES,
@@ -23,7 +24,6 @@ from ingest_common.telemetry.tracing import (
     tracer,
 )
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -166,7 +166,7 @@ def test_receiver_writes_exported_spans_and_the_tree_shows_links(tmp_path: Path)
     with OtlpReceiver(tmp_path / "spans.jsonl") as receiver:
         provider = TracerProvider(resource=build_resource("unit"))
         provider.add_span_processor(
-            SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
+            SimpleSpanProcessor(OtlpSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
         )
         spans = provider.get_tracer("t")
         with spans.start_as_current_span("elsewhere") as other:

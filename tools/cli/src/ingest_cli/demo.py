@@ -97,11 +97,11 @@ async def run_demo(settings: CliSettings, sample: Path, output: Path) -> int:
 
 def export_cli_spans(collector: OtlpReceiver) -> None:
     """Send this process's spans (the upload's first, `upload set`) to the receiver too."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from ingest_common.telemetry.otlp_spans import SpanExporter as OtlpSpanExporter
 
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
-        exporter = OTLPSpanExporter(endpoint=f"{collector.endpoint}/v1/traces")
+        exporter = OtlpSpanExporter(endpoint=f"{collector.endpoint}/v1/traces")
         provider.add_span_processor(SimpleSpanProcessor(exporter))
 
 

@@ -65,9 +65,9 @@ def configure_tracing(
         sampler=ClientSpanSampler(client_spans, _get_from_env_or_default()),
     )
     if exporter is None and otlp_enabled("traces"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from ingest_common.telemetry.otlp_spans import SpanExporter as OtlpSpanExporter
 
-        exporter = OTLPSpanExporter()
+        exporter = OtlpSpanExporter()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
