@@ -3,12 +3,16 @@ span, attribute value, event, link, status, scope and resource the SDK can hand 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+from ingest_cli.trace import OtlpReceiver
 from ingest_common.telemetry.otlp_spans import SpanExporter, encode_spans
 from ingest_common.telemetry.resource import build_resource
 from opentelemetry import trace
@@ -22,6 +26,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
+
+from tests.conftest import ROOT
 
 REMOTE = SpanContext(
     0x0AF7651916CD43DD8448EB211C80319C,
@@ -166,3 +172,22 @@ def test_the_exporter_reports_an_endpoint_that_refuses() -> None:
     assert exporter.export(recorded()) is SpanExportResult.FAILURE
     exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
     assert exporter.export(recorded()) is SpanExportResult.FAILURE  # and once shut down
+
+
+def test_the_bench_rebuilds_the_spans_a_receiver_wrote(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    bench = importlib.import_module("otlp_spans")
+    spans = bench.processor_like_spans(images=2)
+    with OtlpReceiver(tmp_path / "spans.jsonl") as receiver:
+        exporter = SpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
+    rebuilt = bench.recorded_spans(receiver.path)
+
+    def shape(span: ReadableSpan) -> tuple[object, ...]:
+        parent = span.parent.span_id if span.parent else None
+        links = [link.context.span_id for link in span.links]
+        return span.name, span.kind, dict(span.attributes or {}), parent, links, span.end_time
+
+    assert sorted(map(shape, rebuilt), key=repr) == sorted(map(shape, spans), key=repr)
+    assert bench.encode_spans(rebuilt) == bench.sdk_encode(rebuilt).SerializePartialToString()
