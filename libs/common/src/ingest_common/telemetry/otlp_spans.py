@@ -13,7 +13,9 @@ encoding.
 The messages written (opentelemetry-proto, trace/v1 and common/v1), fields in number order
 and default values left out, as protobuf does:
 ExportTraceServiceRequest{1 ResourceSpans{1 Resource{1 KeyValue}, 2 ScopeSpans{1 scope,
-2 Span, 3 schema_url}, 3 schema_url}}.
+2 Span, 3 schema_url}, 3 schema_url}}. A field's tag byte is its number × 8 + its wire type
+(0 varint, 1 fixed64, 2 length-delimited, 5 fixed32): b"\x4a" is field 9, length-delimited
+(Span.attributes); b"\x85\x01" is field 16, fixed32 (Span.flags), as a two-byte varint.
 """
 
 from __future__ import annotations
