@@ -5,13 +5,13 @@ by side on the same spans, in alternated rounds.
     uv run --frozen python bench/otlp_spans.py --spans demo-output/spans.jsonl
     uv run --frozen python bench/otlp_spans.py --spans KEEP/processors-1/spans.jsonl
 
-``--spans`` reads what the OTLP receiver of `make demo` or of `bench/e2e.py --keep KEEP` wrote:
-the spans a real run exported, rebuilt as the SDK's spans (with their resources). Without it,
-the spans of 200 rendered images as the processor makes them in a traced upload (message,
-render, eight renditions, eight PUTs, the finish). Batches of 512 spans, as the batch span
-processor sends them. Both encodings are checked byte-identical first. Figures: CPU µs per
-span (the best of 3 per round, the median round) and, where the spans hold `render svg` spans,
-ms per rendered image.
+``--spans`` reads what the OTLP receiver of `make demo` or of `bench/e2e.py --keep KEEP` wrote
+(or any file `ingest trace` reads): the spans a real run exported, rebuilt as the SDK's spans
+(with their resources). Without it, the spans of 200 rendered images as the processor makes
+them in a traced upload (message, render, eight renditions, eight PUTs, the finish). Batches
+of 512 spans, as the batch span processor sends them. Both encodings are checked
+byte-identical first. Figures: CPU µs per span (the best of 3 per round, the median round)
+and, where the spans hold `render svg` spans, ms per rendered image.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
+from ingest_cli.trace import load_spans
 from ingest_common.telemetry.otlp_spans import encode_spans
 from ingest_common.telemetry.resource import HashedOnceResource, build_resource
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
@@ -36,37 +36,39 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.util.types import Attributes
 
 BATCH = 512  # the batch span processor's default export batch
+_SCOPE = InstrumentationScope("ingest")  # ingest_common.telemetry.tracing.tracer()'s
 
 
 def recorded_spans(path: Path) -> list[ReadableSpan]:
-    """The receiver's JSON lines as SDK spans (ingest_cli.trace.OtlpReceiver's fields)."""
+    """The spans of a file `ingest trace` reads (`load_spans`: the receiver's JSON lines, OTLP
+    JSON, Jaeger, Tempo) as SDK spans, each service's resource built once. Those formats keep
+    no status message and, but OTLP JSON, no scope: every span gets the services' scope."""
     resources: dict[str, Resource] = {}
     spans = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        key = json.dumps(r["resource"], sort_keys=True)
-        resource = resources.setdefault(key, HashedOnceResource(r["resource"]))
-        trace_id = int(r["trace_id"], 16)
-        parent = r["parent_span_id"]
+    for span in load_spans(path):
+        key = json.dumps(span.resource, sort_keys=True)
+        resource = resources.setdefault(key, HashedOnceResource(span.resource))
+        trace_id = int(span.trace_id, 16)
+        parent = span.parent_span_id
         spans.append(
             ReadableSpan(
-                name=r["name"],
-                context=SpanContext(trace_id, int(r["span_id"], 16), False, TraceFlags(1)),
+                name=span.name,
+                context=SpanContext(trace_id, int(span.span_id, 16), False, TraceFlags(1)),
                 parent=SpanContext(trace_id, int(parent, 16), False) if parent else None,
                 resource=resource,
-                attributes=r["attributes"],
-                links=[_link(link) for link in r.get("links", [])],
-                kind=SpanKind[r["kind"].upper()],
-                status=Status(StatusCode[r["status"].upper()], r["status_message"]),
-                start_time=r["start_ns"],
-                end_time=r["end_ns"],
-                instrumentation_scope=InstrumentationScope(r["scope"] or ""),
+                attributes=span.attributes,
+                links=[_link(link) for link in span.links],
+                kind=SpanKind[span.kind.upper()],
+                status=Status(StatusCode[span.status.upper()]),
+                start_time=span.start_ns,
+                end_time=span.end_ns,
+                instrumentation_scope=_SCOPE,
             )
         )
     return spans
 
 
-def _link(link: dict[str, Any]) -> Link:
+def _link(link: dict[str, str]) -> Link:
     return Link(SpanContext(int(link["trace_id"], 16), int(link["span_id"], 16), True))
 
 
@@ -127,7 +129,11 @@ def timed(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spans", type=Path, help="a receiver's spans.jsonl (demo, e2e --keep)")
+    parser.add_argument(
+        "--spans",
+        type=Path,
+        help="a receiver's spans.jsonl (demo, e2e --keep), or any file `ingest trace` reads",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     spans = recorded_spans(args.spans) if args.spans else processor_like_spans()
