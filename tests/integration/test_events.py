@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -177,3 +178,35 @@ async def test_the_publisher_reads_the_lag_with_its_batch_and_says_when_more_wai
         assert await db.fetchval(unpublished) == 0
         assert publisher.lag.value == 0
         assert not await publisher.publish_some(connection)
+
+
+async def test_a_woken_publisher_sends_a_burst_of_commits_in_one_batch(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    await one_image_through_the_batcher(aws, db)
+    publisher = OutboxPublisher(aws.settings, aws, Dependencies(aws.settings, {}), batch_window=1.0)
+
+    async def published(count: int) -> None:
+        async with asyncio.timeout(30):
+            while publisher.published < count:
+                assert not task.done(), "the publisher stopped"
+                await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(publisher.run())
+    try:
+        await published(1)  # the upload's own event, read as the publisher starts
+        # Then four commits, each its own transaction (and NOTIFY), 0.1 s apart.
+        for n in range(4):
+            await db.execute(
+                "INSERT INTO outbox (event_id, type, subject, envelope)"
+                " SELECT gen_random_uuid(), type, subject || $1, envelope FROM outbox"
+                " WHERE id = (SELECT min(id) FROM outbox)",
+                f"-{n}",
+            )
+            await asyncio.sleep(0.1)
+        await published(5)
+        assert publisher.batches == 2, "the four commits went out together"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert not await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")

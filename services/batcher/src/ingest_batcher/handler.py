@@ -102,6 +102,7 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
             self.aws,
             dependencies,
             poll_interval=self.settings.outbox_poll_interval,
+            batch_window=self.settings.outbox_batch_window,
         )
         return [publisher.run()]
 

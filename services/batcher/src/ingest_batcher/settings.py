@@ -86,6 +86,12 @@ class BatcherSettings(IngestSettings):
     outbox_poll_interval: float = Field(
         1.0, gt=0, description="seconds between looks at the outbox when no commit wakes it"
     )
+    outbox_batch_window: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="seconds a woken publisher lets more events commit, to send them together",
+    )
     outbox_retention: float = Field(
         7 * 86400.0,
         ge=3600,
