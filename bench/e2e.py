@@ -19,7 +19,9 @@ What it does, all on real components, in one run:
    from the timestamps the services write (uploaded → dispatched → completed → indexed);
 4. many sets: uploads S sets × P images at once and reports when the first, the median and
    the last became searchable, so starvation shows;
-5. with both scenarios, each process's CPU split into a part per image and a part per set
+5. counts the AWS requests of each scenario by service and operation (every one the emulator
+   answered, the bench's uploads included), per image: AWS bills most of them one by one;
+6. with both scenarios, each process's CPU split into a part per image and a part per set
    (what a set costs whatever its size: its ZIP, rows, events, mosaic and index entry), solved
    from the two runs: what the bill grows with, and which of the two a change would cut.
 
@@ -84,6 +86,7 @@ from ingest_devstack.local import (
     ServiceProcesses,
     local_env,
     moto_server,
+    requests_answered,
     scratch_database,
     services,
 )
@@ -161,6 +164,9 @@ class Scenario:
     render_held: float
     cpu: Cpu
     traced_calls: int  # sets whose trace kept a span per call (INGEST_TRACE_CLIENT_SPANS)
+    # AWS requests the emulator answered, by "<service> <operation>"; a request the services
+    # send after the last set is searchable (a delete batch's wait) counts in the next scenario.
+    requests: dict[str, int]
 
     def cpu_busy(self, cores: int, *, emulator: bool = True) -> float:
         """The share of ``cores`` CPUs the stack used (without the emulator's CPU: ingest's
@@ -346,6 +352,8 @@ async def run_scenario(
     profiling = profilers(stacks, profile, name)
     cpu_before = read_cpu(stacks, moto)
     held_before = held_seconds(stacks)
+    endpoint = str(aws.settings.aws_endpoint_url)  # the emulator's own, not the proxy's
+    requests_before = requests_answered(endpoint)
     started_at = datetime.now(UTC)
     started = time.monotonic()
     uploads = await asyncio.gather(*(upload_set(aws, f, CONTRIBUTOR) for f in folders))
@@ -376,6 +384,11 @@ async def run_scenario(
     wall = time.monotonic() - started
     cpu = read_cpu(stacks, moto).minus(cpu_before)
     held = held_seconds(stacks) - held_before
+    requests = {
+        name: count - requests_before.get(name, 0)
+        for name, count in requests_answered(endpoint).items()
+        if count > requests_before.get(name, 0) and name != "moto-api"
+    }
     for recording in profiling:
         recording.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         recording.wait(30)
@@ -406,6 +419,7 @@ async def run_scenario(
         held_share,
         cpu,
         traced,
+        requests,
     )
 
 
@@ -739,6 +753,19 @@ def report(result: Scenario, core: Core, workers: int, emulator_cpu_count: int) 
         f"  ingest's own / render workers: {result.cpu.own_share:.0%}; render core alone "
         f"{1000 * core.cpu_per_image:.1f} ms per SVG"
     )
+    total = sum(result.requests.values())
+    print(
+        f"  AWS requests per image: {total / result.images:.2f} (the bench's uploads included),"
+        " by operation:"
+    )
+    ranked = sorted(result.requests.items(), key=lambda item: -item[1])
+    for row in range(0, len(ranked), 3):
+        print(
+            "    "
+            + "  ".join(
+                f"{name:<28} {count / result.images:5.2f}" for name, count in ranked[row : row + 3]
+            )
+        )
     # Whichever process does it (the render workers store their renditions too), all of
     # ingest's CPU per image against the core's: what moving work between processes cannot hide.
     ingest_ms = 1000 * result.cpu.ingest / result.images

@@ -111,6 +111,7 @@ def _scenario(window: float, cpu_seconds: float, wall: float) -> Any:
         render_held=0.5,
         cpu=e2e.Cpu(render_workers=cpu_seconds),
         traced_calls=0,
+        requests={},
     )
 
 

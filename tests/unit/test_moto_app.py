@@ -1,15 +1,18 @@
 """The local emulator's speed-ups (`ingest_devstack.moto_app`) give moto's own answers.
 
 The tests and benchmarks run moto through this app, so every SQS and S3 test exercises it;
-these check the three replaced functions against what moto computed before.
+these check the three replaced functions against what moto computed before, and how the
+app names the requests it counts.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import moto
 import moto.backends
@@ -64,3 +67,46 @@ def test_a_message_is_received_only_within_its_queue_s_retention_period() -> Non
         assert backend.is_message_valid_based_on_retention_period(name, message)
     finally:
         backend.delete_queue(name)
+
+
+def test_requests_are_named_by_their_service_and_operation() -> None:
+    def environ(method: str, path: str, query: str = "", **headers: str) -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            **{f"HTTP_{k.upper()}": v for k, v in headers.items()},
+        }
+
+    signed = "AWS4-HMAC-SHA256 Credential=AKID/20261205/us-east-1/{}/aws4_request, Signed..."
+    presigned = "X-Amz-Credential=AKID%2F20261205%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=1"
+    assert moto_app.operation(environ("GET", "/previews/a/b.png", presigned)) == "s3 GET object"
+    assert moto_app.operation(environ("POST", "/uploads")) == "s3 POST bucket"  # browser form
+    assert (
+        moto_app.operation(
+            environ("POST", "/uploads/", "delete", authorization=signed.format("s3"))
+        )
+        == "s3 POST bucket?delete"
+    )
+    assert (
+        moto_app.operation(
+            environ(
+                "POST",
+                "/",
+                authorization=signed.format("sqs"),
+                x_amz_target="AmazonSQS.ReceiveMessage",
+            )
+        )
+        == "sqs ReceiveMessage"
+    )
+    assert moto_app.operation(environ("POST", "/moto-api/reset")) == "moto-api"
+    # The query protocol names its action in a form body, which moto must still be able to read.
+    body = b"Action=PublishBatch&Version=2010-03-31"
+    form = {
+        **environ("POST", "/", authorization=signed.format("sns")),
+        "CONTENT_TYPE": "application/x-www-form-urlencoded; charset=utf-8",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    assert moto_app.operation(form) == "sns PublishBatch"
+    assert form["wsgi.input"].read() == body

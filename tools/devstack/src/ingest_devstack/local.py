@@ -6,6 +6,7 @@ deployment does: separate processes, configured only through the environment.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -61,6 +62,14 @@ def wait_http(
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def requests_answered(endpoint: str) -> dict[str, int]:
+    """How many requests the local emulator at ``endpoint`` has answered, by "<service>
+    <operation>" (`moto_app.CountedRequests`)."""
+    with urllib.request.urlopen(f"{endpoint}/_ingest/requests", timeout=10) as response:
+        counts: dict[str, int] = json.loads(response.read())
+    return counts
 
 
 @contextmanager

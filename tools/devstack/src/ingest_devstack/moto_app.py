@@ -8,14 +8,23 @@ Three of moto's costs are cut here, with the same answers (`speed_up_moto`): mot
 machine's two CPUs with everything it serves, one GIL for every call, so its CPU per image
 sets the pipeline's wall time in the benchmarks and the tests (py-spy of moto 5.2.5 under a
 500-image set, `bench/README.md`). In AWS none of it is on ours.
+
+The app also counts the requests it answers, by service and operation (`CountedRequests`):
+AWS bills most of them one by one, so `bench/e2e.py` reports them per image.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import re
+import threading
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import moto
 import moto.backends
@@ -71,5 +80,68 @@ def _within_retention(self: moto.sqs.models.SQSBackend, queue_name: str, message
     return bool(period + message.sent_timestamp / 1000 > time.time())
 
 
+# The service a SigV4 request names in its credential scope (header or presigned query).
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_PRESIGNED_SCOPE = re.compile(r"X-Amz-Credential=[^&]+%2F\d{8}%2F[^%]+%2F([^%]+)%2Faws4_request")
+# S3 sub-resources that name an operation of their own (PutObjectTagging, DeleteObjects, ...).
+_S3_SUBRESOURCES = ("tagging", "delete", "uploads", "uploadId", "list-type", "notification")
+
+StartResponse = Callable[..., Any]
+
+
+class CountedRequests:
+    """WSGI middleware: counts every request by service and operation ("sqs ReceiveMessage",
+    "s3 PUT object"), and answers `GET /_ingest/requests` with the counts so far, as JSON (no
+    S3 bucket can be called `_ingest`)."""
+
+    PATH = "/_ingest/requests"
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.app = app
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()  # gunicorn serves requests on many threads
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self.PATH:
+            with self._lock:
+                body = json.dumps(dict(self.counts)).encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        name = operation(environ)
+        with self._lock:
+            self.counts[name] += 1
+        return self.app(environ, start_response)
+
+
+def operation(environ: dict[str, Any]) -> str:
+    """ "<service> <operation>" of a WSGI request to moto (reading a form body leaves it to be
+    read again)."""
+    query = environ.get("QUERY_STRING", "")
+    scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", "")) or _PRESIGNED_SCOPE.search(query)
+    service = scope.group(1) if scope else "unsigned"
+    if target := environ.get("HTTP_X_AMZ_TARGET"):  # JSON protocol: SQS, EventBridge
+        return f"{service} {target.rpartition('.')[2]}"
+    method = environ.get("REQUEST_METHOD", "GET")
+    if environ.get("PATH_INFO", "").startswith("/moto-api/"):
+        return "moto-api"  # the emulator's own (reset, recorder): no AWS request
+    if service in ("s3", "unsigned"):
+        path = environ.get("PATH_INFO", "/").lstrip("/")
+        kind = "object" if "/" in path.rstrip("/") else "bucket"
+        keys = parse_qs(query, keep_blank_values=True)
+        sub = next((f"?{k}" for k in _S3_SUBRESOURCES if k in keys), "")
+        return f"s3 {method} {kind}{sub}"
+    action = parse_qs(query).get("Action")
+    if action is None and environ.get("CONTENT_TYPE", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):  # query protocol: SNS, SQS's old one
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = parse_qs(body.decode("utf-8", "replace")).get("Action")
+    return f"{service} {action[0] if action else method}"
+
+
 speed_up_moto()
-app = DomainDispatcherApplication(create_backend_app)
+app = CountedRequests(DomainDispatcherApplication(create_backend_app))
