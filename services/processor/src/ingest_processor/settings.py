@@ -20,8 +20,10 @@ from ingest_processor.spec import (
 # Images in flight per render worker, and S3 requests at once per image in flight, unless
 # set: enough that a worker never waits for the round trips around its renders (reading the
 # image's row, storing eight renditions, finishing the row) at a region's 20 ms per request;
-# with 8 images in all, two workers were idle half the time there (bench/e2e.py).
-IN_FLIGHT_PER_WORKER = 8
+# with 8 images in all, two workers were idle half the time there (bench/e2e.py). What is
+# needed grows as renders get faster: at 16 ms per render, 8 per worker left one worker
+# holding a render 93-94 % of the time at 20 ms per request, 12 per worker 97-98 %.
+IN_FLIGHT_PER_WORKER = 12
 S3_REQUESTS_PER_IMAGE = 4
 
 
