@@ -117,8 +117,8 @@ class CountedRequests:
 
 
 def operation(environ: dict[str, Any]) -> str:
-    """ "<service> <operation>" of a WSGI request to moto (reading a form body leaves it to be
-    read again)."""
+    """The name a WSGI request to moto is counted under, "<service> <operation>" (a form body
+    it reads is left for moto to read again)."""
     query = environ.get("QUERY_STRING", "")
     scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", "")) or _PRESIGNED_SCOPE.search(query)
     service = scope.group(1) if scope else "unsigned"
