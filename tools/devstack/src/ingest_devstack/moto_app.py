@@ -119,21 +119,21 @@ class CountedRequests:
 def operation(environ: dict[str, Any]) -> str:
     """The name a WSGI request to moto is counted under, "<service> <operation>" (a form body
     it reads is left for moto to read again)."""
+    path = environ.get("PATH_INFO", "/")
+    if path.startswith("/moto-api/"):
+        return "moto-api"  # the emulator's own (reset, recorder): no AWS request
     query = environ.get("QUERY_STRING", "")
     scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", "")) or _PRESIGNED_SCOPE.search(query)
     service = scope.group(1) if scope else "unsigned"
     if target := environ.get("HTTP_X_AMZ_TARGET"):  # JSON protocol: SQS, EventBridge
         return f"{service} {target.rpartition('.')[2]}"
     method = environ.get("REQUEST_METHOD", "GET")
-    if environ.get("PATH_INFO", "").startswith("/moto-api/"):
-        return "moto-api"  # the emulator's own (reset, recorder): no AWS request
+    keys = parse_qs(query, keep_blank_values=True)
     if service in ("s3", "unsigned"):
-        path = environ.get("PATH_INFO", "/").lstrip("/")
-        kind = "object" if "/" in path.rstrip("/") else "bucket"
-        keys = parse_qs(query, keep_blank_values=True)
+        kind = "object" if "/" in path.strip("/") else "bucket"
         sub = next((f"?{k}" for k in _S3_SUBRESOURCES if k in keys), "")
         return f"s3 {method} {kind}{sub}"
-    action = parse_qs(query).get("Action")
+    action = keys.get("Action")
     if action is None and environ.get("CONTENT_TYPE", "").startswith(
         "application/x-www-form-urlencoded"
     ):  # query protocol: SNS, SQS's old one
