@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from ingest_common.errors import Refused
+from ingest_common.webp import DEFAULT_LOSSLESS_LEVEL, check_lossless_level, lossless_options
 
 MIB = 1024 * 1024
 
@@ -26,19 +27,6 @@ WebpMode = Literal["auto", "lossy", "lossless"]
 WEBP_MODES: tuple[WebpMode, ...] = get_args(WebpMode)
 # RenderSpec.webp_mode is a plain str (checked in __post_init__); typed here for the settings.
 DEFAULT_WEBP_MODE: WebpMode = "auto"
-# (method, quality) of libwebp's WebPConfigLosslessPreset, i.e. cwebp -z 0..9.
-_LOSSLESS_PRESETS = (
-    (0, 0),
-    (1, 20),
-    (2, 25),
-    (3, 30),
-    (3, 50),
-    (4, 50),
-    (4, 75),
-    (4, 90),
-    (5, 90),
-    (6, 100),
-)
 
 
 @dataclass(frozen=True)
@@ -54,7 +42,7 @@ class RenderSpec:
     webp_mode: str = DEFAULT_WEBP_MODE
     webp_quality: int = 80
     webp_effort: int = 4
-    webp_lossless_level: int = 2
+    webp_lossless_level: int = DEFAULT_LOSSLESS_LEVEL
     webp_auto_slack: float = 1.15
     png_compression: int = 6
     png_palette: bool = False
@@ -77,16 +65,12 @@ class RenderSpec:
             raise ValueError(
                 f"webp_mode must be one of {', '.join(WEBP_MODES)}: {self.webp_mode!r}"
             )
-        if not 0 <= self.webp_lossless_level < len(_LOSSLESS_PRESETS):
-            raise ValueError(f"webp_lossless_level must be 0-9, got {self.webp_lossless_level}")
+        check_lossless_level(self.webp_lossless_level)
 
     def webp_options(self, lossless: bool) -> dict[str, object]:
         """``webpsave`` arguments for one WebP rendition, lossy or lossless."""
         if lossless:
-            # libwebp's lossless "quality" is compression effort, not fidelity; the preset pairs
-            # it with a method exactly as cwebp -z does.
-            method, effort = _LOSSLESS_PRESETS[self.webp_lossless_level]
-            return {"lossless": True, "effort": method, "Q": effort, "keep": "none"}
+            return lossless_options(self.webp_lossless_level)
         return {"Q": self.webp_quality, "effort": self.webp_effort, "keep": "none"}
 
 
