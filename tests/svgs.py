@@ -4,6 +4,7 @@ heavy ones made by code.
 - mdi "alpha-m", "ab-testing" and "forward", Material Design Icons 7.4.47 (@mdi/svg),
   Pictogrammers, Apache-2.0.
 - bootstrap-icons 1.13.2 "caret-up-fill", (c) The Bootstrap Authors, MIT.
+- Fluent Emoji "red circle" (fluentui-emoji 1.3.0, icons/modern), Microsoft, MIT.
 """
 
 from __future__ import annotations
@@ -41,6 +42,37 @@ class="bi bi-caret-up-fill" viewBox="0 0 16 16">
   <path d="m7.247 4.86-4.796 5.481c-.566.647-.106 1.659.753 1.659h9.592a1 1 0 0 0 \
 .753-1.659l-4.796-5.48a1 1 0 0 0-1.506 0z"/>
 </svg>"""
+
+# Five layered radial/linear gradients with partial opacity: several times smaller as lossy
+# WebP than lossless.
+FLUENT_RED_CIRCLE = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" fill="none" viewBox="0 0 32 32"><path fill="url('
+    b'#svg-2f194295-f446-48c7-b9a3-94ed8e4140ab-a)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6'
+    b'.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url(#svg-ca058290-ecc1-44d8-88d7-'
+    b'7bc6e08c3e0b-b)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14 '
+    b'6.268 14 14"/><path fill="url(#svg-bb9627b1-da42-469b-8f2b-8fa581ff9564-c)" d="M29.757 1'
+    b'6c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url'
+    b'(#svg-b1511d55-7e48-4fac-b407-109e096e4b22-d)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-'
+    b'6.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url(#svg-f4e8af6d-6aed-4b02-907b'
+    b'-2116f07965bd-e)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14'
+    b' 6.268 14 14"/><defs><radialGradient id="svg-2f194295-f446-48c7-b9a3-94ed8e4140ab-a" cx='
+    b'"0" cy="0" r="1" gradientTransform="rotate(130.168 9.936 9.935)scale(27.8086)" gradientU'
+    b'nits="userSpaceOnUse"><stop offset=".232" stop-color="#f24756"/><stop offset="1" stop-co'
+    b'lor="#b22945"/></radialGradient><radialGradient id="svg-bb9627b1-da42-469b-8f2b-8fa581ff'
+    b'9564-c" cx="0" cy="0" r="1" gradientTransform="rotate(136.38 10.067 10.264)scale(14.6767'
+    b' 15.816)" gradientUnits="userSpaceOnUse"><stop offset=".179" stop-color="#ff6180"/><stop'
+    b' offset="1" stop-color="#e5364a" stop-opacity="0"/></radialGradient><radialGradient id="'
+    b'svg-b1511d55-7e48-4fac-b407-109e096e4b22-d" cx="0" cy="0" r="1" gradientTransform="matri'
+    b'x(-19.25 0 0 -20 20.249 16)" gradientUnits="userSpaceOnUse"><stop offset=".62" stop-colo'
+    b'r="#b73e4b" stop-opacity="0"/><stop offset=".951" stop-color="#d48387"/></radialGradient'
+    b'><radialGradient id="svg-f4e8af6d-6aed-4b02-907b-2116f07965bd-e" cx="0" cy="0" r="1" gra'
+    b'dientTransform="matrix(0 21 -23.3208 0 15.757 9)" gradientUnits="userSpaceOnUse"><stop o'
+    b'ffset=".863" stop-color="#b83c5a" stop-opacity="0"/><stop offset="1" stop-color="#b83c5a'
+    b'"/><stop offset="1" stop-color="#ac4064"/></radialGradient><linearGradient id="svg-ca058'
+    b'290-ecc1-44d8-88d7-7bc6e08c3e0b-b" x1="15.757" x2="15.757" y1="2" y2="8.5" gradientUnits'
+    b'="userSpaceOnUse"><stop stop-color="#dd4577"/><stop offset="1" stop-color="#ef4b5e" stop'
+    b'-opacity="0"/></linearGradient></defs></svg>'
+)
 
 
 def blurred(circles: int) -> bytes:

@@ -69,6 +69,8 @@ async def test_a_worker_stores_its_renditions_and_sends_back_no_bytes(
         key = f"renditions/{store.image}/p1/{rendition.width}.{rendition.format}"
         assert put.key == entry["key"] == key
         assert entry["profile"] == "p1"
+        # The flat icon's WebP came out lossless in the worker, and its entry records it.
+        assert entry.get("lossless") == (True if rendition.format == "webp" else None)
         stored = await aws.s3.get_object(Bucket=settings.previews_bucket, Key=key)
         assert await stored["Body"].read() == reference.data
         assert stored["ContentType"] == reference.content_type

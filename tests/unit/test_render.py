@@ -4,10 +4,8 @@ The pytest process never calls configure_vips: it blocks every non-SVG loader pr
 the tests must decode the renditions back. Its effect is checked in a subprocess instead.
 
 Real samples, copied inline from the project's corpus so CI does not need /work/shared
-(MDI_FORWARD, Material Design Icons "forward", is in tests/svgs.py with the other tests' icons):
+(MDI_FORWARD and FLUENT_RED_CIRCLE are in tests/svgs.py with the other tests' icons):
 - OPENMOJI_JAPAN: OpenMoji 1F1EF-1F1F5 (openmoji 17.0.0), CC BY-SA 4.0, https://openmoji.org.
-- FLUENT_RED_CIRCLE: Fluent Emoji "red circle" (fluentui-emoji 1.3.0, icons/modern),
-  Microsoft, MIT. Five layered radial/linear gradients with partial opacity.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from ingest_processor.render import (
     render_svg,
 )
 
-from tests.svgs import MDI_FORWARD
+from tests.svgs import FLUENT_RED_CIRCLE, MDI_FORWARD
 
 OPENMOJI_JAPAN = (
     b'<svg id="emoji" viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">\n  <g id="color">'
@@ -36,34 +34,6 @@ OPENMOJI_JAPAN = (
     b'th="2"/>\n  </g>\n</svg>'
 )
 
-FLUENT_RED_CIRCLE = (
-    b'<svg xmlns="http://www.w3.org/2000/svg" fill="none" viewBox="0 0 32 32"><path fill="url('
-    b'#svg-2f194295-f446-48c7-b9a3-94ed8e4140ab-a)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6'
-    b'.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url(#svg-ca058290-ecc1-44d8-88d7-'
-    b'7bc6e08c3e0b-b)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14 '
-    b'6.268 14 14"/><path fill="url(#svg-bb9627b1-da42-469b-8f2b-8fa581ff9564-c)" d="M29.757 1'
-    b'6c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url'
-    b'(#svg-b1511d55-7e48-4fac-b407-109e096e4b22-d)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-'
-    b'6.268-14-14 6.268-14 14-14 14 6.268 14 14"/><path fill="url(#svg-f4e8af6d-6aed-4b02-907b'
-    b'-2116f07965bd-e)" d="M29.757 16c0 7.732-6.268 14-14 14s-14-6.268-14-14 6.268-14 14-14 14'
-    b' 6.268 14 14"/><defs><radialGradient id="svg-2f194295-f446-48c7-b9a3-94ed8e4140ab-a" cx='
-    b'"0" cy="0" r="1" gradientTransform="rotate(130.168 9.936 9.935)scale(27.8086)" gradientU'
-    b'nits="userSpaceOnUse"><stop offset=".232" stop-color="#f24756"/><stop offset="1" stop-co'
-    b'lor="#b22945"/></radialGradient><radialGradient id="svg-bb9627b1-da42-469b-8f2b-8fa581ff'
-    b'9564-c" cx="0" cy="0" r="1" gradientTransform="rotate(136.38 10.067 10.264)scale(14.6767'
-    b' 15.816)" gradientUnits="userSpaceOnUse"><stop offset=".179" stop-color="#ff6180"/><stop'
-    b' offset="1" stop-color="#e5364a" stop-opacity="0"/></radialGradient><radialGradient id="'
-    b'svg-b1511d55-7e48-4fac-b407-109e096e4b22-d" cx="0" cy="0" r="1" gradientTransform="matri'
-    b'x(-19.25 0 0 -20 20.249 16)" gradientUnits="userSpaceOnUse"><stop offset=".62" stop-colo'
-    b'r="#b73e4b" stop-opacity="0"/><stop offset=".951" stop-color="#d48387"/></radialGradient'
-    b'><radialGradient id="svg-f4e8af6d-6aed-4b02-907b-2116f07965bd-e" cx="0" cy="0" r="1" gra'
-    b'dientTransform="matrix(0 21 -23.3208 0 15.757 9)" gradientUnits="userSpaceOnUse"><stop o'
-    b'ffset=".863" stop-color="#b83c5a" stop-opacity="0"/><stop offset="1" stop-color="#b83c5a'
-    b'"/><stop offset="1" stop-color="#ac4064"/></radialGradient><linearGradient id="svg-ca058'
-    b'290-ecc1-44d8-88d7-7bc6e08c3e0b-b" x1="15.757" x2="15.757" y1="2" y2="8.5" gradientUnits'
-    b'="userSpaceOnUse"><stop stop-color="#dd4577"/><stop offset="1" stop-color="#ef4b5e" stop'
-    b'-opacity="0"/></linearGradient></defs></svg>'
-)
 
 SPEC = RenderSpec()
 
@@ -237,6 +207,14 @@ def test_auto_webp_mode_is_chosen_per_image_for_every_width(svg: bytes, lossless
 
     assert [r.width for r in renditions] == [512, 64, 128]  # the spec's order, not render order
     assert [b"VP8L" in r.data[:64] for r in renditions] == [lossless] * 3
+    # ... and each says so (stored in images.renditions, where the previewer reads it).
+    assert [r.lossless for r in renditions] == [lossless] * 3
+
+
+def test_only_webp_renditions_say_whether_they_are_lossless() -> None:
+    renditions = render_svg(MDI_FORWARD, RenderSpec(widths=(64,))).renditions
+
+    assert {r.format: r.lossless for r in renditions} == {"png": None, "webp": True}
 
 
 @pytest.mark.parametrize("svg", [MDI_FORWARD, FLUENT_RED_CIRCLE])

@@ -95,6 +95,9 @@ class Rendition:
     # Where the worker that rendered it put it, when asked to store it (`data` is then empty:
     # the bytes never cross the worker's socket).
     stored: PutOutcome | None = field(default=None, compare=False)
+    # WebP only: whether this SVG's WebP came out lossless (auto mode's choice, or the set
+    # mode). The previewer makes a family's mosaic lossless when every tile's is.
+    lossless: bool | None = None
 
     @property
     def content_type(self) -> str:
@@ -278,7 +281,15 @@ class _Encoder:
                 raise _rejection(error) from None
             ended_ns = time.time_ns()
             renditions.append(
-                Rendition(int(image.width), int(image.height), fmt, data, started_ns, ended_ns)
+                Rendition(
+                    int(image.width),
+                    int(image.height),
+                    fmt,
+                    data,
+                    started_ns,
+                    ended_ns,
+                    lossless=self.lossless if fmt == "webp" else None,
+                )
             )
             started_ns = ended_ns
         return renditions

@@ -33,16 +33,17 @@ def stored_entries(
         if put.error is not None:
             failed = failed or put.error
             continue
-        entries.append(
-            {
-                "width": rendition.width,
-                "height": rendition.height,
-                "format": rendition.format,
-                "key": put.key,
-                "bytes": put.size,
-                "profile": profile,
-            }
-        )
+        entry: dict[str, Any] = {
+            "width": rendition.width,
+            "height": rendition.height,
+            "format": rendition.format,
+            "key": put.key,
+            "bytes": put.size,
+            "profile": profile,
+        }
+        if rendition.lossless is not None:
+            entry["lossless"] = rendition.lossless
+        entries.append(entry)
     if failed is not None:
         raise failed
     return entries
