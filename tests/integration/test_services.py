@@ -40,6 +40,7 @@ from tests.integration.pipeline import (
     upload_folder,
     upload_row,
 )
+from tests.svgs import FLUENT_RED_CIRCLE
 
 OPENMOJI = SAMPLE / "openmoji-sampler"
 
@@ -264,6 +265,34 @@ async def test_mosaic_draws_from_every_set_of_the_family(aws: Aws, db: asyncpg.P
     assert len(preview["image_ids"]) == 6
     assert len(products) == 2
     await assert_mosaic_decodes(aws, preview)
+
+
+async def test_a_family_of_flat_icons_gets_a_lossless_mosaic_and_gradients_a_lossy_one(
+    aws: Aws, db: asyncpg.Pool
+) -> None:
+    flat = svgs(3)
+    await put_upload(aws, "acme", make_zip({"manifest.json": manifest(list(flat)), **flat}))
+    pipeline = Pipeline(aws, db, mosaic_images=50)
+    await pipeline.run_all()
+    png, webp = await assert_mosaic_decodes(
+        aws, await fetch_row(db, "SELECT * FROM family_previews")
+    )
+    # Every tile's WebP was lossless, so the mosaic's is: the PNG's pixels exactly.
+    assert (png - webp).abs().max() == 0
+
+    # One icon with gradients joins the family: its WebP is lossy, and so is the next mosaic.
+    second = {"circle.svg": FLUENT_RED_CIRCLE}
+    body = make_zip({"manifest.json": manifest(list(second), title="Second"), **second})
+    await put_upload(aws, "acme", body, "two.zip")
+    await pipeline.run_all()
+    preview = await fetch_row(db, "SELECT * FROM family_previews")
+    assert len(preview["image_ids"]) == 4
+    png, webp = await assert_mosaic_decodes(aws, preview)
+    assert (png - webp).abs().max() > 0
+    renditions = await db.fetchval(
+        "SELECT renditions FROM images WHERE path = 'circle.svg' AND status = 'ready'"
+    )
+    assert {r["lossless"] for r in renditions if r["format"] == "webp"} == {False}
 
 
 async def test_a_mosaic_is_rebuilt_only_when_the_family_changed_since_it_was_sampled(

@@ -136,6 +136,29 @@ def test_the_webp_is_encoded_at_the_specs_effort(effort: int) -> None:
     assert mosaic.webp != webp(6 - effort)
 
 
+@pytest.mark.parametrize(
+    ("flat_tiles", "mode", "lossless"),
+    [(True, "auto", True), (False, "auto", False), (True, "lossy", False)],
+)
+def test_the_webp_is_lossless_only_over_flat_tiles_in_auto_mode(
+    flat_tiles: bool, mode: str, lossless: bool
+) -> None:
+    spec = MosaicSpec(tile=32, gap=4, padding=6, webp_mode=mode)
+    tiles = [_png(32, 32, RED), _png(20, 32, [0, 128, 0, 255]), _png(32, 12, [0, 0, 255, 128])]
+
+    mosaic = compose_mosaic(tiles, spec, flat_tiles=flat_tiles)
+
+    png = _check(mosaic, *mosaic_size(3, spec))
+    webp = _decode(mosaic.webp)
+    assert mosaic.webp_lossless is lossless
+    # A lossless WebP carries a VP8L chunk, a lossy one VP8.
+    assert (b"VP8L" in mosaic.webp[:64]) is lossless
+    # Lossless: the same pixels as the PNG, exactly. Lossy: close, not exact (its chroma is
+    # subsampled, so the red, green and blue-over-white cells' edges differ).
+    difference = (png - webp).abs().max()
+    assert difference == 0 if lossless else difference > 0
+
+
 def test_empty_list_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one tile"):
         compose_mosaic([], MosaicSpec())
@@ -148,3 +171,5 @@ def test_invalid_spec_is_refused() -> None:
         MosaicSpec(columns=0)
     with pytest.raises(ValueError, match="webp_effort"):
         MosaicSpec(webp_effort=7)
+    with pytest.raises(ValueError, match="webp_mode must be one of auto, lossy"):
+        MosaicSpec(webp_mode="lossless")

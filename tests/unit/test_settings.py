@@ -213,11 +213,14 @@ def test_the_mosaics_look_and_cost_come_from_the_environment(
     assert PreviewerSettings().mosaic_spec() == MosaicSpec()  # the defaults live in one place
     monkeypatch.setenv("INGEST_MOSAIC_WEBP_QUALITY", "70")
     monkeypatch.setenv("INGEST_MOSAIC_WEBP_EFFORT", "2")
+    monkeypatch.setenv("INGEST_MOSAIC_WEBP_MODE", "lossy")
     spec = PreviewerSettings().mosaic_spec()
-    assert (spec.webp_quality, spec.webp_effort) == (70, 2)
+    assert (spec.webp_quality, spec.webp_effort, spec.webp_mode) == (70, 2, "lossy")
     monkeypatch.setenv("INGEST_MOSAIC_WEBP_EFFORT", "7")
+    monkeypatch.setenv("INGEST_MOSAIC_WEBP_MODE", "lossless")
     with pytest.raises(ValidationError) as caught:
         PreviewerSettings()
     assert settings_problems(PreviewerSettings, caught.value) == [
-        "INGEST_MOSAIC_WEBP_EFFORT='7': Input should be less than or equal to 6"
+        "INGEST_MOSAIC_WEBP_EFFORT='7': Input should be less than or equal to 6",
+        "INGEST_MOSAIC_WEBP_MODE='lossless': Input should be 'auto' or 'lossy'",
     ]

@@ -48,12 +48,15 @@ from ingest_previewer.settings import PreviewerSettings
 log = structlog.get_logger("ingest.previewer")
 
 # The smallest PNG rendition at least as wide as a mosaic cell, for each of N random
-# ready images of the family (all its products).
+# ready images of the family (all its products), and whether the image's WebP renditions are
+# lossless (flat; NULL if none says: rendered before renditions recorded it, or no WebP).
 _PICK_TILES = """
 SELECT i.id,
        (SELECT r->>'key' FROM jsonb_array_elements(i.renditions) r
          WHERE r->>'format' = 'png'
-         ORDER BY ((r->>'width')::int < $3), abs((r->>'width')::int - $3) LIMIT 1) AS key
+         ORDER BY ((r->>'width')::int < $3), abs((r->>'width')::int - $3) LIMIT 1) AS key,
+       (SELECT bool_and((r->>'lossless')::boolean) FROM jsonb_array_elements(i.renditions) r
+         WHERE r->>'format' = 'webp') AS flat
   FROM images i JOIN products p ON p.id = i.product_id
  WHERE p.family_id = $1 AND i.status = 'ready'
  ORDER BY random()
@@ -140,10 +143,12 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
         tiles = await asyncio.gather(
             *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
         )
+        flat = all(row["flat"] for row in rows)
         with tracer().start_as_current_span(
             "compose mosaic", attributes={"ingest.tiles": len(tiles)}
-        ):
-            mosaic = await asyncio.to_thread(compose_mosaic, tiles, self.spec)
+        ) as span:
+            mosaic = await asyncio.to_thread(compose_mosaic, tiles, self.spec, flat_tiles=flat)
+            span.set_attribute("ingest.mosaic.webp_lossless", mosaic.webp_lossless)
         images = [row["id"] for row in rows]
         keys = await self._store(connection, family, images, mosaic)
         async with connection.transaction():
@@ -256,7 +261,12 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
             events.Mosaic(png=png_key, webp=webp_key, width=mosaic.width, height=mosaic.height),
             mosaic.tiles,
         )
-        log.info("previewer.mosaic_stored", key=png_key, tiles=mosaic.tiles)
+        log.info(
+            "previewer.mosaic_stored",
+            key=png_key,
+            tiles=mosaic.tiles,
+            webp_lossless=mosaic.webp_lossless,
+        )
 
     async def _check_stalled(self, message: CheckProgress) -> None:
         async with self.db.acquire() as connection:

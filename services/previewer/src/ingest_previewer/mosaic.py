@@ -1,8 +1,9 @@
 """The family mosaic: rendition PNGs centred in equal cells of a grid, encoded as PNG and WebP
 (sRGB, with alpha only if the background lets anything show through).
 
-Tiles are our own renditions (written by the processor), decoded here with libvips' sniffing
-loader; the previewer does not run the processor's SVG-only loader block.
+The WebP is lossless when every tile's own WebP is (flat icons: exact and smaller), else
+lossy. Tiles are our own renditions (written by the processor), decoded here with libvips'
+sniffing loader; the previewer does not run the processor's SVG-only loader block.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Mosaic:
     width: int
     height: int
     tiles: int
+    webp_lossless: bool
 
 
 def grid_shape(count: int, spec: MosaicSpec) -> tuple[int, int]:
@@ -47,8 +49,9 @@ def mosaic_size(count: int, spec: MosaicSpec) -> tuple[int, int]:
     return side(columns), side(rows)
 
 
-def compose_mosaic(tiles: Sequence[bytes], spec: MosaicSpec) -> Mosaic:
-    """Compose encoded tiles (PNG, any size; larger than ``spec.tile`` is shrunk to fit)."""
+def compose_mosaic(tiles: Sequence[bytes], spec: MosaicSpec, *, flat_tiles: bool = False) -> Mosaic:
+    """Compose encoded tiles (PNG, any size; larger than ``spec.tile`` is shrunk to fit).
+    ``flat_tiles``: every tile's own WebP rendition is lossless (``MosaicSpec.webp_lossless``)."""
     if not tiles:
         raise ValueError("a mosaic needs at least one tile")
     columns, _ = grid_shape(len(tiles), spec)
@@ -72,8 +75,11 @@ def compose_mosaic(tiles: Sequence[bytes], spec: MosaicSpec) -> Mosaic:
     # Two encoders would each pull the whole pipeline (decode, composite) again: materialise.
     image = image.copy_memory()
     png = image.write_to_buffer(".png", keep="none")
-    webp = image.write_to_buffer(".webp", Q=spec.webp_quality, effort=spec.webp_effort, keep="none")
-    return Mosaic(bytes(png), bytes(webp), int(image.width), int(image.height), len(tiles))
+    lossless = spec.webp_lossless(flat_tiles)
+    webp = image.write_to_buffer(".webp", **spec.webp_options(lossless))
+    return Mosaic(
+        bytes(png), bytes(webp), int(image.width), int(image.height), len(tiles), lossless
+    )
 
 
 def _fitted(data: bytes, spec: MosaicSpec) -> pyvips.Image:

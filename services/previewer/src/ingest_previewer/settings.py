@@ -5,7 +5,7 @@ from __future__ import annotations
 from ingest_common.settings import IngestSettings
 from pydantic import Field
 
-from ingest_previewer.spec import MosaicSpec
+from ingest_previewer.spec import DEFAULT_MOSAIC_WEBP_MODE, MosaicSpec, MosaicWebpMode
 
 
 class PreviewerSettings(IngestSettings):
@@ -27,6 +27,11 @@ class PreviewerSettings(IngestSettings):
         le=6,
         description="WebP CPU effort of the mosaic: higher is smaller, slower",
     )
+    mosaic_webp_mode: MosaicWebpMode = Field(
+        DEFAULT_MOSAIC_WEBP_MODE,
+        description="auto: lossless WebP when every tile's own WebP is lossless (flat icons),"
+        " else lossy; lossy: always lossy",
+    )
     cache_control: str = Field(
         "public, max-age=31536000, immutable", description="Cache-Control of mosaics"
     )
@@ -47,4 +52,5 @@ class PreviewerSettings(IngestSettings):
             padding=self.mosaic_padding,
             webp_quality=self.mosaic_webp_quality,
             webp_effort=self.mosaic_webp_effort,
+            webp_mode=self.mosaic_webp_mode,
         )
