@@ -122,17 +122,16 @@ def measure(families: Sequence[Family], spec: MosaicSpec, rounds: int) -> dict[s
 
 
 def report(figures: dict[str, Figures]) -> None:
-    out = print
-    out(
+    print(
         f"{'family':10} {'n':>3} {'lossless':>8}   {'CPU ms per mosaic':>21}   "
         f"{'WebP KiB':>17}   {'PSNR dB (100: exact)':>20}"
     )
-    out(
+    print(
         f"{'':10} {'':>3} {'':>8}   {'before':>9} {'auto':>5} {'ratio':>5}   "
         f"{'before':>7} {'auto':>5} {'ratio':>5}   {'before':>9} {'auto':>9}"
     )
     for group, f in figures.items():
-        out(
+        print(
             f"{group:10} {f.families:3} {f.lossless:8}   {f.ms['before']:9.1f} {f.ms['auto']:5.1f} "
             f"{f.ms['auto'] / f.ms['before']:5.2f}   {f.webp_kib['before']:7.1f} "
             f"{f.webp_kib['auto']:5.1f} {f.webp_kib['auto'] / f.webp_kib['before']:5.2f}   "
