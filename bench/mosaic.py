@@ -15,7 +15,6 @@ Quality is PSNR of the WebP against the mosaic's own PNG (exact: lossless).
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import sys
@@ -24,15 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyvips
 from ingest_previewer.mosaic import Mosaic, compose_mosaic
 from ingest_previewer.spec import MosaicSpec
 from ingest_processor.render import RenderSpec, render_svg
+from render import PSNR_CAP, SAMPLE_SETS, psnr
 
-ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path("/work/shared/corpus")
-SAMPLE_SETS = (ROOT / "sample" / "mdi-essentials", ROOT / "sample" / "openmoji-sampler")
-PSNR_CAP = 100.0  # an exact WebP's PSNR is infinite; a mean needs a finite stand-in
 
 
 @dataclass(frozen=True)
@@ -79,11 +75,9 @@ def load_families(
     return families
 
 
-def psnr(mosaic: Mosaic) -> float:
-    png = pyvips.Image.new_from_buffer(mosaic.png, "")
-    webp = pyvips.Image.new_from_buffer(mosaic.webp, "")
-    mse = float(((png.cast("float") - webp.cast("float")) ** 2).avg())
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255**2 / mse))
+def mosaic_psnr(mosaic: Mosaic) -> float:
+    """The WebP's PSNR against the mosaic's own PNG, an exact one counted as PSNR_CAP."""
+    return min(psnr(mosaic.png, mosaic.webp), PSNR_CAP)
 
 
 def compose(family: Family, spec: MosaicSpec, contender: str) -> Mosaic:
@@ -116,7 +110,7 @@ def measure(families: Sequence[Family], spec: MosaicSpec, rounds: int) -> dict[s
             webp_kib={
                 c: sum(len(m.webp) for m in ms) / len(ms) / 1024 for c, ms in mosaics.items()
             },
-            psnr={c: statistics.fmean(psnr(m) for m in ms) for c, ms in mosaics.items()},
+            psnr={c: statistics.fmean(mosaic_psnr(m) for m in ms) for c, ms in mosaics.items()},
         )
     return figures
 
