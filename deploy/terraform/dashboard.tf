@@ -69,7 +69,7 @@ locals {
       ]
     },
     {
-      title = "Render time of one rendition (s)"
+      title = "Render time of one SVG, all its renditions (s)"
       stat  = "Average"
       metrics = [
         [var.metrics_namespace, "ingest.render.duration", "service.name", "processor", { label = "average" }],

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
+import asyncpg
 from ingest_common.aws import Aws
 from ingest_common.runtime.consumer import Consumer, Delivery
 from ingest_common.runtime.health import Health, bound_port, start_health_server
@@ -14,7 +16,7 @@ from ingest_common.schemas.messages import IndexProduct
 from ingest_common.telemetry import metrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.pipeline import sqs_only
+from tests.integration.pipeline import Pipeline, mdi_set, sqs_only, upload_folder
 
 QUEUE = "ingest-index"
 
@@ -133,3 +135,34 @@ async def test_render_lanes_report_the_seconds_their_workers_were_busy_and_their
     assert first[("ingest_render_workers", slow)] == 1
     assert second[("ingest_render_busy_seconds_total", render)] == 4.0
     assert ("ingest_render_workers", slow) not in third
+
+
+async def test_the_processor_records_one_render_time_per_svg_by_lane(
+    aws: Aws, db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    metrics.configure_metrics("tests")
+    count = ("ingest_render_duration_seconds_count", frozenset({("lane", "render")}))
+    total = ("ingest_render_duration_seconds_sum", frozenset({("lane", "render")}))
+
+    def read() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = metrics.prometheus_text()
+        assert text is not None
+        return samples(text.decode())
+
+    before = read()
+    await upload_folder(aws, mdi_set(tmp_path / "set", 3))
+    pipeline = Pipeline(aws, db)
+    await pipeline.drain("batch")
+    await pipeline.drain("render")
+    after = read()
+
+    # Three SVGs of 4 widths x 2 formats: three records, not 24.
+    assert after[count] - before.get(count, 0.0) == 3
+    assert 0 < after[total] - before.get(total, 0.0) < 3 * 30
+    render_labels = {
+        key
+        for name, labels in after
+        if name.startswith("ingest_render_duration")
+        for key, _ in labels
+    }
+    assert render_labels == {"lane", "le"}

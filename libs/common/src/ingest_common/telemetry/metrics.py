@@ -5,7 +5,7 @@
 | `ingest.messages` (`ingest_messages_total`)     | counter   | queue, outcome        |
 | `ingest.message.duration` (`…_seconds`)         | histogram | queue, outcome        |
 | `ingest.queue.oldest_message_age` (`…_seconds`) | gauge     | queue                 |
-| `ingest.render.duration` (`…_seconds`)          | histogram | width, format         |
+| `ingest.render.duration` (`…_seconds`)          | histogram | lane                  |
 | `ingest.render.busy` (`…_seconds_total`)        | counter   | lane                  |
 | `ingest.render.workers` (`ingest_render_workers`) | gauge   | lane                  |
 | `ingest.upload.images` (`ingest_upload_images`) | histogram | (none)                |
@@ -70,8 +70,8 @@ message_duration = _meter.create_histogram(
 render_duration = _meter.create_histogram(
     "ingest.render.duration",
     unit="s",
-    description="time to render one rendition in a worker (the first format of a width "
-    "includes rasterising it)",
+    description="time a render worker took to render one SVG into all its renditions "
+    "(not storing them); each rendition's own time is a span of the upload's trace",
     explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
 )
 upload_images = _meter.create_histogram(
