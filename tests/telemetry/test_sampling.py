@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import asyncpg
 import pytest
 from ingest_cli.main import build_parser
 from ingest_common.telemetry.tracing import (
@@ -9,14 +12,20 @@ from ingest_common.telemetry.tracing import (
     call_spans_under,
     context_from_carrier,
     current_carrier,
+    instrumented_calls_under,
     messaging_attributes,
 )
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 
 def provider_with(share: float, exporter: InMemorySpanExporter) -> TracerProvider:
@@ -167,3 +176,54 @@ def test_the_demo_keeps_every_call_span_other_commands_follow_the_setting() -> N
     parser = build_parser()
     assert parser.parse_args(["demo"]).client_spans == 1.0
     assert not hasattr(parser.parse_args(["trace", "some-upload"]), "client_spans")
+
+
+class CountingSampler(ClientSpanSampler):
+    """A ClientSpanSampler that remembers the name of every span it was asked about."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__(share, ParentBased(ALWAYS_ON))
+        self.asked: list[str] = []
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.asked.append(name)
+        return super().should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+async def test_a_trace_without_call_spans_runs_its_queries_uninstrumented(
+    installed: dict[str, TracerProvider], db: asyncpg.Pool, share: float
+) -> None:
+    sampler = CountingSampler(share)
+    exporter = InMemorySpanExporter()
+    installed["global"] = provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with provider.get_tracer("t").start_as_current_span("process ingest-render") as span:
+            with instrumented_calls_under(span):
+                assert is_instrumentation_enabled() is (share == 1.0)
+                async with db.acquire() as connection:
+                    assert await connection.fetchval("SELECT 41 + 1") == 42
+            assert is_instrumentation_enabled()  # only the work under the span
+    finally:
+        instrumentor.uninstrument()
+    if share == 1.0:
+        assert sampler.asked == ["process ingest-render", "SELECT"]
+        assert names(exporter) == ["SELECT", "process ingest-render"]
+    else:
+        # Not built and then dropped: the instrumentation never asked for a span.
+        assert sampler.asked == ["process ingest-render"]
+        assert names(exporter) == ["process ingest-render"]

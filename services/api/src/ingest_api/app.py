@@ -41,6 +41,7 @@ from ingest_common.telemetry.tracing import (
     context_from_carrier,
     current_carrier,
     format_trace_id,
+    instrumented_calls_under,
     tracer,
 )
 from opentelemetry import metrics, trace
@@ -142,7 +143,8 @@ async def telemetry(
         },
     ) as span:
         try:
-            response = await handler(request)
+            with instrumented_calls_under(span):
+                response = await handler(request)
             status = response.status
             return response
         finally:

@@ -48,6 +48,7 @@ from ingest_common.telemetry import metrics
 from ingest_common.telemetry.tracing import (
     carrier_from_sqs,
     context_from_carrier,
+    instrumented_calls_under,
     links_to,
     messaging_attributes,
     tracer,
@@ -357,7 +358,8 @@ class Consumer(Generic[M]):
         ):
             delivery.span_context = span.get_span_context()
             started = time.monotonic()
-            outcome = await self._run_handler(delivery, span)
+            with instrumented_calls_under(span):
+                outcome = await self._run_handler(delivery, span)
             seconds = time.monotonic() - started
             labels = {"queue": self.queue, "outcome": outcome}
             metrics.messages.add(1, labels)
