@@ -138,6 +138,25 @@ def test_values_only_a_hand_made_span_can_hold() -> None:
     assert_same_bytes([span])
 
 
+def test_repeated_values_encode_as_the_sdk_does_equal_or_not_and_past_the_cache() -> None:
+    """Scalar key/values are cached by their encoding; equal values of other types (True and
+    1, False and 0), other tags (a span's, an event's, a link's) and an overflowing cache must
+    still write what the SDK writes."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=build_resource("unit"))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for value in (True, 1, False, 0, "1", True):
+        with tracer.start_as_current_span("same key", attributes={"k": value}) as span:
+            span.add_event("e", {"k": value})
+            tracer.start_span("linked", links=[Link(span.get_span_context(), {"k": value})]).end()
+    for n in range(5000):  # more distinct values than the cache keeps
+        tracer.start_span("distinct", attributes={"n": n, "queue": "ingest-render"}).end()
+    spans = exporter.get_finished_spans()
+    for start in range(0, len(spans), 512):
+        assert_same_bytes(spans[start : start + 512])
+
+
 def test_a_value_that_cannot_be_encoded_is_left_out_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -207,8 +207,28 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
+# A key/value's whole encoding, for the scalar values that repeat from span to span (a queue, an
+# operation, a width, a flag): half of a span's encoding is its attributes. Emptied when full,
+# so values that stop repeating make room for those that do.
+_pairs: dict[tuple[bytes, str, type, Any], bytes] = {}
+_PAIRS_KEPT = 4096
+# Not floats: -0.0 == 0.0, encoded apart; and repeated floats are rare (durations, ratios).
+_SCALARS = frozenset({str, bool, int})
+
+
 def _key_value(tag: bytes, key: str, value: Any) -> bytes:
-    return _field(tag, _key(key) + _field(b"\x12", _value(value)))
+    kind = type(value)
+    if kind not in _SCALARS:
+        return _field(tag, _key(key) + _field(b"\x12", _value(value)))
+    # The type is part of the key: True == 1, but they are encoded differently.
+    cached = (tag, key, kind, value)
+    encoded = _pairs.get(cached)
+    if encoded is None:
+        encoded = _field(tag, _key(key) + _field(b"\x12", _value(value)))
+        if len(_pairs) >= _PAIRS_KEPT:
+            _pairs.clear()
+        _pairs[cached] = encoded
+    return encoded
 
 
 def _key(key: str) -> bytes:
