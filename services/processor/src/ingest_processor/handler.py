@@ -243,15 +243,13 @@ class RenderHandler(ServiceHandler[RenderImage, ProcessorSettings]):
             )
             child.end(end_time=rendition.ended_ns)
             first_of_width.add(rendition.width)
-        if result.renditions:
-            started = min(r.started_ns for r in result.renditions)
-            ended = max(r.ended_ns for r in result.renditions)
-            # One record per SVG, not per rendition: a record costs the SDK as much as a span
-            # (two readers, attribute hashing), and the per-rendition times are in the spans.
-            metrics.render_duration.record(max(0, ended - started) / 1e9, {"lane": self.lane()})
-            span.end(end_time=ended)
-        else:
-            span.end()
+        # Never empty: the spec has at least one width and one format, all rendered here.
+        started = min(r.started_ns for r in result.renditions)
+        ended = max(r.ended_ns for r in result.renditions)
+        # One record per SVG, not per rendition: a record costs the SDK as much as a span
+        # (two readers, attribute hashing), and the per-rendition times are in the spans.
+        metrics.render_duration.record(max(0, ended - started) / 1e9, {"lane": self.lane()})
+        span.end(end_time=ended)
         return result
 
     async def _fail(

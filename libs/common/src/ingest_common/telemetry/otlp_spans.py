@@ -219,16 +219,19 @@ _SCALARS = frozenset({str, bool, int})
 def _key_value(tag: bytes, key: str, value: Any) -> bytes:
     kind = type(value)
     if kind not in _SCALARS:
-        return _field(tag, _key(key) + _field(b"\x12", _value(value)))
+        return _encode_key_value(tag, key, value)
     # The type is part of the key: True == 1, but they are encoded differently.
     cached = (tag, key, kind, value)
     encoded = _pairs.get(cached)
     if encoded is None:
-        encoded = _field(tag, _key(key) + _field(b"\x12", _value(value)))
         if len(_pairs) >= _PAIRS_KEPT:
             _pairs.clear()
-        _pairs[cached] = encoded
+        encoded = _pairs[cached] = _encode_key_value(tag, key, value)
     return encoded
+
+
+def _encode_key_value(tag: bytes, key: str, value: Any) -> bytes:
+    return _field(tag, _key(key) + _field(b"\x12", _value(value)))
 
 
 def _key(key: str) -> bytes:
