@@ -195,6 +195,36 @@ async def test_heartbeat_keeps_slow_work_from_being_delivered_twice(aws: Aws) ->
     assert await queue_depth(aws, QUEUE) == (0, 0)
 
 
+async def test_a_heartbeat_under_way_does_not_hide_a_retry_for_the_visibility_timeout(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler fails while a heartbeat's extension of its message is still on the wire:
+    the retry's short backoff must hold, not the extension that lands after it."""
+    await aws.send(QUEUE, [Ping(n=1)])
+    extending = asyncio.Event()
+    change_visibility = aws.change_visibility
+
+    async def slow_extension(queue: str, handles: Any, seconds: int) -> list[tuple[int, str]]:
+        if seconds:  # a heartbeat, not a release
+            extending.set()
+            await asyncio.sleep(0.3)  # a slow network: it lands after the retry's change
+        return await change_visibility(queue, handles, seconds)
+
+    monkeypatch.setattr(aws, "change_visibility", slow_extension)
+    tries: list[int] = []
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        tries.append(delivery.receive_count)
+        if len(tries) == 1:
+            await extending.wait()
+            raise RetryableError("try again in a second", delay=1)
+
+    consumer = make_consumer(aws, handle, visibility_timeout=30, heartbeat_interval=1)
+    # Without the retry waiting for the extension, the message comes back after 30 s.
+    await run_until(consumer, lambda: len(tries) == 2, timeout=10)
+    assert tries == [1, 2]
+
+
 async def test_stop_finishes_in_flight_work_then_returns(aws: Aws) -> None:
     await aws.send(QUEUE, [Ping(n=i) for i in range(3)])
     started, finished = asyncio.Event(), []

@@ -76,6 +76,9 @@ class Delivery:
     sent_at: float
     extended_at: float = field(default_factory=time.monotonic)
     span_context: SpanContext | None = None  # of its process span, for the settle span's links
+    # Set while a heartbeat's extension of it is on the wire; see Consumer._settle.
+    extension: asyncio.Event | None = None
+    settled: bool = False  # its visibility is being set for good: no more heartbeats
 
     @classmethod
     def from_sqs(cls, raw: dict[str, Any]) -> Delivery:
@@ -454,6 +457,7 @@ class Consumer(Generic[M]):
     # --- acknowledging --------------------------------------------------------------
 
     async def _set_visibility(self, delivery: Delivery, seconds: int) -> None:
+        await self._settle([delivery])
         try:
             await self.aws.sqs_messages.call(
                 "ChangeMessageVisibility",
@@ -569,12 +573,19 @@ class Consumer(Generic[M]):
         while True:
             await asyncio.sleep(min(interval, 1.0))
             now = time.monotonic()
-            due = [d for d in self._in_flight.values() if now - d.extended_at >= interval]
+            due = [
+                d
+                for d in self._in_flight.values()
+                if not d.settled and now - d.extended_at >= interval
+            ]
             for start in range(0, len(due), SQS_BATCH):
                 await self._extend(due[start : start + SQS_BATCH], now)
 
     async def _extend(self, deliveries: list[Delivery], now: float) -> None:
         handles = [d.receipt_handle for d in deliveries]
+        landed = asyncio.Event()
+        for delivery in deliveries:
+            delivery.extension = landed
         try:
             # Bounded: a call that hangs (a partition) must not hold up the next beat.
             async with asyncio.timeout(self.settings.heartbeat_interval):
@@ -584,8 +595,26 @@ class Consumer(Generic[M]):
         except (BotoCoreError, ClientError, TimeoutError) as exc:
             log.warning("consumer.heartbeat_failed", error=str(exc) or repr(exc))
             return
+        finally:
+            landed.set()
         for delivery in deliveries:
             delivery.extended_at = now
+
+    @staticmethod
+    async def _settle(deliveries: list[Delivery]) -> None:
+        """No more heartbeats for these deliveries, and none still on the wire.
+
+        A retry's backoff or a release sets a short visibility. Sent while the heartbeat's
+        extension of the same message is in flight, it could land first and be undone: the
+        message would stay hidden for the whole visibility timeout. So it waits for the
+        extension (bounded by the heartbeat's own timeout; one abandoned at that timeout may
+        still land late, and the message then only comes back later, not lost).
+        """
+        for delivery in deliveries:
+            delivery.settled = True
+        for delivery in deliveries:
+            if delivery.extension is not None:
+                await delivery.extension.wait()
 
     # --- shutting down --------------------------------------------------------------
 
@@ -606,6 +635,7 @@ class Consumer(Generic[M]):
 
     async def _release(self, deliveries: list[Delivery]) -> None:
         """Make messages visible again now, not after their visibility timeout."""
+        await self._settle(deliveries)
         # Batches on their own, so a failed call leaves only its own messages invisible.
         await asyncio.gather(
             *(
