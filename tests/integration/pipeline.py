@@ -33,7 +33,7 @@ from ingest_indexer.handler import IndexHandler
 from ingest_indexer.settings import IndexerSettings
 from ingest_previewer.handler import PreviewHandler
 from ingest_previewer.settings import PreviewerSettings
-from ingest_processor.handler import RenderHandler
+from ingest_processor.handler import RenderHandler, SlowRenderHandler
 from ingest_processor.settings import ProcessorSettings
 
 from tests.conftest import SAMPLE
@@ -46,6 +46,8 @@ SERVICES: dict[
 ] = {
     "batch": (BatcherSettings, BatchHandler.open),
     "render": (ProcessorSettings, RenderHandler.open),
+    # A render over its CPU budget moves here, as in the deployed processor.
+    "render_slow": (ProcessorSettings, SlowRenderHandler.open),
     "preview": (PreviewerSettings, PreviewHandler.open),
     "index": (IndexerSettings, IndexHandler.open),
 }
@@ -111,6 +113,14 @@ class Pipeline:
                         await asyncio.sleep(0.1)
                         if task.done():
                             break
+            except TimeoutError:
+                visible, hidden, delayed = await queue_counts(self.aws, queue)
+                raise AssertionError(
+                    f"{queue} was not drained in {timeout:g} s: {visible} visible, {hidden} not"
+                    f" visible, {delayed} delayed, {health.in_flight} in the handler's hands;"
+                    f" {health.succeeded} succeeded, {health.retried} retried, {health.failed}"
+                    f" failed, {health.handed_back} handed back"
+                ) from None
             finally:
                 consumer.stop()
                 await task
@@ -122,7 +132,7 @@ class Pipeline:
         return consumer_for(settings, self.aws, self.db, queue, handler, health)
 
     async def run_all(self, timeout: float = 60) -> None:
-        for role in ("batch", "render", "preview", "index", "preview", "index"):
+        for role in ("batch", "render", "render_slow", "preview", "index", "preview", "index"):
             await self.drain(role, timeout)
         await publish_events(self.aws, self.db)
 
