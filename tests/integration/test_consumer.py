@@ -195,22 +195,29 @@ async def test_heartbeat_keeps_slow_work_from_being_delivered_twice(aws: Aws) ->
     assert await queue_depth(aws, QUEUE) == (0, 0)
 
 
-async def test_a_heartbeat_under_way_does_not_hide_a_retry_for_the_visibility_timeout(
-    aws: Aws, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The handler fails while a heartbeat's extension of its message is still on the wire:
-    the retry's short backoff must hold, not the extension that lands after it."""
-    await aws.send(QUEUE, [Ping(n=1)])
+def slow_extensions(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Every heartbeat's extension spends 0.3 s on the wire (a slow network), so it lands
+    after a visibility change sent meanwhile; the event is set when the first one leaves."""
     extending = asyncio.Event()
     change_visibility = aws.change_visibility
 
     async def slow_extension(queue: str, handles: Any, seconds: int) -> list[tuple[int, str]]:
         if seconds:  # a heartbeat, not a release
             extending.set()
-            await asyncio.sleep(0.3)  # a slow network: it lands after the retry's change
+            await asyncio.sleep(0.3)
         return await change_visibility(queue, handles, seconds)
 
     monkeypatch.setattr(aws, "change_visibility", slow_extension)
+    return extending
+
+
+async def test_a_heartbeat_under_way_does_not_hide_a_retry_for_the_visibility_timeout(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler fails while a heartbeat's extension of its message is still on the wire:
+    the retry's short backoff must hold, not the extension that lands after it."""
+    await aws.send(QUEUE, [Ping(n=1)])
+    extending = slow_extensions(aws, monkeypatch)
     tries: list[int] = []
 
     async def handle(message: Ping, delivery: Delivery) -> None:
@@ -223,6 +230,40 @@ async def test_a_heartbeat_under_way_does_not_hide_a_retry_for_the_visibility_ti
     # Without the retry waiting for the extension, the message comes back after 30 s.
     await run_until(consumer, lambda: len(tries) == 2, timeout=10)
     assert tries == [1, 2]
+
+
+async def test_a_retry_between_two_batches_of_one_heartbeat_is_not_extended_after(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eleven messages in flight: one heartbeat extends them in two batches, ten and one.
+    The eleventh retries while the first batch is on the wire; the second must skip it."""
+    await aws.send(QUEUE, [Ping(n=i) for i in range(11)])
+    extending = slow_extensions(aws, monkeypatch)
+    release = asyncio.Event()
+    started: list[int] = []
+    tries: Counter[int] = Counter()
+
+    async def handle(message: Ping, delivery: Delivery) -> None:
+        started.append(message.n)
+        tries[message.n] += 1
+        if len(started) == 11:  # the last in flight: in the heartbeat's second batch
+            await extending.wait()
+            raise RetryableError("try again in a second", delay=1)
+        if tries[message.n] == 1 and len(started) < 11:
+            await release.wait()
+
+    consumer = make_consumer(
+        aws, handle, visibility_timeout=30, heartbeat_interval=1, concurrency=20
+    )
+
+    def retried() -> bool:
+        if len(started) > 11:  # the eleventh came back: let the others finish
+            release.set()
+        return len(started) == 12
+
+    # Extended by the second batch after its retry, it would come back after 30 s.
+    await run_until(consumer, retried, timeout=10)
+    assert started[11] == started[10]
 
 
 async def test_stop_finishes_in_flight_work_then_returns(aws: Aws) -> None:

@@ -582,6 +582,10 @@ class Consumer(Generic[M]):
                 await self._extend(due[start : start + SQS_BATCH], now)
 
     async def _extend(self, deliveries: list[Delivery], now: float) -> None:
+        # Settled while an earlier batch of this beat was on the wire: leave those alone.
+        deliveries = [d for d in deliveries if not d.settled]
+        if not deliveries:
+            return
         handles = [d.receipt_handle for d in deliveries]
         landed = asyncio.Event()
         for delivery in deliveries:
