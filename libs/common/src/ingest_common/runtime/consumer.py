@@ -573,16 +573,13 @@ class Consumer(Generic[M]):
         while True:
             await asyncio.sleep(min(interval, 1.0))
             now = time.monotonic()
-            due = [
-                d
-                for d in self._in_flight.values()
-                if not d.settled and now - d.extended_at >= interval
-            ]
+            due = [d for d in self._in_flight.values() if now - d.extended_at >= interval]
             for start in range(0, len(due), SQS_BATCH):
                 await self._extend(due[start : start + SQS_BATCH], now)
 
     async def _extend(self, deliveries: list[Delivery], now: float) -> None:
-        # Settled while an earlier batch of this beat was on the wire: leave those alone.
+        # Settled ones are left alone: settled before this beat, or while an earlier batch of
+        # it was on the wire (checked here, as the batch leaves, for both).
         deliveries = [d for d in deliveries if not d.settled]
         if not deliveries:
             return
