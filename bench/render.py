@@ -54,6 +54,9 @@ from ingest_processor.worker import prepare_render_process
 from procstat import cpu_seconds, peak_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
+# A sharp worker's reply to "run" is one JSON line listing every output of the package: a
+# few hundred SVGs at 8 renditions each pass asyncio's default line limit of 64 KiB.
+REPLY_LIMIT = 16 * 1024 * 1024
 SAMPLE_SETS = (ROOT / "sample" / "mdi-essentials", ROOT / "sample" / "openmoji-sampler")
 SHARP_VERSION = "0.35.5"
 # PSNR of an exact output is infinite; a mean needs a finite stand-in.
@@ -361,7 +364,7 @@ class SharpContender:
             args.append(json.dumps(self.spec.formats))
             self.procs.append(
                 await asyncio.create_subprocess_exec(
-                    "node", *args, cwd=self.folder, stdin=PIPE, stdout=PIPE
+                    "node", *args, cwd=self.folder, stdin=PIPE, stdout=PIPE, limit=REPLY_LIMIT
                 )
             )
         await self._ask_all(None)  # the "ready" lines: start-up is timed separately
