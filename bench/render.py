@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyvips
+from ingest_processor.backfill.stats import reaped_children_cpu
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderResult, RenderSpec
 from ingest_processor.settings import ProcessorSettings
@@ -226,9 +227,9 @@ class RawContender:
 class CoreContender:
     name = "core"
 
-    def __init__(self, svgs: list[bytes], spec: RenderSpec, workers: int) -> None:
+    def __init__(self, svgs: list[bytes], spec: RenderSpec, workers: int, max_renders: int) -> None:
         self.svgs, self.workers = svgs, workers
-        self.pool = RenderPool(workers, spec, timeout=600.0)
+        self.pool = RenderPool(workers, spec, timeout=600.0, max_renders=max_renders)
         self.results: dict[int, RenderResult] = {}  # the last result of every SVG rendered
 
     async def start(self) -> None:
@@ -238,6 +239,7 @@ class CoreContender:
         started = time.perf_counter()
         results = await asyncio.gather(*(self.pool.render(self.svgs[i]) for i in indices))
         elapsed = time.perf_counter() - started
+        await self._replacements_over()
         self.results.update(zip(indices, results, strict=True))
         outputs = [
             Output(i, r.width, r.format, len(r.data), _digest(r.data))
@@ -246,8 +248,18 @@ class CoreContender:
         ]
         return elapsed, sorted(outputs)
 
+    async def _replacements_over(self) -> None:
+        """Wait until a worker the pool retired during the run (every ``max_renders``) has
+        been reaped and its successor is up, so the run's CPU holds both, and none of it
+        lands in another contender's window (``measure``)."""
+        deadline = time.monotonic() + 60
+        while not len(self.pool.process_pids()) == len(self.pool.worker_pids()) == self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the render pool's workers did not settle: {self.pool!r}")
+            await asyncio.sleep(0.01)
+
     def pids(self) -> list[int]:
-        return self.pool.worker_pids()
+        return self.pool.process_pids()
 
     async def close(self) -> None:
         await self.pool.__aexit__(None, None, None)
@@ -502,11 +514,12 @@ async def measure(
             c = contenders[(k + j) % len(contenders)]
             total = 0.0
             for p, indices in packages.items():
-                cpu = cpu_seconds(c.pids())
+                # Reaped children's time holds the workers the core's pool replaced meanwhile.
+                cpu = cpu_seconds(c.pids()) + reaped_children_cpu()
                 wall, outputs = await c.run(indices)
                 run = runs[(c.name, c.workers, p)]
                 run.walls.append(wall)
-                run.cpu_s.append(cpu_seconds(c.pids()) - cpu)
+                run.cpu_s.append(cpu_seconds(c.pids()) + reaped_children_cpu() - cpu)
                 run.cpus.append(run.cpu_s[-1] / wall)
                 run.outputs = outputs
                 total += wall
@@ -700,13 +713,16 @@ async def run_benchmark(args: argparse.Namespace, log: Any = print) -> Figures:
     if not svgs:
         raise SystemExit("no SVGs found")
     packages = packages_of(svgs)
-    spec = ProcessorSettings().render_spec()
+    settings = ProcessorSettings()  # the processor's render settings, environment included
+    spec = settings.render_spec()
     fig = Figures(svgs=len(svgs), spec=asdict(spec), rounds=args.rounds)
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
         scratch = Path(tmp)
         sharp_dir = _sharp_folder(args, scratch, fig, log)
         contenders = [
-            c for n in args.workers for c in _contenders(svgs, spec, n, sharp_dir, scratch)
+            c
+            for n in args.workers
+            for c in _contenders(svgs, spec, n, settings.render_max_renders, sharp_dir, scratch)
         ]
         try:
             runs = await measure(contenders, packages, args.rounds, log)
@@ -743,10 +759,18 @@ async def run_benchmark(args: argparse.Namespace, log: Any = print) -> Figures:
 
 
 def _contenders(
-    svgs: list[tuple[str, bytes]], spec: RenderSpec, n: int, sharp_dir: Path | None, scratch: Path
+    svgs: list[tuple[str, bytes]],
+    spec: RenderSpec,
+    n: int,
+    max_renders: int,
+    sharp_dir: Path | None,
+    scratch: Path,
 ) -> list[Contender]:
     data = [d for _, d in svgs]
-    contenders: list[Contender] = [CoreContender(data, spec, n), RawContender(data, spec, n)]
+    contenders: list[Contender] = [
+        CoreContender(data, spec, n, max_renders),
+        RawContender(data, spec, n),
+    ]
     if sharp_dir is not None:
         paths = [p for p, _ in svgs]
         contenders.append(SharpContender(paths, spec, n, sharp_dir, scratch))

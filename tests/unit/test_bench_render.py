@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -82,3 +83,24 @@ def test_benchmark_run_without_sharp(tmp_path: Path, capsys: pytest.CaptureFixtu
     table = capsys.readouterr().out
     assert "PASS  core and raw outputs byte-identical" in table
     assert "core/raw throughput, 1 worker(s)" in table
+
+
+async def test_cpu_of_workers_the_pool_replaced_mid_round_is_counted(
+    svgs: list[tuple[str, bytes]],
+) -> None:
+    # A worker retired for its render count is gone from /proc before the round's second
+    # reading; counted only by the live pids, a round read less CPU than it began with.
+    spec = bench.ProcessorSettings().render_spec()
+    core = bench.CoreContender([svg for _, svg in svgs], spec, 1, max_renders=1)
+    try:
+        runs = await bench.measure([core], {"sample": [0, 1, 2]}, rounds=2, log=lambda _: None)
+        # A round ends once its replacements are over: none reaped later, in another's round.
+        assert len(core.pool.process_pids()) == len(core.pool.worker_pids()) == 1
+    finally:
+        await core.close()
+
+    run = runs[("core", 1, "sample")]
+    assert core.pool.stats.recycled_for_count >= 6  # every render retired its worker
+    # One worker renders all the time (a successor starts while its predecessor finishes), so
+    # the CPU reads at least half a CPU over the round; at most every CPU of the machine.
+    assert all(0.5 <= cpus <= (os.cpu_count() or 1) for cpus in run.cpus), run.cpus

@@ -521,6 +521,14 @@ class RenderPool:
         """Pids of the workers that are up (health checks, tests); not those still starting."""
         return [w.pid for w in self._workers if w.state in (_State.READY, _State.RETIRING)]
 
+    def process_pids(self) -> list[int]:
+        """Pids of every worker process not yet reaped: up, starting, retiring or exiting.
+
+        Equal in number to ``worker_pids`` and to the worker count once every replacement is
+        over (a benchmark's CPU account: a reaped worker's CPU moves to this process's
+        children's time, see ``backfill.stats.CpuMeter``)."""
+        return [w.pid for w in self._workers if w.pid]
+
     async def render(
         self,
         svg: bytes,
