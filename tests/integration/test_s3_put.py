@@ -1,13 +1,20 @@
-"""Aws.put_bytes and get_bytes (ingest_common.s3_put, not botocore) against a real S3
-endpoint: what they store and read, and that their failures are the exceptions the
-aiobotocore client would raise."""
+"""Aws.put_bytes and get_bytes (ingest_common.s3_put, not botocore), and put_many (from
+threads, ingest_common.s3_put_blocking), against a real S3 endpoint: what they store and
+read, and that their failures are the exceptions the aiobotocore client would raise."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from ingest_common.aws import Aws, ObjectTooLarge
+from ingest_common.aws import PUT_THREADS, Aws, ObjectTooLarge
+from ingest_common.s3_put_blocking import ObjectPut
+from ingest_common.s3_request import object_headers
+from ingest_common.telemetry.tracing import tracer
 from ingest_devstack.local import refused_port
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
 
 
 async def test_an_object_put_is_stored_with_its_headers_and_metadata(aws: Aws) -> None:
@@ -76,3 +83,68 @@ async def test_a_get_from_an_unreachable_endpoint_is_botocores_connection_error(
         async with Aws(settings) as unreachable:
             with pytest.raises(EndpointConnectionError):
                 await unreachable.get_bytes(settings.uploads_bucket, "k")
+
+
+def _svgs(bucket: str, count: int) -> list[ObjectPut]:
+    headers = object_headers("image/svg+xml", "private, max-age=0")
+    return [
+        ObjectPut(bucket, f"originals/many/{i}.svg", f"<svg>{i}</svg>".encode() * i, headers)
+        for i in range(count)
+    ]
+
+
+async def test_put_many_stores_every_object_with_its_headers(aws: Aws) -> None:
+    # More objects than the threads send at once: several shares, queued on the threads.
+    objects = _svgs(aws.settings.uploads_bucket, 3 * aws.settings.s3_concurrency + 1)
+
+    await aws.put_many(objects)
+
+    for put in objects:
+        assert await aws.get_bytes(put.bucket, put.key) == put.body
+    head = await aws.s3.head_object(Bucket=objects[5].bucket, Key=objects[5].key)
+    assert (head["ContentType"], head["CacheControl"]) == ("image/svg+xml", "private, max-age=0")
+
+
+async def test_put_many_raises_the_first_error_once_every_put_has_ended(aws: Aws) -> None:
+    objects = _svgs(aws.settings.uploads_bucket, 12)
+    objects[7] = ObjectPut("no-such-bucket-here", "k.svg", b"<svg/>", objects[7].headers)
+
+    with pytest.raises(ClientError) as caught:
+        await aws.put_many(objects)
+
+    assert caught.value.response["Error"]["Code"] == "NoSuchBucket"
+    for put in objects[:7] + objects[8:]:  # the others are stored, none is left half done
+        assert await aws.get_bytes(put.bucket, put.key) == put.body
+
+
+async def test_put_many_to_an_unreachable_endpoint_is_botocores_connection_error(
+    aws: Aws,
+) -> None:
+    with refused_port() as port:
+        settings = aws.settings.model_copy(update={"aws_endpoint_url": f"http://127.0.0.1:{port}"})
+        async with Aws(settings) as unreachable:
+            with pytest.raises(EndpointConnectionError):
+                await unreachable.put_many(_svgs(settings.uploads_bucket, 3))
+
+
+async def test_put_many_draws_a_client_span_per_put_under_the_callers(
+    aws: Aws, new_spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    objects = _svgs(aws.settings.uploads_bucket, 2 * PUT_THREADS + 1)
+    objects[-1] = ObjectPut("no-such-bucket-here", "k.svg", b"<svg/>", objects[-1].headers)
+    with tracer().start_as_current_span("caller") as caller, pytest.raises(ClientError):
+        await aws.put_many(objects)
+
+    context = caller.get_span_context()
+    puts = [s for s in new_spans() if s.context.trace_id == context.trace_id]
+    puts = [s for s in puts if s.name == "S3.PutObject"]
+    assert sorted(str((s.attributes or {})["aws.s3.key"]) for s in puts) == sorted(
+        put.key for put in objects
+    )
+    assert all(s.kind is SpanKind.CLIENT for s in puts)
+    assert all(s.parent is not None and s.parent.span_id == context.span_id for s in puts)
+    assert all(s.start_time is not None and s.end_time is not None for s in puts)
+    assert all(s.start_time <= s.end_time for s in puts)  # type: ignore[operator]
+    (failed,) = [s for s in puts if s.status.status_code is StatusCode.ERROR]
+    assert (failed.attributes or {})["error.type"] == "NoSuchBucket"
+    assert (failed.attributes or {})["http.status_code"] == 404

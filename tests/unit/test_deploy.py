@@ -1256,13 +1256,15 @@ def test_task_roles_may_send_traces_and_metrics_to_the_metrics_log_group_only() 
 
 # Attribute names of the clients in code (`aws.s3.get_object`) → their IAM prefix. `s3_objects`
 # is Aws's own S3 PutObject client (ingest_common.s3_put), which names its method so, and a
-# render worker's (ingest_common.s3_put_blocking), named alike; `sns_publisher`, SNS's
+# render worker's (ingest_common.s3_put_blocking), named alike; `s3_threads` is Aws's
+# blocking one of those (`put_many`); `sns_publisher`, SNS's
 # PublishBatch (ingest_common.aws_query), likewise. `sqs_messages` and `bus` are
 # Aws's JSON-protocol clients (ingest_common.aws_json): `aws.bus.call("PutEvents", ...)`
 # is read as the aiobotocore client's `put_events`.
 AWS_CLIENTS = {
     "s3": "s3",
     "s3_objects": "s3",
+    "s3_threads": "s3",
     "sqs": "sqs",
     "sqs_messages": "sqs",
     "sns": "sns",
@@ -1293,6 +1295,7 @@ IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     ("s3_objects", "credentials"): frozenset(),
     # A render's renditions at once (s3_put_blocking.BlockingPutter.put_objects): PutObjects.
     ("s3_objects", "put_objects"): frozenset({"s3:PutObject"}),
+    ("s3_threads", "put_objects"): frozenset({"s3:PutObject"}),  # Aws.put_many's
 }
 MISSING_OBJECT_CODES = ("NoSuchKey",)  # naming it: the code relies on 404 for a missing key
 # Granted although no code path of the deployable calls it, and why.
@@ -1385,8 +1388,8 @@ def _client_of(func: ast.Attribute) -> str | None:
     return func.value.attr
 
 
-# Calls that call their first argument (in a thread).
-HANDS_ON = frozenset({"submit", "to_thread"})
+# Calls that call one of their arguments (in a thread): the position of that argument.
+HANDS_ON = {"submit": 0, "to_thread": 0, "run_in_executor": 1}
 
 
 def _called_name(call: ast.Call) -> str:
@@ -1440,8 +1443,9 @@ def _unit(
                 for kw in inner.keywords
                 if kw.arg == "target" and isinstance(kw.value, ast.Name)
             )
-            if _called_name(inner) in HANDS_ON and inner.args:
-                first = inner.args[0]
+            at = HANDS_ON.get(_called_name(inner))
+            if at is not None and len(inner.args) > at:
+                first = inner.args[at]
                 if isinstance(first, ast.Name):
                     unit.calls.add(first.id)
                 elif isinstance(first, ast.Attribute):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -19,6 +20,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.handlers import add_expect_header
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -28,13 +30,14 @@ from ingest_common.aws_query import SnsPublisher
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
 from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
-from ingest_common.s3_put_blocking import PutSettings
+from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutSettings
 from ingest_common.s3_request import object_headers
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
-from ingest_common.telemetry.aws_spans import instrument_aws
+from ingest_common.telemetry.aws_spans import draw_put_span, instrument_aws
 from ingest_common.telemetry.tracing import (
     SQS_MAX_ATTRIBUTES,
+    call_spans_under,
     current_carrier,
     messaging_attributes,
     sqs_attributes,
@@ -61,6 +64,8 @@ SENDS_AT_ONCE = 16
 CONNECT_TIMEOUT = 5
 MAX_ATTEMPTS = 3
 S3_READ_TIMEOUT = 15  # seconds without a byte from S3 before a call is retried
+# Threads that send `put_many`'s objects; s3_concurrency's objects are in flight between them.
+PUT_THREADS = 2
 
 
 class Aws:
@@ -72,6 +77,9 @@ class Aws:
         self._s3_slots = asyncio.Semaphore(settings.s3_concurrency)
         self.s3: S3Client
         self.s3_objects: ObjectPutter  # Put/GetObject of bytes, without botocore (s3_put.py)
+        # `put_many`'s PutObjects, from threads of its own (s3_put_blocking.py).
+        self.s3_threads: BlockingPutter
+        self._put_threads: ThreadPoolExecutor
         self.sqs: SQSClient
         self.sqs_messages: JsonApi  # SQS's message calls, without botocore (aws_json.py)
         self.sns: SNSClient
@@ -136,6 +144,9 @@ class Aws:
         self._put_settings = PutSettings(
             self.s3_objects.endpoint, connect_timeout, S3_READ_TIMEOUT, attempts
         )
+        self.s3_threads = BlockingPutter(self._put_settings)
+        self._put_threads = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="s3-put")
+        self._stack.callback(self._close_put_threads)
         instrument_aws()  # CLIENT spans for every client's calls (once per process)
         return self
 
@@ -146,6 +157,10 @@ class Aws:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+    def _close_put_threads(self) -> None:
+        self._put_threads.shutdown(wait=True)
+        self.s3_threads.close_all()
 
     async def queue_url(self, name: str) -> str:
         if name not in self._queue_urls:
@@ -321,6 +336,39 @@ class Aws:
             return await self.s3_objects.put_object(
                 bucket, key, data, headers, span_attributes=span_attributes
             )
+
+    async def put_many(self, objects: Sequence[ObjectPut]) -> None:
+        """Put every object (s3:PutObject each, with retries, as `put_bytes`) and raise the
+        first one's error, botocore's exception, once all have ended.
+
+        Sent from `PUT_THREADS` threads, each its share of s3_concurrency objects at once
+        (`BlockingPutter.put_objects`): 0.09 against `put_bytes`' 0.24 ms of this process's
+        CPU per object, for a set's 25 originals (bench/README.md). Each PUT's span is drawn
+        from its timings under the current span, where the trace keeps its calls' spans.
+        """
+        if not objects:
+            return
+        credentials = await self.s3_objects.credentials()
+        share = max(1, self.settings.s3_concurrency // PUT_THREADS)
+        loop = asyncio.get_running_loop()
+        done = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._put_threads,
+                    self.s3_threads.put_objects,
+                    objects[start : start + share],
+                    credentials,
+                )
+                for start in range(0, len(objects), share)
+            )
+        )
+        outcomes = [outcome for part in done for outcome in part]
+        if call_spans_under(trace.get_current_span()):
+            for outcome in outcomes:
+                draw_put_span(outcome, self.s3_objects.endpoint)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
 
 
 class UnknownTopic(LookupError):

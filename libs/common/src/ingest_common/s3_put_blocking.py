@@ -111,6 +111,9 @@ class BlockingPutter:
     def __init__(self, settings: PutSettings) -> None:
         self.settings = settings
         self._local = threading.local()
+        # Every thread's connections, for `close_all`.
+        self._open: set[Http1Connection] = set()
+        self._open_lock = threading.Lock()
         # One for every connection of every thread (thread-safe): making one loads the CA
         # bundle, which a connection per thread and host would otherwise repeat.
         https = settings.endpoint.scheme == "https"
@@ -169,6 +172,14 @@ class BlockingPutter:
         """Close this thread's connections."""
         for place in list(self._connections()):
             self._drop(place)
+
+    def close_all(self) -> None:
+        """Close every thread's connections; only once no thread puts any more (its threads
+        have ended, say)."""
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            connection.close()
 
     def _outcome(
         self,
@@ -297,11 +308,15 @@ class BlockingPutter:
         except OSError as exc:
             raise _ConnectFailed(str(exc)) from exc
         connections[place] = connection
+        with self._open_lock:
+            self._open.add(connection)
         return connection, False
 
     def _drop(self, place: _Place) -> None:
         connection = self._connections().pop(place, None)
         if connection is not None:
+            with self._open_lock:
+                self._open.discard(connection)
             connection.close()
 
 

@@ -32,6 +32,8 @@ from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.dependencies import Dependencies
 from ingest_common.runtime.periodic import Periodic
 from ingest_common.runtime.service import Resources, ServiceHandler
+from ingest_common.s3_put_blocking import ObjectPut
+from ingest_common.s3_request import object_headers
 from ingest_common.schemas.manifest import parse_manifest
 from ingest_common.schemas.messages import CheckProgress, RenderImage
 from ingest_common.schemas.s3_event import S3Event, S3EventRecord
@@ -366,18 +368,18 @@ class BatchHandler(ServiceHandler[S3Event, BatcherSettings]):
         product: uuid.UUID,
         only: frozenset[str] | None,
     ) -> None:
-        await asyncio.gather(
-            *(
-                self.aws.put_bytes(
+        headers = object_headers(SVG_CONTENT_TYPE, PRIVATE_CACHE)
+        await self.aws.put_many(
+            [
+                ObjectPut(
                     self.settings.uploads_bucket,
                     original_key(ORIGINALS_PREFIX, contributor, product, image.content_hash),
                     image.data,
-                    content_type=SVG_CONTENT_TYPE,
-                    cache_control=PRIVATE_CACHE,
+                    headers,
                 )
                 for image in plan.images
                 if only is None or image.content_hash in only
-            )
+            ]
         )
 
     async def _dispatch(self, row: UploadRow, inline: dict[str, str]) -> None:

@@ -33,6 +33,8 @@ from ingest_common.garbage import discard
 from ingest_common.notify import notify_product_ready
 from ingest_common.runtime.consumer import Delivery
 from ingest_common.runtime.service import Resources, ServiceHandler
+from ingest_common.s3_put_blocking import ObjectPut
+from ingest_common.s3_request import object_headers
 from ingest_common.schemas.messages import (
     CheckProgress,
     IndexProduct,
@@ -212,20 +214,19 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
                 reason="a mosaic being built (kept if it becomes the family's)",
                 delay=self.settings.handler_timeout + BUILD_SLACK,
             )
-        await asyncio.gather(
-            *(
-                self.aws.put_bytes(
+        await self.aws.put_many(
+            [
+                ObjectPut(
                     self.settings.previews_bucket,
                     key,
                     data,
-                    content_type=content_type,
-                    cache_control=self.settings.cache_control,
+                    object_headers(content_type, self.settings.cache_control),
                 )
                 for key, data, content_type in (
                     (png_key, mosaic.png, "image/png"),
                     (webp_key, mosaic.webp, "image/webp"),
                 )
-            )
+            ]
         )
         return png_key, webp_key
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-from ingest_common.s3_put_blocking import PutOutcome
 from ingest_common.s3_request import S3Endpoint
-from ingest_common.telemetry.tracing import call_spans_under, tracer
+from ingest_common.telemetry.aws_spans import draw_put_span
+from ingest_common.telemetry.tracing import call_spans_under
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ingest_processor.render import RenderResult, Rendition
+from ingest_processor.render import RenderResult
 
 
 def stored_entries(
@@ -29,7 +27,16 @@ def stored_entries(
         if put is None:
             raise ValueError("a rendition came back from its worker without being stored")
         if spans:
-            _put_span(put, rendition, endpoint)
+            # What the object is, on the PUT's span: a wrapping span cost as much again.
+            draw_put_span(
+                put,
+                endpoint,
+                {
+                    "ingest.rendition.width": rendition.width,
+                    "ingest.rendition.format": rendition.format,
+                    "ingest.rendition.bytes": put.size,
+                },
+            )
         if put.error is not None:
             failed = failed or put.error
             continue
@@ -47,32 +54,3 @@ def stored_entries(
     if failed is not None:
         raise failed
     return entries
-
-
-def _put_span(put: PutOutcome, rendition: Rendition, endpoint: S3Endpoint) -> None:
-    """The CLIENT span `s3_put` would have drawn around this PUT, from the worker's timings,
-    with what the object is (a wrapping span per rendition cost as much again)."""
-    attributes = endpoint.span_attributes("PutObject", put.host, put.bucket, put.key)
-    attributes.update(
-        {
-            "ingest.rendition.width": rendition.width,
-            "ingest.rendition.format": rendition.format,
-            "ingest.rendition.bytes": put.size,
-        }
-    )
-    if put.status:
-        attributes["http.status_code"] = put.status
-    if put.request_id:
-        attributes["aws.request_id"] = put.request_id
-    if put.retries:
-        attributes["retry_attempts"] = put.retries
-    span = tracer().start_span(
-        "S3.PutObject", kind=SpanKind.CLIENT, start_time=put.started_ns, attributes=attributes
-    )
-    if isinstance(put.error, ClientError):
-        span.set_attribute("error.type", put.error.response["Error"]["Code"])
-    elif put.error is not None:
-        span.set_attribute("error.type", type(put.error).__name__)
-    if put.error is not None:
-        span.set_status(Status(StatusCode.ERROR, str(put.error)[:200]))
-    span.end(end_time=put.ended_ns)

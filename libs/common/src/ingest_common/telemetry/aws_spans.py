@@ -26,6 +26,9 @@ Two rules the instrumentor has no switch for are kept by the tracer it is given
 A response hook names the AWS error code of a failed call (`error.type`) and keeps a 404
 of an S3 HEAD/GET from marking the span as an error: it is an answer (the object is not
 there), not a failure of the call.
+
+A PUT sent from a blocking thread (`s3_put_blocking`: a render worker's, `Aws.put_many`'s)
+has no tracer at hand; `draw_put_span` draws its span afterwards from its outcome's timings.
 """
 
 from __future__ import annotations
@@ -33,11 +36,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from botocore.exceptions import ClientError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
+
+from ingest_common.s3_put_blocking import PutOutcome
+from ingest_common.s3_request import S3Endpoint
+from ingest_common.telemetry.tracing import tracer
 
 # The span names (`<Service>.<Operation>`) of the calls that have our messaging spans.
 MESSAGING_CALLS = frozenset({"SQS.SendMessage", "SQS.SendMessageBatch", "SQS.DeleteMessageBatch"})
@@ -175,3 +183,29 @@ def _response_hook(span: Span, service: str, operation: str, result: Any) -> Non
         span.set_status(Status(StatusCode.OK))
         return
     span.set_attribute("error.type", str(result.get("Error", {}).get("Code") or status))
+
+
+def draw_put_span(
+    put: PutOutcome, endpoint: S3Endpoint, attributes: types.Attributes = None
+) -> None:
+    """The CLIENT span `s3_put` would have drawn around ``put``, under the current span, from
+    its timings; ``attributes`` say what the object is (a wrapping span would cost as much
+    again). Ask `tracing.call_spans_under` first: this draws it whatever the trace keeps."""
+    merged = endpoint.span_attributes("PutObject", put.host, put.bucket, put.key)
+    merged.update(attributes or {})
+    if put.status:
+        merged["http.status_code"] = put.status
+    if put.request_id:
+        merged["aws.request_id"] = put.request_id
+    if put.retries:
+        merged["retry_attempts"] = put.retries
+    span = tracer().start_span(
+        "S3.PutObject", kind=SpanKind.CLIENT, start_time=put.started_ns, attributes=merged
+    )
+    if isinstance(put.error, ClientError):
+        span.set_attribute("error.type", put.error.response["Error"]["Code"])
+    elif put.error is not None:
+        span.set_attribute("error.type", type(put.error).__name__)
+    if put.error is not None:
+        span.set_status(Status(StatusCode.ERROR, str(put.error)[:200]))
+    span.end(end_time=put.ended_ns)
