@@ -64,7 +64,8 @@ SENDS_AT_ONCE = 16
 CONNECT_TIMEOUT = 5
 MAX_ATTEMPTS = 3
 S3_READ_TIMEOUT = 15  # seconds without a byte from S3 before a call is retried
-# Threads that send `put_many`'s objects; s3_concurrency's objects are in flight between them.
+# Threads that send `put_many`'s objects; s3_concurrency's objects are in flight between them
+# (at least one each).
 PUT_THREADS = 2
 
 
@@ -146,7 +147,7 @@ class Aws:
         )
         self.s3_threads = BlockingPutter(self._put_settings)
         self._put_threads = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="s3-put")
-        self._stack.callback(self._close_put_threads)
+        self._stack.push_async_callback(self._close_put_threads)
         instrument_aws()  # CLIENT spans for every client's calls (once per process)
         return self
 
@@ -158,8 +159,9 @@ class Aws:
     ) -> None:
         await self._stack.aclose()
 
-    def _close_put_threads(self) -> None:
-        self._put_threads.shutdown(wait=True)
+    async def _close_put_threads(self) -> None:
+        # Waits for PUTs under way (each bounded by its timeouts), off the event loop.
+        await asyncio.to_thread(self._put_threads.shutdown)
         self.s3_threads.close_all()
 
     async def queue_url(self, name: str) -> str:
