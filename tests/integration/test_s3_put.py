@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from ingest_common.aws import PUT_THREADS, Aws, ObjectTooLarge
+from ingest_common.aws import OBJECT_THREADS, Aws, ObjectTooLarge
 from ingest_common.s3_put_blocking import ObjectPut
 from ingest_common.s3_request import object_headers
 from ingest_common.telemetry.tracing import tracer
@@ -130,7 +130,7 @@ async def test_put_many_to_an_unreachable_endpoint_is_botocores_connection_error
 async def test_put_many_draws_a_client_span_per_put_under_the_callers(
     aws: Aws, new_spans: Callable[[], list[ReadableSpan]]
 ) -> None:
-    objects = _svgs(aws.settings.uploads_bucket, 2 * PUT_THREADS + 1)
+    objects = _svgs(aws.settings.uploads_bucket, 2 * OBJECT_THREADS + 1)
     objects[-1] = ObjectPut("no-such-bucket-here", "k.svg", b"<svg/>", objects[-1].headers)
     with tracer().start_as_current_span("caller") as caller, pytest.raises(ClientError):
         await aws.put_many(objects)
@@ -148,3 +148,38 @@ async def test_put_many_draws_a_client_span_per_put_under_the_callers(
     (failed,) = [s for s in puts if s.status.status_code is StatusCode.ERROR]
     assert (failed.attributes or {})["error.type"] == "NoSuchBucket"
     assert (failed.attributes or {})["http.status_code"] == 404
+
+
+async def test_get_many_reads_every_object_in_order(aws: Aws) -> None:
+    objects = _svgs(aws.settings.uploads_bucket, 2 * aws.settings.s3_concurrency + 3)
+    await aws.put_many(objects)
+
+    got = await aws.get_many(aws.settings.uploads_bucket, [put.key for put in objects][::-1])
+
+    assert got == [put.body for put in objects][::-1]
+    assert await aws.get_many(aws.settings.uploads_bucket, []) == []
+
+
+async def test_get_many_of_a_missing_object_is_botocores_no_such_key_and_its_span_no_error(
+    aws: Aws, new_spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    objects = _svgs(aws.settings.uploads_bucket, 3)
+    await aws.put_many(objects)
+    keys = [objects[0].key, "originals/many/missing.svg", objects[2].key]
+
+    with tracer().start_as_current_span("caller") as caller, pytest.raises(ClientError) as caught:
+        await aws.get_many(aws.settings.uploads_bucket, keys)
+
+    assert caught.value.response["Error"]["Code"] == "NoSuchKey"
+    assert caught.value.operation_name == "GetObject"
+    context = caller.get_span_context()
+    gets = [s for s in new_spans() if s.context.trace_id == context.trace_id]
+    gets = [s for s in gets if s.name == "S3.GetObject"]
+    by_key = {str((s.attributes or {})["aws.s3.key"]): s for s in gets}
+    assert sorted(by_key) == sorted(keys)
+    missing = by_key["originals/many/missing.svg"]
+    # A 404 is an answer (the object is not there), not a failure: as botocore's GET span.
+    assert (missing.attributes or {})["http.status_code"] == 404
+    assert missing.status.status_code is StatusCode.OK
+    assert all(s.kind is SpanKind.CLIENT for s in gets)
+    assert all((s.attributes or {})["rpc.method"] == "GetObject" for s in gets)

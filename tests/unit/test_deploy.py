@@ -1296,6 +1296,7 @@ IAM_ACTIONS_OF: dict[tuple[str, str], frozenset[str]] = {
     # A render's renditions at once (s3_put_blocking.BlockingPutter.put_objects): PutObjects.
     ("s3_objects", "put_objects"): frozenset({"s3:PutObject"}),
     ("s3_threads", "put_objects"): frozenset({"s3:PutObject"}),  # Aws.put_many's
+    ("s3_threads", "get_objects"): frozenset({"s3:GetObject"}),  # Aws.get_many's
 }
 MISSING_OBJECT_CODES = ("NoSuchKey",)  # naming it: the code relies on 404 for a missing key
 # Granted although no code path of the deployable calls it, and why.
@@ -1370,10 +1371,15 @@ def _client_call(call: ast.Call) -> tuple[str, str] | None:
     return _client_operation(func)
 
 
+# What a client holds that is no AWS operation: botocore's, and our clients' endpoint and
+# settings (handed to other calls as arguments).
+CLIENT_DATA = frozenset({"meta", "can_paginate", "endpoint", "settings"})
+
+
 def _client_operation(func: ast.Attribute) -> tuple[str, str] | None:
     """(client, operation) of `<x>.<client>.<operation>`, called or handed on to be called."""
     client = _client_of(func)
-    if client is None or func.attr.startswith("_") or func.attr in ("meta", "can_paginate"):
+    if client is None or func.attr.startswith("_") or func.attr in CLIENT_DATA:
         return None
     return (client, func.attr)
 
@@ -1450,8 +1456,11 @@ def _unit(
                     unit.calls.add(first.id)
                 elif isinstance(first, ast.Attribute):
                     unit.method_calls.add(first.attr)
-                    if (op := _client_operation(first)) is not None:
-                        unit.operations.add(op)
+            # A client's method handed on to be called, to a thread or to a helper that calls
+            # it there: `self._from_threads(self.s3_threads.put_objects, objects)`.
+            for argument in inner.args:
+                if isinstance(argument, ast.Attribute) and (op := _client_operation(argument)):
+                    unit.operations.add(op)
         elif (isinstance(inner, ast.Constant) and inner.value in MISSING_OBJECT_CODES) or (
             isinstance(inner, ast.Name) and inner.id in gone
         ):

@@ -60,15 +60,18 @@ def server(handler: Handler, *, tls: ssl.SSLContext | None = None) -> Iterator[i
 
 
 def read_request(connection: socket.socket) -> tuple[bytes, bytes]:
-    """(head, body) of one request, by its Content-Length."""
+    """(head, body) of one request, by its Content-Length (none: no body)."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += connection.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
     )
     while len(body) < length:
         body += connection.recv(65536)
@@ -117,6 +120,21 @@ def test_a_request_is_sent_whole_and_the_connection_kept_for_the_next() -> None:
     ]  # fmt: skip
     assert body == b"xyz"
     assert received[1][1] == b""
+
+
+def test_a_get_says_no_length_and_its_answers_body_is_read() -> None:
+    handle, received = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n\x89PNG", OK)
+    with server(handle) as port:
+        connection = connect(port)
+        got = connection.request("GET", "/b/tile.png", {"host": "h:1"}, b"")
+        put = connection.request("PUT", "/b/empty", {"host": "h:1"}, b"")
+        connection.close()
+    assert (got.status, got.body) == (200, b"\x89PNG")
+    assert put.status == 200
+    # RFC 9110 8.6: no Content-Length on a request without content whose method expects none;
+    # an empty PUT still says 0: S3 refuses a PUT without a length (411 Length Required).
+    assert received[0][0].split(b"\r\n") == [b"GET /b/tile.png HTTP/1.1", b"host: h:1"]
+    assert received[1][0].split(b"\r\n")[-1] == b"content-length: 0"
 
 
 def test_a_chunked_answer_is_joined_and_its_trailers_skipped() -> None:

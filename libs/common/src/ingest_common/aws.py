@@ -10,11 +10,11 @@ S3 calls. The calls made per image skip botocore (`s3_objects`: an object's PUT 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -30,11 +30,18 @@ from ingest_common.aws_query import SnsPublisher
 from ingest_common.errors import RetryableError
 from ingest_common.s3_put import ObjectPutter
 from ingest_common.s3_put import ObjectTooLarge as ObjectTooLarge  # get_bytes raises it
-from ingest_common.s3_put_blocking import BlockingPutter, ObjectPut, PutSettings
+from ingest_common.s3_put_blocking import (
+    BlockingPutter,
+    GetOutcome,
+    ObjectPut,
+    PutOutcome,
+    PutSettings,
+)
 from ingest_common.s3_request import object_headers
 from ingest_common.schemas.messages import Message
 from ingest_common.settings import IngestSettings
-from ingest_common.telemetry.aws_spans import draw_put_span, instrument_aws
+from ingest_common.sigv4 import Credentials
+from ingest_common.telemetry.aws_spans import draw_object_span, instrument_aws
 from ingest_common.telemetry.tracing import (
     SQS_MAX_ATTRIBUTES,
     call_spans_under,
@@ -64,9 +71,11 @@ SENDS_AT_ONCE = 16
 CONNECT_TIMEOUT = 5
 MAX_ATTEMPTS = 3
 S3_READ_TIMEOUT = 15  # seconds without a byte from S3 before a call is retried
-# Threads that send `put_many`'s objects; s3_concurrency's objects are in flight between them
-# (at least one each).
-PUT_THREADS = 2
+# Threads that send `put_many`'s and `get_many`'s requests; s3_concurrency's requests are in
+# flight between them (at least one each).
+OBJECT_THREADS = 2
+_Object = TypeVar("_Object")
+_Outcome = TypeVar("_Outcome", PutOutcome, GetOutcome)
 
 
 class Aws:
@@ -78,9 +87,9 @@ class Aws:
         self._s3_slots = asyncio.Semaphore(settings.s3_concurrency)
         self.s3: S3Client
         self.s3_objects: ObjectPutter  # Put/GetObject of bytes, without botocore (s3_put.py)
-        # `put_many`'s PutObjects, from threads of its own (s3_put_blocking.py).
+        # `put_many`'s and `get_many`'s calls, from threads of their own (s3_put_blocking.py).
         self.s3_threads: BlockingPutter
-        self._put_threads: ThreadPoolExecutor
+        self._object_threads: ThreadPoolExecutor
         self.sqs: SQSClient
         self.sqs_messages: JsonApi  # SQS's message calls, without botocore (aws_json.py)
         self.sns: SNSClient
@@ -146,8 +155,8 @@ class Aws:
             self.s3_objects.endpoint, connect_timeout, S3_READ_TIMEOUT, attempts
         )
         self.s3_threads = BlockingPutter(self._put_settings)
-        self._put_threads = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="s3-put")
-        self._stack.push_async_callback(self._close_put_threads)
+        self._object_threads = ThreadPoolExecutor(OBJECT_THREADS, thread_name_prefix="s3")
+        self._stack.push_async_callback(self._close_object_threads)
         instrument_aws()  # CLIENT spans for every client's calls (once per process)
         return self
 
@@ -159,9 +168,9 @@ class Aws:
     ) -> None:
         await self._stack.aclose()
 
-    async def _close_put_threads(self) -> None:
-        # Waits for PUTs under way (each bounded by its timeouts), off the event loop.
-        await asyncio.to_thread(self._put_threads.shutdown)
+    async def _close_object_threads(self) -> None:
+        # Waits for calls under way (each bounded by its timeouts), off the event loop.
+        await asyncio.to_thread(self._object_threads.shutdown)
         self.s3_threads.close_all()
 
     async def queue_url(self, name: str) -> str:
@@ -343,23 +352,36 @@ class Aws:
         """Put every object (s3:PutObject each, with retries, as `put_bytes`) and raise the
         first one's error, botocore's exception, once all have ended.
 
-        Sent from `PUT_THREADS` threads, each its share of s3_concurrency objects at once
+        Sent from `OBJECT_THREADS` threads, each its share of s3_concurrency objects at once
         (`BlockingPutter.put_objects`): 0.09 against `put_bytes`' 0.24 ms of this process's
-        CPU per object, for a set's 25 originals (bench/README.md). Each PUT's span is drawn
-        from its timings under the current span, where the trace keeps its calls' spans.
+        CPU per object, for a set's 25 originals (README, "The whole pipeline"). Each PUT's
+        span is drawn from its timings under the current span, where the trace keeps its
+        calls' spans.
         """
+        await self._from_threads(self.s3_threads.put_objects, objects)
+
+    async def get_many(self, bucket: str, keys: Sequence[str]) -> list[bytes]:
+        """The objects at ``keys``, as `put_many` puts objects (s3:GetObject each): for
+        objects known to be small, such as a mosaic's tiles (no size limit is checked)."""
+        gets = [(bucket, key) for key in keys]
+        return [got.body for got in await self._from_threads(self.s3_threads.get_objects, gets)]
+
+    async def _from_threads(
+        self,
+        calls: Callable[[Sequence[_Object], Credentials], list[_Outcome]],
+        objects: Sequence[_Object],
+    ) -> list[_Outcome]:
+        """``calls`` over ``objects`` in shares, on the object threads; their outcomes in order,
+        each one's span drawn; the first error raised once every call has ended."""
         if not objects:
-            return
+            return []
         credentials = await self.s3_objects.credentials()
-        share = max(1, self.settings.s3_concurrency // PUT_THREADS)
+        share = max(1, self.settings.s3_concurrency // OBJECT_THREADS)
         loop = asyncio.get_running_loop()
         done = await asyncio.gather(
             *(
                 loop.run_in_executor(
-                    self._put_threads,
-                    self.s3_threads.put_objects,
-                    objects[start : start + share],
-                    credentials,
+                    self._object_threads, calls, objects[start : start + share], credentials
                 )
                 for start in range(0, len(objects), share)
             )
@@ -367,10 +389,11 @@ class Aws:
         outcomes = [outcome for part in done for outcome in part]
         if call_spans_under(trace.get_current_span()):
             for outcome in outcomes:
-                draw_put_span(outcome, self.s3_objects.endpoint)
+                draw_object_span(outcome, self.s3_objects.endpoint)
         for outcome in outcomes:
             if outcome.error is not None:
                 raise outcome.error
+        return outcomes
 
 
 class UnknownTopic(LookupError):

@@ -27,6 +27,7 @@ _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers, as http.client's limits
 _CHUNK = 64 * 1024
 _NO_BODY = frozenset({204, 304})
+_BODY_METHODS = frozenset({"PUT", "POST", "PATCH"})  # an empty body still says its length
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +68,21 @@ class Http1Connection:
         self._buffer = b""  # bytes read past the last answer (none, from a well-behaved server)
 
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        """Send one request with ``body`` (Content-Length is added) and read its answer."""
+        """Send one request with ``body`` (Content-Length is added, but not to a GET or HEAD
+        without one) and read its answer."""
         self.send(method, target, headers, body)
         return self.answer(method)
 
     def send(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> None:
-        """Send one request with ``body`` (Content-Length is added); `answer` reads its answer,
-        so a caller can have requests on several connections in flight at once."""
+        """Send one request with ``body`` (Content-Length as `request` adds it); `answer` reads
+        its answer, so a caller can have requests on several connections in flight at once."""
         lines = [f"{method} {target} HTTP/1.1"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise ValueError(f"header {name!r} holds a line break")
             lines.append(f"{name}: {value}")
-        lines.append(f"content-length: {len(body)}")
+        if body or method in _BODY_METHODS:  # none on a GET: RFC 9110 8.6
+            lines.append(f"content-length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if self._tls:  # an SSL socket has no sendmsg; one record of both is fine
             self._sock.sendall(head + body)

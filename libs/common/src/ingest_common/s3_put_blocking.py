@@ -1,4 +1,6 @@
-"""PUT of an object from a thread that may block: how render workers store their renditions.
+"""PUT and GET of objects from a thread that may block: how render workers store their
+renditions, and how a service puts or reads several objects at once (`Aws.put_many`,
+`Aws.get_many`).
 
 An image's eight rendition PUTs were the largest share of the processor's event loop (signing,
 aiohttp, socket writes: 28 % of its samples, `bench/README.md`), and one event loop is one CPU
@@ -10,7 +12,8 @@ errors), over keep-alive HTTP/1.1 connections (`http1`): a thread's own, one per
 request it has in flight, since `put_objects` sends a whole render's renditions at once.
 
 A worker has no tracer: each PUT returns a `PutOutcome` (its timings, status, retries, error)
-from which the processor draws the `S3.PutObject` span afterwards, as it draws render spans.
+from which the processor draws the `S3.PutObject` span afterwards, as it draws render spans;
+a GET's `GetOutcome` likewise.
 """
 
 from __future__ import annotations
@@ -92,13 +95,68 @@ class ObjectPut:
 
 
 @dataclass(frozen=True, slots=True)
+class GetOutcome:
+    """What one GET did: its object's bytes (empty if it failed), and as `PutOutcome`."""
+
+    bucket: str
+    key: str
+    host: str
+    started_ns: int
+    ended_ns: int
+    status: int = 0
+    request_id: str = ""
+    retries: int = 0
+    error: Exception | None = None
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One PUT or GET, as every attempt at it sends it (signed afresh each time)."""
+
+    operation: str  # PutObject, GetObject
+    bucket: str
+    key: str
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return "PUT" if self.operation == "PutObject" else "GET"
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A call's request as sent: signed, with its host header."""
+
+    method: str
+    host: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class _Attempt:
-    """What one attempt at a PUT got: an answer (``status`` and its headers), an error, or
-    both (S3's refusal)."""
+    """What one attempt at a call got: an answer (``status``, its headers and body), an
+    error, or both (S3's refusal)."""
 
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     error: Exception | None = None
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """How a call ended: its last answer, its error (botocore's), its retries and timings."""
+
+    answer: _Attempt
+    error: Exception | None
+    retries: int
+    host: str
+    started_ns: int
+    ended_ns: int
 
 
 _NO_ANSWER = _Attempt()
@@ -143,13 +201,56 @@ class BlockingPutter:
         less than eight threads putting one each, `bench/put.py`). Objects whose attempt
         failed with an error that may pass are sent again together after one backoff.
         """
+        calls = [_Call("PutObject", o.bucket, o.key, o.body, o.headers) for o in objects]
+        return [
+            PutOutcome(
+                call.bucket,
+                call.key,
+                ended.host,
+                len(call.body),
+                ended.started_ns,
+                ended.ended_ns,
+                ended.answer.status,
+                "" if ended.error else ended.answer.headers.get("etag", "").strip('"'),
+                ended.answer.headers.get("x-amz-request-id", ""),
+                ended.retries,
+                ended.error,
+            )
+            for call, ended in zip(calls, self._run(calls, credentials), strict=True)
+        ]
+
+    def get_objects(
+        self, objects: Sequence[tuple[str, str]], credentials: Credentials
+    ) -> list[GetOutcome]:
+        """Read every object, (bucket, key) each, as `put_objects` puts them: all at once,
+        with retries, each outcome its own. For objects of a size known to be small (no
+        limit is checked before a body is read)."""
+        calls = [_Call("GetObject", bucket, key) for bucket, key in objects]
+        return [
+            GetOutcome(
+                call.bucket,
+                call.key,
+                ended.host,
+                ended.started_ns,
+                ended.ended_ns,
+                ended.answer.status,
+                ended.answer.headers.get("x-amz-request-id", ""),
+                ended.retries,
+                ended.error,
+                b"" if ended.error else ended.answer.body,
+            )
+            for call, ended in zip(calls, self._run(calls, credentials), strict=True)
+        ]
+
+    def _run(self, calls: Sequence[_Call], credentials: Credentials) -> list[_Ended]:
+        """Every call, all at once, each with retries: how each ended, in the same order."""
         started = time.time_ns()
-        outcomes: dict[int, PutOutcome] = {}
+        ended: dict[int, _Ended] = {}
         answered: dict[int, _Attempt] = {}  # each one's last answer: status, request id
-        pending = list(range(len(objects)))
+        pending = list(range(len(calls)))
         retries = 0
         while True:
-            attempts = self._attempt([objects[index] for index in pending], credentials)
+            attempts = self._attempt([calls[index] for index in pending], credentials)
             for index, attempt in zip(pending, attempts, strict=True):
                 if attempt.status:
                     answered[index] = attempt
@@ -159,12 +260,12 @@ class BlockingPutter:
                     or retries + 1 >= self.settings.max_attempts
                     or not worth_retrying(error)
                 ):
-                    outcomes[index] = self._outcome(
-                        objects[index], answered.get(index, _NO_ANSWER), error, started, retries
+                    ended[index] = self._ended(
+                        calls[index], answered.get(index, _NO_ANSWER), error, started, retries
                     )
-            pending = [index for index in pending if index not in outcomes]
+            pending = [index for index in pending if index not in ended]
             if not pending:
-                return [outcomes[index] for index in range(len(objects))]
+                return [ended[index] for index in range(len(calls))]
             time.sleep(backoff(retries))
             retries += 1
 
@@ -181,47 +282,37 @@ class BlockingPutter:
         for connection in connections:
             connection.close()
 
-    def _outcome(
+    def _ended(
         self,
-        put: ObjectPut,
+        call: _Call,
         answer: _Attempt,
         error: Exception | None,
         started: int,
         retries: int,
-    ) -> PutOutcome:
+    ) -> _Ended:
         endpoint = self.settings.endpoint
-        host, path = endpoint.address(put.bucket, put.key)
-        return PutOutcome(
-            put.bucket,
-            put.key,
-            host,
-            len(put.body),
-            started,
-            time.time_ns(),
-            answer.status,
-            "" if error else answer.headers.get("etag", "").strip('"'),
-            answer.headers.get("x-amz-request-id", ""),
-            retries,
-            None if error is None else _as_botocore(error, f"{endpoint.scheme}://{host}{path}"),
-        )
+        host, path = endpoint.address(call.bucket, call.key)
+        if error is not None:
+            error = _as_botocore(error, f"{endpoint.scheme}://{host}{path}")
+        return _Ended(answer, error, retries, host, started, time.time_ns())
 
-    def _attempt(self, objects: Sequence[ObjectPut], credentials: Credentials) -> list[_Attempt]:
-        """One attempt at each object: every request sent, the n-th on this thread's n-th
+    def _attempt(self, calls: Sequence[_Call], credentials: Credentials) -> list[_Attempt]:
+        """One attempt at each call: every request sent, the n-th on this thread's n-th
         connection to its host, then every answer read."""
-        requests = [self._signed(put, credentials) for put in objects]
+        requests = [self._signed(call, credentials) for call in calls]
         attempts: dict[int, _Attempt] = {}
         reused: dict[int, bool] = {}  # slot → its request went on a connection open before
-        for slot, ((host, path, headers), put) in enumerate(zip(requests, objects, strict=True)):
+        for slot, request in enumerate(requests):
             try:
-                reused[slot] = self._send((host, slot), path, headers, put.body)
+                reused[slot] = self._send((request.host, slot), request)
             except _FAILED as exc:
-                self._drop((host, slot))
+                self._drop((request.host, slot))
                 attempts[slot] = _Attempt(error=exc)
         for slot, was_open in reused.items():
-            host, path, headers = requests[slot]
-            place = (host, slot)
+            request = requests[slot]
+            place = (request.host, slot)
             try:
-                reply = self._answer(place, was_open, path, headers, objects[slot].body)
+                reply = self._answer(place, was_open, request)
             except _FAILED as exc:
                 self._drop(place)
                 attempts[slot] = _Attempt(error=exc)
@@ -230,56 +321,54 @@ class BlockingPutter:
                 self._drop(place)
             error = None
             if reply.status >= 300:
-                error = client_error("PutObject", reply.status, reply.body, reply.headers)
-            attempts[slot] = _Attempt(reply.status, reply.headers, error)
-        return [attempts[slot] for slot in range(len(objects))]
+                error = client_error(calls[slot].operation, reply.status, reply.body, reply.headers)
+            attempts[slot] = _Attempt(reply.status, reply.headers, error, reply.body)
+        return [attempts[slot] for slot in range(len(calls))]
 
-    def _signed(self, put: ObjectPut, credentials: Credentials) -> tuple[str, str, dict[str, str]]:
-        """(host, path, headers) of the object's request, signed now."""
-        host, path = self.settings.endpoint.address(put.bucket, put.key)
+    def _signed(self, call: _Call, credentials: Credentials) -> _Request:
+        """The call's request, signed now."""
+        host, path = self.settings.endpoint.address(call.bucket, call.key)
         signed = sign(
-            "PUT",
+            call.method,
             host,
             path,
-            put.headers,
-            put.body,
+            call.headers,
+            call.body,
             credentials=credentials,
             region=self.settings.endpoint.region,
             now=datetime.now(UTC),
         )
         signed["host"] = host
-        return host, path, signed
+        return _Request(call.method, host, path, signed, call.body)
 
-    def _send(self, place: _Place, path: str, headers: dict[str, str], body: bytes) -> bool:
+    def _send(self, place: _Place, request: _Request) -> bool:
         """Send the request on connection ``place``; whether that connection was open before."""
         connection, reused = self._connection(place)
         try:
-            connection.send("PUT", path, headers, body)
+            connection.send(request.method, request.path, request.headers, request.body)
         except _STALE:
             if not reused:
                 raise
-            self._resend(place, path, headers, body)
+            self._resend(place, request)
             return False
         return reused
 
-    def _answer(
-        self, place: _Place, reused: bool, path: str, headers: dict[str, str], body: bytes
-    ) -> Reply:
+    def _answer(self, place: _Place, reused: bool, request: _Request) -> Reply:
         connection, _ = self._connection(place)
         try:
-            return connection.answer("PUT")
+            return connection.answer(request.method)
         except _STALE:
             if not reused:
                 raise
-            self._resend(place, path, headers, body)
-            return self._connection(place)[0].answer("PUT")
+            self._resend(place, request)
+            return self._connection(place)[0].answer(request.method)
 
-    def _resend(self, place: _Place, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _resend(self, place: _Place, request: _Request) -> None:
         """The request again at once on a new connection, as urllib3 does: the kept-alive one
         was closed by the server meanwhile, before any byte of an answer (no attempt spent)."""
         self._drop(place)
         connection, _ = self._connection(place)
-        connection.send("PUT", path, headers, body)
+        connection.send(request.method, request.path, request.headers, request.body)
 
     def _connections(self) -> dict[_Place, Http1Connection]:
         connections: dict[_Place, Http1Connection] | None = getattr(

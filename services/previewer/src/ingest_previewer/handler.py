@@ -142,9 +142,7 @@ class PreviewHandler(ServiceHandler[PreviewFamily | CheckProgress, PreviewerSett
                     await self._discard(connection, current, keep=())
                     await self._tell(connection, family, None, 0)
             return
-        tiles = await asyncio.gather(
-            *(self.aws.get_bytes(self.settings.previews_bucket, row["key"]) for row in rows)
-        )
+        tiles = await self.aws.get_many(self.settings.previews_bucket, [row["key"] for row in rows])
         flat = all(row["flat"] for row in rows)
         with tracer().start_as_current_span(
             "compose mosaic", attributes={"ingest.tiles": len(tiles)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ingest_common.s3_request import S3Endpoint
-from ingest_common.telemetry.aws_spans import draw_put_span
+from ingest_common.telemetry.aws_spans import draw_object_span
 from ingest_common.telemetry.tracing import call_spans_under
 from opentelemetry import trace
 
@@ -28,7 +28,7 @@ def stored_entries(
             raise ValueError("a rendition came back from its worker without being stored")
         if spans:
             # What the object is, on the PUT's span: a wrapping span cost as much again.
-            draw_put_span(
+            draw_object_span(
                 put,
                 endpoint,
                 {

@@ -27,8 +27,9 @@ A response hook names the AWS error code of a failed call (`error.type`) and kee
 of an S3 HEAD/GET from marking the span as an error: it is an answer (the object is not
 there), not a failure of the call.
 
-A PUT sent from a blocking thread (`s3_put_blocking`: a render worker's, `Aws.put_many`'s)
-has no tracer at hand; `draw_put_span` draws its span afterwards from its outcome's timings.
+A PUT or GET sent from a blocking thread (`s3_put_blocking`: a render worker's,
+`Aws.put_many`'s and `get_many`'s) has no tracer at hand; `draw_object_span` draws its span
+afterwards from its outcome's timings.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
-from ingest_common.s3_put_blocking import PutOutcome
+from ingest_common.s3_put_blocking import GetOutcome, PutOutcome
 from ingest_common.s3_request import S3Endpoint
 from ingest_common.telemetry.tracing import tracer
 
@@ -185,27 +186,33 @@ def _response_hook(span: Span, service: str, operation: str, result: Any) -> Non
     span.set_attribute("error.type", str(result.get("Error", {}).get("Code") or status))
 
 
-def draw_put_span(
-    put: PutOutcome, endpoint: S3Endpoint, attributes: types.Attributes = None
+def draw_object_span(
+    call: PutOutcome | GetOutcome, endpoint: S3Endpoint, attributes: types.Attributes = None
 ) -> None:
-    """The CLIENT span `s3_put` would have drawn around ``put``, under the current span, from
-    its timings; ``attributes`` say what the object is (a wrapping span would cost as much
-    again). Ask `tracing.call_spans_under` first: this draws it whatever the trace keeps."""
-    merged = endpoint.span_attributes("PutObject", put.host, put.bucket, put.key)
+    """The CLIENT span `s3_put` would have drawn around ``call`` (a PUT or a GET), under the
+    current span, from its timings; ``attributes`` say what the object is (a wrapping span
+    would cost as much again). Ask `tracing.call_spans_under` first: this draws it whatever
+    the trace keeps."""
+    operation = "PutObject" if isinstance(call, PutOutcome) else "GetObject"
+    merged = endpoint.span_attributes(operation, call.host, call.bucket, call.key)
     merged.update(attributes or {})
-    if put.status:
-        merged["http.status_code"] = put.status
-    if put.request_id:
-        merged["aws.request_id"] = put.request_id
-    if put.retries:
-        merged["retry_attempts"] = put.retries
+    if call.status:
+        merged["http.status_code"] = call.status
+    if call.request_id:
+        merged["aws.request_id"] = call.request_id
+    if call.retries:
+        merged["retry_attempts"] = call.retries
     span = tracer().start_span(
-        "S3.PutObject", kind=SpanKind.CLIENT, start_time=put.started_ns, attributes=merged
+        f"S3.{operation}", kind=SpanKind.CLIENT, start_time=call.started_ns, attributes=merged
     )
-    if isinstance(put.error, ClientError):
-        span.set_attribute("error.type", put.error.response["Error"]["Code"])
-    elif put.error is not None:
-        span.set_attribute("error.type", type(put.error).__name__)
-    if put.error is not None:
-        span.set_status(Status(StatusCode.ERROR, str(put.error)[:200]))
-    span.end(end_time=put.ended_ns)
+    error = call.error
+    if error is not None and operation == "GetObject" and call.status == 404:
+        # An answer (the object is not there), not a failure: as botocore's GET span says.
+        span.set_status(Status(StatusCode.OK))
+    elif error is not None:
+        if isinstance(error, ClientError):
+            span.set_attribute("error.type", error.response["Error"]["Code"])
+        else:
+            span.set_attribute("error.type", type(error).__name__)
+        span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+    span.end(end_time=call.ended_ns)
