@@ -3,8 +3,10 @@
 One `Aws` per process, opened with `async with`. It knows the queue URLs and topic ARNs by
 name, sends messages in batches of 10 with the current trace context, and caps concurrent
 S3 calls. The calls made per image skip botocore (`s3_objects`: an object's PUT and GET;
-`sqs_messages`: a message's send, receive, delete and visibility; `bus`: PutEvents;
-`sns_publisher`: PublishBatch); set-up, lookups and probes use the aiobotocore clients.
+`s3_threads`: several objects' PUTs or GETs at once, from blocking threads, for `put_many`
+and `get_many`; `sqs_messages`: a message's send, receive, delete and visibility; `bus`:
+PutEvents; `sns_publisher`: PublishBatch); set-up, lookups and probes use the aiobotocore
+clients.
 """
 
 from __future__ import annotations
