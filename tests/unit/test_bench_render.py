@@ -101,6 +101,7 @@ async def test_cpu_of_workers_the_pool_replaced_mid_round_is_counted(
 
     run = runs[("core", 1, "sample")]
     assert core.pool.stats.recycled_for_count >= 6  # every render retired its worker
-    # One worker renders all the time (a successor starts while its predecessor finishes), so
-    # the CPU reads at least half a CPU over the round; at most every CPU of the machine.
-    assert all(0.5 <= cpus <= (os.cpu_count() or 1) for cpus in run.cpus), run.cpus
+    # One worker renders all the time (a successor starts while its predecessor finishes): about
+    # a CPU over the round, 0.7 beside four busy loops on two CPUs, and never more than the
+    # machine has (with a margin for the clock ticks). The old reading gave 0.04 and 0.0.
+    assert all(0.25 <= cpus <= 1.5 * (os.cpu_count() or 1) for cpus in run.cpus), run.cpus
