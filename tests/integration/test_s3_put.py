@@ -4,15 +4,17 @@ read, and that their failures are the exceptions the aiobotocore client would ra
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from ingest_common.aws import OBJECT_THREADS, Aws, ObjectTooLarge
+from ingest_common.aws import MAX_ATTEMPTS, OBJECT_THREADS, Aws, ObjectTooLarge
 from ingest_common.s3_put_blocking import ObjectPut
 from ingest_common.s3_request import object_headers
 from ingest_common.telemetry.tracing import tracer
-from ingest_devstack.local import refused_port
+from ingest_devstack.local import listening_socket, refused_port
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -183,3 +185,34 @@ async def test_get_many_of_a_missing_object_is_botocores_no_such_key_and_its_spa
     assert missing.status.status_code is StatusCode.OK
     assert all(s.kind is SpanKind.CLIENT for s in gets)
     assert all((s.attributes or {})["rpc.method"] == "GetObject" for s in gets)
+
+
+async def test_closing_waits_only_for_the_calls_under_way_not_the_shares_left(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A black-holed S3: connections are accepted (the listening socket's backlog) and never
+    # answered, so each call waits its read timeout. A handler cancelled at stop drops the
+    # shares still queued behind the calls under way, and closing waits only for those.
+    monkeypatch.setattr("ingest_common.aws.S3_READ_TIMEOUT", 1.0)
+    with listening_socket() as silent:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        settings = aws.settings.model_copy(
+            update={"aws_endpoint_url": endpoint, "s3_concurrency": OBJECT_THREADS}
+        )
+        client = Aws(settings)
+        await client.__aenter__()
+        # One object per share: twenty shares queued on the threads, two under way at once.
+        puts = asyncio.create_task(client.put_many(_svgs(settings.uploads_bucket, 20)))
+        await asyncio.sleep(0.3)
+        puts.cancel()
+        started = time.monotonic()
+        await client.__aexit__(None, None, None)
+        closed_after = time.monotonic() - started
+
+    # The calls under way: at most MAX_ATTEMPTS read timeouts and the backoffs between them
+    # (full jitter, at most 1 s, 2 s, ...), with 3 s to spare; it read 5.5 s here. Sending the
+    # shares left would take at least ten rounds of MAX_ATTEMPTS timeouts (30 s).
+    under_way = MAX_ATTEMPTS * 1.0 + sum(2.0**retry for retry in range(MAX_ATTEMPTS - 1))
+    assert closed_after < under_way + 3, closed_after
+    with pytest.raises(asyncio.CancelledError):
+        await puts
