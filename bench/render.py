@@ -46,13 +46,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyvips
-from ingest_processor.backfill.stats import reaped_children_cpu
+from ingest_processor.backfill.stats import CpuMeter
 from ingest_processor.pool import RenderPool
 from ingest_processor.render import RenderResult, RenderSpec
 from ingest_processor.settings import ProcessorSettings
 from ingest_processor.svgdoc import CSS_DPI, LIBVIPS_RESOLUTION, geometry_of, read_document
 from ingest_processor.worker import prepare_render_process
-from procstat import cpu_seconds, peak_rss_mib
+from procstat import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 # A sharp worker's reply to "run" is one JSON line listing every output of the package: a
@@ -514,12 +514,12 @@ async def measure(
             c = contenders[(k + j) % len(contenders)]
             total = 0.0
             for p, indices in packages.items():
-                # Reaped children's time holds the workers the core's pool replaced meanwhile.
-                cpu = cpu_seconds(c.pids()) + reaped_children_cpu()
+                # The workers' CPU, those the core's pool replaced meanwhile included.
+                meter = CpuMeter(c.pids)
                 wall, outputs = await c.run(indices)
                 run = runs[(c.name, c.workers, p)]
                 run.walls.append(wall)
-                run.cpu_s.append(cpu_seconds(c.pids()) + reaped_children_cpu() - cpu)
+                run.cpu_s.append(meter.read()[0])
                 run.cpus.append(run.cpu_s[-1] / wall)
                 run.outputs = outputs
                 total += wall

@@ -19,15 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiobotocore.session import AioSession
-from botocore.exceptions import ClientError
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
 from ingest_common.aws_http import CallSettings, SignedHttp
 from ingest_common.s3_request import S3Endpoint, client_error
 from ingest_common.sigv4 import sign
+from ingest_common.telemetry.aws_spans import record_object_error
 
 
 class ObjectTooLarge(Exception):
@@ -147,16 +146,6 @@ class ObjectPutter(SignedHttp):
             if reply.status >= 300:
                 error = client_error(request.operation, reply.status, content, reply.headers)
                 if span is not None:
-                    _record_error(span, request, reply.status, error)
+                    record_object_error(span, request.operation, reply.status, error)
                 raise error
             return _Reply(reply.headers, content)
-
-
-def _record_error(span: trace.Span, request: _Request, status: int, error: ClientError) -> None:
-    if status == 404 and request.method == "GET":
-        # An answer (the object is not there), not a failure: as aws_spans.py marks
-        # botocore's S3 reads.
-        span.set_status(Status(StatusCode.OK))
-        return
-    span.set_attribute("error.type", error.response["Error"]["Code"])
-    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))

@@ -117,11 +117,14 @@ class _Call(NamedTuple):
     """One PUT or GET, as every attempt at it sends it (signed afresh each time)."""
 
     operation: str  # PutObject, GetObject
-    method: str  # PUT, GET
     bucket: str
     key: str
     body: bytes = b""
     headers: Mapping[str, str] = {}
+
+    @property
+    def method(self) -> str:
+        return "PUT" if self.operation == "PutObject" else "GET"
 
 
 class _Request(NamedTuple):
@@ -198,7 +201,7 @@ class BlockingPutter:
         less than eight threads putting one each, `bench/put.py`). Objects whose attempt
         failed with an error that may pass are sent again together after one backoff.
         """
-        calls = [_Call("PutObject", "PUT", o.bucket, o.key, o.body, o.headers) for o in objects]
+        calls = [_Call("PutObject", o.bucket, o.key, o.body, o.headers) for o in objects]
         return [
             PutOutcome(
                 call.bucket,
@@ -222,7 +225,7 @@ class BlockingPutter:
         """Read every object, (bucket, key) each, as `put_objects` puts them: all at once,
         with retries, each outcome its own. For objects of a size known to be small (no
         limit is checked before a body is read)."""
-        calls = [_Call("GetObject", "GET", bucket, key) for bucket, key in objects]
+        calls = [_Call("GetObject", bucket, key) for bucket, key in objects]
         return [
             GetOutcome(
                 call.bucket,

@@ -205,14 +205,20 @@ def draw_object_span(
     span = tracer().start_span(
         f"S3.{operation}", kind=SpanKind.CLIENT, start_time=call.started_ns, attributes=merged
     )
-    error = call.error
-    if error is not None and operation == "GetObject" and call.status == 404:
-        # An answer (the object is not there), not a failure: as botocore's GET span says.
-        span.set_status(Status(StatusCode.OK))
-    elif error is not None:
-        if isinstance(error, ClientError):
-            span.set_attribute("error.type", error.response["Error"]["Code"])
-        else:
-            span.set_attribute("error.type", type(error).__name__)
-        span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+    if call.error is not None:
+        record_object_error(span, operation, call.status, call.error)
     span.end(end_time=call.ended_ns)
+
+
+def record_object_error(span: Span, operation: str, status: int, error: Exception) -> None:
+    """Mark an S3 object call's span with how it failed (S3's error code, or the exception's
+    type). A GET's 404 is an answer (the object is not there), not a failure: as botocore's
+    S3 reads are marked (`_response_hook`)."""
+    if operation == "GetObject" and status == 404:
+        span.set_status(Status(StatusCode.OK))
+        return
+    if isinstance(error, ClientError):
+        span.set_attribute("error.type", error.response["Error"]["Code"])
+    else:
+        span.set_attribute("error.type", type(error).__name__)
+    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
