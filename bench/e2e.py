@@ -4,6 +4,7 @@
     uv run --frozen python bench/e2e.py --latency-ms 20       # every AWS request 20 ms later
     uv run --frozen python bench/e2e.py --processors 2 --scenario one
     uv run --frozen python bench/e2e.py --processors 1 2 --scenario one   # scale-out, side by side
+    uv run --frozen python bench/e2e.py --processors 1 2 --processor-cpus 0.5   # tasks of ½ CPU
     uv run --frozen python bench/e2e.py --scenario one --profile prof/   # py-spy, every main
 
 What it does, all on real components, in one run:
@@ -39,6 +40,13 @@ services, their render workers, which size themselves from their CPUs) on the re
 stand-ins off ingest's CPUs, as in a region, with the core measured on the same CPUs as the
 stack.
 
+With --processor-cpus Q each processor runs as a task of Q CPUs' time, as ECS gives a task its
+`cpu`: a cgroup of its own with that CPU quota (root and a writable cgroup CPU controller
+needed), in which its render workers run too and from which they size themselves (default
+settings: `INGEST_RENDER_WORKERS` and `INGEST_CONCURRENCY` follow the quota). The core is
+measured in such a task too. So `--processors 1 2 --processor-cpus 0.5` shows what a second
+task of the same size adds while the machine has CPUs to spare, at the default settings.
+
 Targets (issue 13; exit status 1 if one fails): ingest's own CPU per image ≤ 25 % of the
 render workers'; upload → searchable of the one set ≤ 1.25 × the core's time + 3 s; the
 batcher dispatches it in ≤ 3 s; with added latency, the render workers ≥ 90 % busy.
@@ -66,8 +74,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +103,10 @@ from ingest_processor.settings import ProcessorSettings
 from latency import delay_proxy
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from procstat import (
+    CpuGroup,
+    CpuQuotaUnavailable,
     add_emulator_cpus,
+    cpu_quota_group,
     cpu_seconds,
     on_cpus,
     own_child,
@@ -498,15 +509,44 @@ def stack(
     dsn: str,
     logs: Path,
     telemetry: dict[str, str],
+    tasks: Sequence[CpuGroup],
 ) -> Iterator[list[ServiceProcesses]]:
+    """The services, processor k in ``tasks[k]`` if there are tasks."""
     env = local_env(endpoint, dsn, log_format="json", stall_timeout="900", **dict(args.set))
     env.update(telemetry)
+
+    def placement(k: int) -> Callable[[str], AbstractContextManager[object]]:
+        task = tasks[k] if tasks else None
+        return lambda name: in_task(task if name == "processor" else None)
+
     with ExitStack() as exits:
-        first = exits.enter_context(services(env, logs / "stack-0"))
+        first = exits.enter_context(services(env, logs / "stack-0", placement=placement(0)))
         stacks = [first]
         for k in range(1, processors):
-            stacks.append(exits.enter_context(services(env, logs / f"stack-{k}", ("processor",))))
+            stacks.append(
+                exits.enter_context(
+                    services(env, logs / f"stack-{k}", ("processor",), placement=placement(k))
+                )
+            )
         yield stacks
+
+
+def in_task(task: CpuGroup | None) -> AbstractContextManager[object]:
+    """Within: this process in ``task`` (none: where it is), and what it starts meanwhile."""
+    return task.joined() if task is not None else nullcontext()
+
+
+@contextmanager
+def processor_task(args: argparse.Namespace, name: str) -> Iterator[CpuGroup | None]:
+    """A cgroup of --processor-cpus CPUs' time for a processor (or the core), if asked for."""
+    if args.processor_cpus is None:
+        yield None
+        return
+    try:
+        with cpu_quota_group(f"ingest-e2e-{os.getpid()}-{name}", args.processor_cpus) as group:
+            yield group
+    except CpuQuotaUnavailable as exc:
+        raise SystemExit(f"--processor-cpus: {exc}") from None
 
 
 async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -514,8 +554,6 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     # (sized from their CPUs by default) get the rest; the emulator gets its own.
     emulator_cpus = set_emulator_apart(args.emulator_cpus)
     stack_cpus = os.sched_getaffinity(0)
-    settings = ProcessorSettings()
-    workers = int(dict(args.set).get("render_workers", settings.render_workers))
     count = args.images if "one" in args.scenario else args.sets * args.per_set
     svgs = load_svgs(args.svgs, max(count, args.sets * args.per_set))
     distinct = len({data for _, data in svgs})
@@ -524,20 +562,30 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "trace_client_spans", ProcessorSettings.model_fields["trace_client_spans"].default
         )
     )
-    print(
-        f"e2e: {args.images}-image set and {args.sets} × {args.per_set} sets, {distinct} distinct "
-        f"SVGs from {', '.join(map(str, args.svgs))}; "
-        f"{' then '.join(map(str, args.processors))} processor(s) × {workers} "
-        f"render workers on {len(stack_cpus)} CPUs"
-        + (f" (the emulator on {len(emulator_cpus)} of its own)" if emulator_cpus else "")
-        + "; "
-        f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
-        f"AWS latency {args.latency_ms:g} ms per request; {client_spans:.0%} of uploads traced with"
-        " a span per call (INGEST_TRACE_CLIENT_SPANS); "
-        + ("spans and metrics exported over OTLP/HTTP" if args.otlp else "no OTLP export")
-        + "".join(f"; INGEST_{name.upper()}={value}" for name, value in args.set)
-    )
-    core = await core_time(settings, [data for _, data in svgs[: args.images]])
+    # With --processor-cpus the core renders in a task of that size too, and the settings
+    # read in one are a processor's defaults there.
+    with processor_task(args, "core") as core_task, in_task(core_task):
+        settings = ProcessorSettings()
+        workers = int(dict(args.set).get("render_workers", settings.render_workers))
+        print(
+            f"e2e: {args.images}-image set and {args.sets} × {args.per_set} sets, {distinct} "
+            f"distinct SVGs from {', '.join(map(str, args.svgs))}; "
+            f"{' then '.join(map(str, args.processors))} processor(s) × {workers} "
+            f"render workers on {len(stack_cpus)} CPUs"
+            + (f" (the emulator on {len(emulator_cpus)} of its own)" if emulator_cpus else "")
+            + (
+                f", each processor a task of {args.processor_cpus:g} CPUs' time"
+                if core_task
+                else ""
+            )
+            + "; "
+            f"{len(settings.render_widths)} widths × {len(settings.render_formats)} formats; "
+            f"AWS latency {args.latency_ms:g} ms per request; {client_spans:.0%} of uploads "
+            "traced with a span per call (INGEST_TRACE_CLIENT_SPANS); "
+            + ("spans and metrics exported over OTLP/HTTP" if args.otlp else "no OTLP export")
+            + "".join(f"; INGEST_{name.upper()}={value}" for name, value in args.set)
+        )
+        core = await core_time(settings, [data for _, data in svgs[: args.images]])
     print(
         f"core: {args.images} SVGs in {core.seconds:.2f} s ({args.images / core.seconds:.1f}/s), "
         f"{1000 * core.cpu_per_image:.1f} ms CPU per SVG"
@@ -609,10 +657,16 @@ async def run_stack(
             if moto is None:
                 raise SystemExit("no moto server among this process's children")
             client = IngestSettings(aws_endpoint_url=direct, database_url=dsn)
+            # Each processor's task (--processor-cpus), removed once the services have stopped.
+            tasks = [
+                task
+                for k in range(processors)
+                if (task := exits.enter_context(processor_task(args, f"processor-{k}")))
+            ]
             async with Aws(client) as aws:
                 await apply_topology(aws, load_topology(client))
                 stacks = exits.enter_context(
-                    stack(args, processors, endpoint, dsn, scratch / "logs", telemetry)
+                    stack(args, processors, endpoint, dsn, scratch / "logs", telemetry, tasks)
                 )
                 all_workers = workers * processors
                 await warm_up(scratch, svgs, aws, dsn, stacks, moto, all_workers, client_spans)
@@ -831,6 +885,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="processors; several (e.g. 1 2): each on a fresh stack, and the gain between them",
     )
     add_emulator_cpus(parser)
+    parser.add_argument(
+        "--processor-cpus",
+        type=positive_float,
+        metavar="Q",
+        help="run each processor (and the core) as a task of Q CPUs' time, as ECS gives a task"
+        " its cpu: a cgroup CPU quota, which its default settings follow (needs root)",
+    )
     parser.add_argument("--scenario", nargs="+", choices=("one", "many"), default=["one", "many"])
     parser.add_argument(
         "--otlp",
@@ -856,6 +917,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a setting of every service (INGEST_NAME), e.g. --set concurrency=16",
     )
     return parser.parse_args(argv)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def setting(text: str) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 """CPU time, peak memory and parentage of processes, from /proc (Linux), and the CPUs they
-run on, for the benchmarks.
+run on and the CPU time they may have (cgroup quotas), for the benchmarks.
 
 A process that is gone reads as absent: it adds nothing to a sum and has no children.
 """
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -123,3 +125,101 @@ def on_cpus(cpus: set[int]) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class CpuQuotaUnavailable(RuntimeError):
+    """No cgroup CPU controller this process may write (not root, or none mounted)."""
+
+
+@dataclass(frozen=True)
+class CpuGroup:
+    """A cgroup whose processes share ``cpus`` CPUs' worth of time, as a container or an ECS
+    task given that much CPU. A process started from within `joined` runs in it, and so do
+    the processes it starts (Linux puts a child in its parent's cgroup)."""
+
+    folder: Path
+    cpus: float
+    home: Path  # this process's group in the same hierarchy, where `joined` returns it
+
+    @contextmanager
+    def joined(self) -> Iterator[None]:
+        """Within: this process (all its threads) is in the group; after: back home."""
+        (self.folder / "cgroup.procs").write_text(str(os.getpid()))
+        try:
+            yield
+        finally:
+            (self.home / "cgroup.procs").write_text(str(os.getpid()))
+
+
+@contextmanager
+def cpu_quota_group(name: str, cpus: float, *, root: Path = CGROUP_ROOT) -> Iterator[CpuGroup]:
+    """A new cgroup ``name`` of ``cpus`` CPUs' time (cgroup v1's cpu controller, or v2 where
+    the root delegates cpu), removed on exit, when its processes must have ended. Raises
+    `CpuQuotaUnavailable` where no such group can be made."""
+    if cpus <= 0:
+        raise ValueError(f"a CPU quota must be positive, not {cpus:g}")
+    period = 100_000  # µs: the kernel's default CFS period
+    quota = max(1_000, round(cpus * period))
+    if (root / "cpu" / "cpu.cfs_quota_us").is_file():
+        mount, v1 = root / "cpu", True
+        settings = {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
+    elif "cpu" in _words(root / "cgroup.subtree_control"):
+        mount, v1 = root, False
+        settings = {"cpu.max": f"{quota} {period}"}
+    else:
+        raise CpuQuotaUnavailable(f"no cgroup CPU controller under {root}")
+    folder = mount / name
+    try:
+        folder.mkdir()
+        for file, value in settings.items():
+            (folder / file).write_text(value)
+    except OSError as exc:
+        raise CpuQuotaUnavailable(f"cannot make a CPU quota group at {folder}: {exc}") from exc
+    group = CpuGroup(folder, cpus, _own_group(mount, v1=v1))
+    try:
+        yield group
+    finally:
+        _remove_group(group)
+
+
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def _own_group(mount: Path, *, v1: bool) -> Path:
+    """This process's cgroup under ``mount`` (the mount itself where the path is not found
+    there: in a container the mount's root is often the container's own group)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if ("cpu" in controllers.split(",")) if v1 else controllers == "":
+            folder = mount / path.lstrip("/")
+            return folder if folder.is_dir() else mount
+    return mount
+
+
+def _remove_group(group: CpuGroup, timeout: float = 10.0) -> None:
+    """rmdir the group once its processes are gone. One that outlives the processes it was
+    started for goes back home first: multiprocessing's resource tracker, which a render
+    pool started from within `joined` leaves running until this process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in (group.folder / "cgroup.procs").read_text().split():
+            if _read(pid, "stat") is None or "resource_tracker" not in (
+                _read(pid, "cmdline") or ""
+            ):
+                continue  # gone, or one of the group's own, which is ending (a stopped service)
+            with suppress(OSError):  # it ended meanwhile
+                (group.home / "cgroup.procs").write_text(pid)
+        try:
+            group.folder.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

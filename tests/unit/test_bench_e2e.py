@@ -212,3 +212,75 @@ def test_the_proxy_ends_the_connections_still_open_when_it_closes() -> None:
         finally:
             sys.unraisablehook = hook
     assert unraisable == []
+
+
+# A process in a CPU quota group, in a fresh interpreter: what a processor started there sees,
+# the CPU it gets, and a multiprocessing resource tracker started there that outlives the
+# group's use (a render pool's), which must not keep the group from being removed.
+_IN_A_TASK = """
+import json, multiprocessing.resource_tracker, os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import procstat
+from ingest_common.cpus import available_cpus
+from ingest_processor.settings import ProcessorSettings
+
+with procstat.cpu_quota_group(f"ingest-test-{os.getpid()}", 0.5) as group:
+    with group.joined():
+        settings, cpus = ProcessorSettings(), available_cpus()
+        multiprocessing.resource_tracker.ensure_running()
+        tracker = multiprocessing.resource_tracker._resource_tracker._pid
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            pass
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (usage.ru_utime + usage.ru_stime) / (time.monotonic() - started)
+        inside = open("/proc/self/cgroup").read()
+    print(json.dumps({
+        "cpus": cpus,
+        "workers": settings.render_workers,
+        "concurrency": settings.concurrency,
+        "cpu_share": cpu,
+        "inside": inside,
+        "after": open("/proc/self/cgroup").read(),
+        "group": str(group.folder),
+        "tracker_in_group": str(tracker) in (group.folder / "cgroup.procs").read_text().split(),
+    }))
+print(json.dumps({"removed": not group.folder.exists()}))
+"""
+
+
+def test_a_processor_in_a_task_of_half_a_cpu_sizes_itself_from_it_and_gets_no_more() -> None:
+    try:
+        with procstat.cpu_quota_group(f"ingest-test-probe-{os.getpid()}", 0.5):
+            pass
+    except procstat.CpuQuotaUnavailable as exc:
+        pytest.skip(f"no writable cgroup CPU controller here (root needed): {exc}")
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_A_TASK, str(ROOT / "bench")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    inside, removed = (json.loads(line) for line in done.stdout.splitlines())
+    group = Path(inside["group"]).name
+    assert f"/{group}" in inside["inside"]  # joined,
+    assert group not in inside["after"]  # then home
+    # Half a CPU's time: one render worker and the in-flight messages of one (the defaults
+    # follow the quota, as in an ECS task of 512 CPU units on a larger host).
+    assert inside["cpus"] == 1
+    assert inside["workers"] == 1
+    assert inside["concurrency"] == e2e.ProcessorSettings(render_workers=1).concurrency
+    # At most its quota, whatever else the machine runs (busy looping for a second).
+    assert inside["cpu_share"] < 0.7
+    # The tracker started in the group outlived the process's stay there, and the group was
+    # still removed: it went home first.
+    assert inside["tracker_in_group"]
+    assert removed == {"removed": True}
+
+
+def test_processor_cpus_is_a_positive_quota() -> None:
+    assert e2e.parse_args([]).processor_cpus is None
+    assert e2e.parse_args(["--processor-cpus", "0.5"]).processor_cpus == 0.5
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--processor-cpus", "0"])

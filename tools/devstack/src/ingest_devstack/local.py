@@ -16,8 +16,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,13 +173,20 @@ class ServiceProcesses:
 
 @contextmanager
 def services(
-    env: Mapping[str, str], log_dir: Path, names: tuple[str, ...] = SERVICES
+    env: Mapping[str, str],
+    log_dir: Path,
+    names: tuple[str, ...] = SERVICES,
+    *,
+    placement: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> Iterator[ServiceProcesses]:
+    """The services ``names``, started and ready; ``placement(name)``: the context a service
+    is started within (a benchmark's CPU quota, say), which its process keeps."""
     log_dir.mkdir(parents=True, exist_ok=True)
     running = ServiceProcesses(env, log_dir)
     try:
         for name in names:
-            running.start(name)
+            with placement(name) if placement is not None else nullcontext():
+                running.start(name)
         running.wait_ready()
         yield running
     finally:
