@@ -825,8 +825,15 @@ def report(result: Scenario, core: Core, workers: int, emulator_cpu_count: int) 
     ingest_ms = 1000 * result.cpu.ingest / result.images
     print(
         f"  all of ingest (mains + render workers): {ingest_ms:.1f} ms per image, "
-        f"{ingest_ms / max(1000 * core.cpu_per_image, 1e-9):.2f}× the render core's"
+        f"{ingest_ms / max(1000 * core.cpu_per_image, 1e-9):.2f}× the render core's; "
+        f"{vcpu_hours_per_million(ingest_ms):.1f} vCPU-hours per million images, the CPU side "
+        "of the bill (tasks busy; idle capacity and memory not included)"
     )
+
+
+def vcpu_hours_per_million(ms_per_image: float) -> float:
+    """CPU-hours that a million images take at ``ms_per_image`` of CPU each."""
+    return ms_per_image * 1e6 / 1000 / 3600
 
 
 def targets(args: argparse.Namespace, results: Sequence[Scenario], core: Core) -> list[str]:

@@ -284,3 +284,8 @@ def test_processor_cpus_is_a_positive_quota() -> None:
     assert e2e.parse_args(["--processor-cpus", "0.5"]).processor_cpus == 0.5
     with pytest.raises(SystemExit):
         e2e.parse_args(["--processor-cpus", "0"])
+
+
+def test_the_cpu_side_of_the_bill_is_ms_per_image_in_cpu_hours_per_million() -> None:
+    assert e2e.vcpu_hours_per_million(3.6) == pytest.approx(1.0)  # 3,600 s per million
+    assert e2e.vcpu_hours_per_million(27.0) == pytest.approx(7.5)
