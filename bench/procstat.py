@@ -136,12 +136,11 @@ class CpuQuotaUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class CpuGroup:
-    """A cgroup whose processes share ``cpus`` CPUs' worth of time, as a container or an ECS
+    """A cgroup whose processes share a quota of CPU time, as a container or an ECS
     task given that much CPU. A process started from within `joined` runs in it, and so do
     the processes it starts (Linux puts a child in its parent's cgroup)."""
 
     folder: Path
-    cpus: float
     home: Path  # this process's group in the same hierarchy, where `joined` returns it
 
     @contextmanager
@@ -174,11 +173,15 @@ def cpu_quota_group(name: str, cpus: float, *, root: Path = CGROUP_ROOT) -> Iter
     folder = mount / name
     try:
         folder.mkdir()
+    except OSError as exc:
+        raise CpuQuotaUnavailable(f"cannot make a CPU quota group at {folder}: {exc}") from exc
+    try:
         for file, value in settings.items():
             (folder / file).write_text(value)
     except OSError as exc:
-        raise CpuQuotaUnavailable(f"cannot make a CPU quota group at {folder}: {exc}") from exc
-    group = CpuGroup(folder, cpus, _own_group(mount, v1=v1))
+        folder.rmdir()
+        raise CpuQuotaUnavailable(f"cannot set the CPU quota of {folder}: {exc}") from exc
+    group = CpuGroup(folder, _own_group(mount, v1=v1))
     try:
         yield group
     finally:
@@ -209,13 +212,11 @@ def _remove_group(group: CpuGroup, timeout: float = 10.0) -> None:
     pool started from within `joined` leaves running until this process exits."""
     deadline = time.monotonic() + timeout
     while True:
+        # The group's own processes (a stopped service's) are ending: they are waited for.
         for pid in (group.folder / "cgroup.procs").read_text().split():
-            if _read(pid, "stat") is None or "resource_tracker" not in (
-                _read(pid, "cmdline") or ""
-            ):
-                continue  # gone, or one of the group's own, which is ending (a stopped service)
-            with suppress(OSError):  # it ended meanwhile
-                (group.home / "cgroup.procs").write_text(pid)
+            if "resource_tracker" in (_read(pid, "cmdline") or ""):
+                with suppress(OSError):  # it ended meanwhile
+                    (group.home / "cgroup.procs").write_text(pid)
         try:
             group.folder.rmdir()
             return
