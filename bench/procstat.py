@@ -14,6 +14,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest_common.cpus import cpu_cgroups
+
 
 def _read(pid: int | str, name: str) -> str | None:
     try:
@@ -181,7 +183,9 @@ def cpu_quota_group(name: str, cpus: float, *, root: Path = CGROUP_ROOT) -> Iter
     except OSError as exc:
         folder.rmdir()
         raise CpuQuotaUnavailable(f"cannot set the CPU quota of {folder}: {exc}") from exc
-    group = CpuGroup(folder, _own_group(mount, v1=v1))
+    # Home: this process's cgroup in the same hierarchy (the mount's root if /proc names none).
+    home = next((g.folder for g in cpu_cgroups() if g.v1 == v1), mount)
+    group = CpuGroup(folder, home)
     try:
         yield group
     finally:
@@ -193,17 +197,6 @@ def _words(path: Path) -> list[str]:
         return path.read_text().split()
     except OSError:
         return []
-
-
-def _own_group(mount: Path, *, v1: bool) -> Path:
-    """This process's cgroup under ``mount`` (the mount itself where the path is not found
-    there: in a container the mount's root is often the container's own group)."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if ("cpu" in controllers.split(",")) if v1 else controllers == "":
-            folder = mount / path.lstrip("/")
-            return folder if folder.is_dir() else mount
-    return mount
 
 
 def _remove_group(group: CpuGroup, timeout: float = 10.0) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -35,38 +36,58 @@ def available_cpus(*, proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROU
 def cpu_quota(*, proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROUP_ROOT) -> float | None:
     """This process's CPU quota in CPUs (2.0: two CPUs' worth of time per period), or None
     where none is set or none can be read (not Linux, no cgroup file system)."""
+    quotas: list[float] = []
+    for group in cpu_cgroups(proc_cgroup=proc_cgroup, cgroup_root=cgroup_root):
+        quotas += _along(group, _v1_quota if group.v1 else _v2_quota)
+    return min(quotas, default=None)
+
+
+@dataclass(frozen=True)
+class CpuCgroup:
+    """This process's cgroup in a hierarchy that may limit its CPU time."""
+
+    mount: Path  # the hierarchy's root as mounted here: the top of what can be read
+    folder: Path  # the process's cgroup in it
+    v1: bool  # cgroup v1's cpu controller (else the v2 hierarchy)
+
+
+def cpu_cgroups(
+    *, proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROUP_ROOT
+) -> list[CpuCgroup]:
+    """This process's cgroups that may limit its CPU time: v2's, and v1's cpu controller's
+    (none where /proc says nothing). In a container, the mount's root is often the container's
+    own cgroup while /proc still names it from the host's root: then the path is not found,
+    and the mount's root is the process's cgroup."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return None
-    quotas: list[float] = []
+        return []
+    groups = []
     for line in lines:
         fields = line.split(":", 2)
         if len(fields) != 3:
             continue  # not a hierarchy line: nothing to read there
         _, controllers, path = fields
         if controllers == "":  # cgroup v2: one hierarchy
-            quotas += _along(cgroup_root, path, _v2_quota)
+            mount, v1 = cgroup_root, False
         elif "cpu" in controllers.split(","):  # cgroup v1: the cpu controller's hierarchy
-            mount = cgroup_root / controllers
+            mount, v1 = cgroup_root / controllers, True
             if not mount.is_dir():
                 mount = cgroup_root / "cpu"
-            quotas += _along(mount, path, _v1_quota)
-    return min(quotas, default=None)
+        else:
+            continue
+        folder = mount / path.lstrip("/")
+        groups.append(CpuCgroup(mount, folder if folder.is_dir() else mount, v1))
+    return groups
 
 
-def _along(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
-    """The quotas set on ``path`` and its ancestors under ``mount``. In a container, the
-    mount's root is often the container's own cgroup while the path still names it from the
-    host's root: then the path is not found, and the mount's root is where to start."""
-    leaf = mount / path.lstrip("/")
-    if not leaf.is_dir():
-        leaf = mount
+def _along(group: CpuCgroup, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas set on the group and its ancestors up to its mount."""
     found = []
-    for folder in (leaf, *leaf.parents):
+    for folder in (group.folder, *group.folder.parents):
         if quota := read(folder):
             found.append(quota)
-        if folder == mount:
+        if folder == group.mount:
             break
     return found
 
