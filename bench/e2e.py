@@ -509,15 +509,14 @@ def stack(
     dsn: str,
     logs: Path,
     telemetry: dict[str, str],
-    tasks: Sequence[CpuGroup],
+    tasks: Sequence[CpuGroup | None],
 ) -> Iterator[list[ServiceProcesses]]:
-    """The services, processor k in ``tasks[k]`` if there are tasks."""
+    """The services, processor k in ``tasks[k]`` (none: where this process is)."""
     env = local_env(endpoint, dsn, log_format="json", stall_timeout="900", **dict(args.set))
     env.update(telemetry)
 
     def placement(k: int) -> Callable[[str], AbstractContextManager[object]]:
-        task = tasks[k] if tasks else None
-        return lambda name: in_task(task if name == "processor" else None)
+        return lambda name: in_task(tasks[k] if name == "processor" else None)
 
     with ExitStack() as exits:
         first = exits.enter_context(services(env, logs / "stack-0", placement=placement(0)))
@@ -659,9 +658,8 @@ async def run_stack(
             client = IngestSettings(aws_endpoint_url=direct, database_url=dsn)
             # Each processor's task (--processor-cpus), removed once the services have stopped.
             tasks = [
-                task
+                exits.enter_context(processor_task(args, f"processor-{k}"))
                 for k in range(processors)
-                if (task := exits.enter_context(processor_task(args, f"processor-{k}")))
             ]
             async with Aws(client) as aws:
                 await apply_topology(aws, load_topology(client))

@@ -164,11 +164,16 @@ def cpu_quota_group(name: str, cpus: float, *, root: Path = CGROUP_ROOT) -> Iter
         raise ValueError(f"a CPU quota must be positive, not {cpus:g}")
     period = 100_000  # µs: the kernel's default CFS period
     quota = max(1_000, round(cpus * period))
-    if (root / "cpu" / "cpu.cfs_quota_us").is_file():
-        mount, v1 = root / "cpu", True
+    # The new group sits at the hierarchy's top; this process's group there is its home.
+    groups = cpu_cgroups(cgroup_root=root)
+    if v1 := next((g for g in groups if g.v1 and (g.mount / "cpu.cfs_quota_us").is_file()), None):
+        mount, home = v1.mount, v1.folder
         settings = {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
-    elif "cpu" in _words(root / "cgroup.subtree_control"):
-        mount, v1 = root, False
+    elif v2 := next(
+        (g for g in groups if not g.v1 and "cpu" in _words(g.mount / "cgroup.subtree_control")),
+        None,
+    ):
+        mount, home = v2.mount, v2.folder
         settings = {"cpu.max": f"{quota} {period}"}
     else:
         raise CpuQuotaUnavailable(f"no cgroup CPU controller under {root}")
@@ -183,8 +188,6 @@ def cpu_quota_group(name: str, cpus: float, *, root: Path = CGROUP_ROOT) -> Iter
     except OSError as exc:
         folder.rmdir()
         raise CpuQuotaUnavailable(f"cannot set the CPU quota of {folder}: {exc}") from exc
-    # Home: this process's cgroup in the same hierarchy (the mount's root if /proc names none).
-    home = next((g.folder for g in cpu_cgroups() if g.v1 == v1), mount)
     group = CpuGroup(folder, home)
     try:
         yield group

@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -137,13 +137,12 @@ class _Request(NamedTuple):
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _Attempt:
+class _Attempt(NamedTuple):
     """What one attempt at a call got: an answer (``status``, its headers and body), an
     error, or both (S3's refusal)."""
 
     status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = {}  # never changed: one empty mapping serves every default
     error: Exception | None = None
     body: bytes = b""
 
